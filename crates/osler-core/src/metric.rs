@@ -340,10 +340,7 @@ pub static CATALOG: [MetricInfo; 12] = [
         key: "cgm-glucose",
         // CGM readings are not vital signs: the HL7 CGM IG files them as laboratory.
         category: Category::Laboratory,
-        loinc: code(
-            "99504-3",
-            "Glucose [Mass/volume] in Interstitial fluid",
-        ),
+        loinc: code("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
         extra_loinc: &[],
         // The molar code (HL7 CGM IG); its values arrive in mmol/L and are converted.
         accepted_loinc: &["105272-9"],
@@ -449,7 +446,9 @@ impl Metric {
 
     /// The metric stored under this discriminant, if any.
     pub fn from_u8(n: u8) -> Option<Metric> {
-        CATALOG.get(usize::from(n).checked_sub(1)?).map(|m| m.metric)
+        CATALOG
+            .get(usize::from(n).checked_sub(1)?)
+            .map(|m| m.metric)
     }
 
     pub fn from_key(key: &str) -> Option<Metric> {
@@ -520,7 +519,10 @@ mod tests {
             assert_eq!(m.metric as usize, i + 1, "{}", m.key);
             assert_eq!(Metric::from_u8(i as u8 + 1), Some(m.metric));
             assert_eq!(Metric::from_key(m.key), Some(m.metric));
-            assert_eq!(m.input_units[0].ucum, m.unit, "first input unit is canonical");
+            assert_eq!(
+                m.input_units[0].ucum, m.unit,
+                "first input unit is canonical"
+            );
             assert!(m.range.0 < m.range.1);
         }
         assert_eq!(Metric::from_u8(0), None);
@@ -557,10 +559,17 @@ mod tests {
         assert_eq!((bp[0].mdc.code, bp[1].mdc.code), ("150021", "150022"));
         // CGM is never coded as capillary glucose, and the molar CGM code is understood.
         assert_eq!(Metric::from_loinc("105272-9"), Some(Metric::CgmGlucose));
-        assert_eq!(Metric::from_loinc("41653-7"), Some(Metric::CapillaryGlucose));
+        assert_eq!(
+            Metric::from_loinc("41653-7"),
+            Some(Metric::CapillaryGlucose)
+        );
         assert_eq!(Metric::from_loinc("59408-5"), Some(Metric::Spo2));
         assert_eq!(Metric::from_mdc("149546"), Some(Metric::HeartRate));
-        assert_eq!(Metric::from_loinc("8462-4"), None, "a component is not a metric");
+        assert_eq!(
+            Metric::from_loinc("8462-4"),
+            None,
+            "a component is not a metric"
+        );
     }
 
     #[test]

@@ -124,8 +124,14 @@ pub struct Reading {
 /// A value as the sender wrote it, before unit conversion.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InputValue {
-    Scalar { value: f64, unit: String },
-    Pair { first: (f64, String), second: (f64, String) },
+    Scalar {
+        value: f64,
+        unit: String,
+    },
+    Pair {
+        first: (f64, String),
+        second: (f64, String),
+    },
 }
 
 /// A reading as a wire format parsed it, not yet validated.
@@ -153,7 +159,9 @@ pub enum ReadingError {
         unit: String,
         accepted: String,
     },
-    #[error("{metric}{part} value {value} {unit} is outside the plausible range {min}..={max} {unit}")]
+    #[error(
+        "{metric}{part} value {value} {unit} is outside the plausible range {min}..={max} {unit}"
+    )]
     Implausible {
         metric: Metric,
         part: &'static str,
@@ -169,7 +177,9 @@ pub enum ReadingError {
         metric: Metric,
         expected: &'static str,
     },
-    #[error("systolic pressure {systolic} mm[Hg] is not above diastolic pressure {diastolic} mm[Hg]")]
+    #[error(
+        "systolic pressure {systolic} mm[Hg] is not above diastolic pressure {diastolic} mm[Hg]"
+    )]
     SystolicNotAboveDiastolic { systolic: f64, diastolic: f64 },
     #[error(
         "time taken {taken} is {ahead_s} s in the future (tolerance {} s); check the device clock and time zone",
@@ -339,23 +349,46 @@ mod tests {
             .validate(NOW)
             .unwrap_err();
         assert!(matches!(e, ReadingError::Implausible { .. }), "{e}");
-        assert!(e.to_string().contains("outside the plausible range 50..=100 %"));
+        assert!(
+            e.to_string()
+                .contains("outside the plausible range 50..=100 %")
+        );
         let e = input(Metric::HeartRate, scalar(f64::NAN, "/min"))
             .validate(NOW)
             .unwrap_err();
-        assert_eq!(e, ReadingError::NotFinite { metric: Metric::HeartRate });
+        assert_eq!(
+            e,
+            ReadingError::NotFinite {
+                metric: Metric::HeartRate
+            }
+        );
         let mut future = input(Metric::HeartRate, scalar(72.0, "/min"));
         future.taken = Timestamp::utc(NOW + FUTURE_TOLERANCE_MS + 60_000);
-        assert!(matches!(future.validate(NOW), Err(ReadingError::InFuture { ahead_s: 360, .. })));
+        assert!(matches!(
+            future.validate(NOW),
+            Err(ReadingError::InFuture { ahead_s: 360, .. })
+        ));
         let mut drift = input(Metric::HeartRate, scalar(72.0, "/min"));
         drift.taken = Timestamp::utc(NOW + FUTURE_TOLERANCE_MS);
-        assert!(drift.validate(NOW).is_ok(), "drift within tolerance is accepted");
+        assert!(
+            drift.validate(NOW).is_ok(),
+            "drift within tolerance is accepted"
+        );
         let mut old = input(Metric::HeartRate, scalar(72.0, "/min"));
         old.taken = Timestamp::utc(0);
-        assert!(matches!(old.validate(NOW), Err(ReadingError::TooOld { .. })));
+        assert!(matches!(
+            old.validate(NOW),
+            Err(ReadingError::TooOld { .. })
+        ));
         let mut bad_id = input(Metric::HeartRate, scalar(72.0, "/min"));
         bad_id.patient = "x' OR 1=1 --".into();
-        assert!(matches!(bad_id.validate(NOW), Err(ReadingError::InvalidId { what: "patient", .. })));
+        assert!(matches!(
+            bad_id.validate(NOW),
+            Err(ReadingError::InvalidId {
+                what: "patient",
+                ..
+            })
+        ));
     }
 
     #[test]

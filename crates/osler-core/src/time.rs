@@ -305,8 +305,8 @@ impl Timestamp {
         if !c.done() {
             return Err(err(text, "unexpected text after the time zone"));
         }
-        let utc_ms = days_from_civil(year, month, day) * DAY_MS + local_ms
-            - i64::from(offset_min) * 60_000;
+        let utc_ms =
+            days_from_civil(year, month, day) * DAY_MS + local_ms - i64::from(offset_min) * 60_000;
         Ok(Timestamp { utc_ms, offset_min })
     }
 
@@ -362,7 +362,11 @@ mod tests {
             assert!(d >= 1 && d <= days_in_month(y, m));
             if let Some((py, pm, pd)) = prev {
                 let next_day = (py, pm, pd + 1);
-                let next_month = if pm == 12 { (py + 1, 1, 1) } else { (py, pm + 1, 1) };
+                let next_month = if pm == 12 {
+                    (py + 1, 1, 1)
+                } else {
+                    (py, pm + 1, 1)
+                };
                 assert!((y, m, d) == next_day || (y, m, d) == next_month);
             }
             prev = Some((y, m, d));

@@ -1,0 +1,336 @@
+//! The hub's storage of readings: one SQLite file in WAL mode, written by one thread with
+//! group commit, read by a small pool of connections.
+//!
+//! Main types: [`Store`] (open, write, query), [`WriteOp`] / [`WriteOutcome`] (what a write
+//! asked for and what happened), [`Query`] and [`Page`] (time-range search), [`ReadingId`].
+//!
+//! # On-disk format (schema version 1)
+//!
+//! ```text
+//! series(id INTEGER PRIMARY KEY, patient, metric, device)  -- one row per patient × metric × device
+//! reading(series, t, v, v2, tz, rx, status, ident)          -- WITHOUT ROWID, PRIMARY KEY (series, t)
+//! ident(h, series, t)                                       -- WITHOUT ROWID, only for sender identifiers
+//! patient(id), device(id), meta(key, value)
+//! ```
+//!
+//! `t` is the time taken in UTC milliseconds; `tz` the sender's offset in minutes; `rx` the
+//! delay from taken to received in milliseconds; `v`/`v2` the canonical value(s). Everything
+//! that repeats for a stream (patient, metric, device) lives once in `series`, so a reading row
+//! is a handful of small integers: SQLite stores 0 and 1 in no bytes at all, integral REALs as
+//! small integers and NULLs in none. The main query (one patient, one metric, a time range) is
+//! a range scan of the primary key.
+//!
+//! # Invariants
+//! - A write is acknowledged (its future resolves `Ok`) only after its transaction committed
+//!   with `synchronous=FULL`, so an acknowledged reading survives a crash or power loss.
+//! - One writer thread: check-then-insert (identity, conditional create) is never raced.
+//! - A reading's identity is (patient, metric, device, time taken to the millisecond): the same
+//!   reading sent twice is stored once; a different value under the same identity is refused as
+//!   a conflict, never silently overwritten.
+//! - An atomic job (a FHIR transaction) is stored whole or not at all (one savepoint per job).
+
+mod query;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use osler_core::{Identifier, Reading};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+pub use query::{Cursor, Page, Query};
+
+/// The name of the database file inside the hub's data directory.
+pub const DB_FILE: &str = "hub.db";
+
+/// Errors from the store. Client mistakes never appear here: those are [`WriteOutcome`]s.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store's writer has stopped")]
+    Closed,
+    #[error("the database holds data this version cannot read: {0}")]
+    Corrupt(String),
+    #[error("cannot use data directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The stable identity of a stored reading: its series and its time taken. Written as
+/// `{series}-{t}` it is a valid FHIR id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReadingId {
+    pub series: i64,
+    pub t_ms: i64,
+}
+
+impl std::fmt::Display for ReadingId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.series, self.t_ms)
+    }
+}
+
+impl ReadingId {
+    pub fn parse(text: &str) -> Option<ReadingId> {
+        let (s, t) = text.split_once('-')?;
+        let digits =
+            |x: &str| !x.is_empty() && x.len() <= 19 && x.bytes().all(|b| b.is_ascii_digit());
+        if !digits(s) || !digits(t) {
+            return None;
+        }
+        Some(ReadingId {
+            series: s.parse().ok()?,
+            t_ms: t.parse().ok()?,
+        })
+    }
+}
+
+/// A reading as stored, with its identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredReading {
+    pub id: ReadingId,
+    pub reading: Reading,
+}
+
+/// One reading to store.
+#[derive(Clone, Debug)]
+pub struct WriteOp {
+    pub reading: Reading,
+    /// Conditional create: store only if no reading carries this identifier.
+    pub if_none_exist: Option<Identifier>,
+}
+
+/// What became of one [`WriteOp`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum WriteOutcome {
+    /// Stored now.
+    Created(StoredReading),
+    /// Already there: the same reading sent again, or a conditional create that matched.
+    Existing(StoredReading),
+    /// A different reading is stored under the same identity (patient, metric, device, time).
+    Conflict { existing: StoredReading },
+    /// A conditional create matched several readings.
+    MultipleMatches { count: usize },
+}
+
+impl WriteOutcome {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, WriteOutcome::Created(_) | WriteOutcome::Existing(_))
+    }
+}
+
+/// The result of one write job.
+#[derive(Clone, Debug)]
+pub struct WriteResult {
+    /// False when the job was atomic and some op failed: then nothing of it was stored.
+    pub committed: bool,
+    pub outcomes: Vec<WriteOutcome>,
+}
+
+/// Tuning knobs, with defaults fit for a small machine.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Readings per group commit at most; more jobs wait for the next commit.
+    pub max_group_readings: usize,
+    /// Pending write jobs before writers wait (backpressure instead of unbounded memory).
+    pub queue_depth: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_group_readings: 50_000,
+            queue_depth: 1024,
+        }
+    }
+}
+
+/// Counters the hub exports as metrics.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub readings: AtomicU64,
+    pub commits: AtomicU64,
+    pub committed_readings: AtomicU64,
+}
+
+pub(crate) struct Job {
+    ops: Vec<WriteOp>,
+    atomic: bool,
+    reply: oneshot::Sender<Result<WriteResult, String>>,
+}
+
+/// The hub's store. Cheap to share behind an `Arc`.
+pub struct Store {
+    path: PathBuf,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    readers: Mutex<Vec<Connection>>,
+    stats: Arc<StoreStats>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, and starts its writer thread.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path)?;
+        schema::prepare_writer(&conn)?;
+        let readings = schema::reading_count(&conn)?;
+        let stats = Arc::new(StoreStats::default());
+        stats.readings.store(readings, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(options.queue_depth);
+        let writer = writer::Writer::new(conn, stats.clone(), options.max_group_readings)?;
+        let handle = std::thread::Builder::new()
+            .name("osler-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| StoreError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            path,
+            jobs: Some(tx),
+            readers: Mutex::new(Vec::new()),
+            stats,
+            writer: Some(handle),
+        })
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Job>, StoreError> {
+        self.jobs.as_ref().ok_or(StoreError::Closed)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Stores `ops` and resolves once they are durable. With `atomic`, either every op
+    /// succeeds and all are stored, or nothing is.
+    pub async fn write(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<WriteResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Job { ops, atomic, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Corrupt)
+    }
+
+    /// [`Store::write`] for callers outside an async runtime (benchmarks, tools).
+    pub fn write_blocking(
+        &self,
+        ops: Vec<WriteOp>,
+        atomic: bool,
+    ) -> Result<WriteResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(Job { ops, atomic, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv()
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Corrupt)
+    }
+
+    /// Runs `f` with a read connection from the pool. Blocking: call from a blocking thread.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                schema::prepare_reader(&c)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        // Eight idle connections cover the blocking pool's steady state on a small machine.
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// The stored reading with this id.
+    pub fn get(&self, id: ReadingId) -> Result<Option<StoredReading>, StoreError> {
+        self.read(|c| query::get(c, id))
+    }
+
+    /// One page of a time-range search, plus the total when asked.
+    pub fn search(&self, q: &Query) -> Result<Page, StoreError> {
+        self.read(|c| query::search(c, q))
+    }
+
+    /// The number of readings a search matches.
+    pub fn count(&self, q: &Query) -> Result<u64, StoreError> {
+        self.read(|c| query::count(c, q))
+    }
+
+    /// Newest `max` readings per metric for a patient (FHIR `$lastn`).
+    pub fn last_n(&self, q: &Query, max: usize) -> Result<Vec<StoredReading>, StoreError> {
+        self.read(|c| query::last_n(c, q, max))
+    }
+
+    /// Readings that carry this sender identifier.
+    pub fn by_identifier(&self, ident: &Identifier) -> Result<Vec<StoredReading>, StoreError> {
+        self.read(|c| query::matches_ident(c, ident))
+    }
+
+    /// Whether a patient (or device) with this id was ever mentioned by a reading.
+    pub fn patient_exists(&self, id: &str) -> Result<bool, StoreError> {
+        self.read(|c| query::exists(c, "patient", id))
+    }
+    pub fn device_exists(&self, id: &str) -> Result<bool, StoreError> {
+        self.read(|c| query::exists(c, "device", id))
+    }
+}
+
+impl Drop for Store {
+    /// Closes the job queue, lets the writer commit what it holds, and waits for it, so that a
+    /// store reopened in the same process never meets the old writer.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash of an identifier for the `ident` index (collisions are
+/// resolved by comparing the stored text, so the hash need not be cryptographic).
+pub(crate) fn ident_hash(system: &str, value: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in system.bytes().chain([0x1f]).chain(value.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// The stored text of an identifier: system and value joined by the ASCII unit separator,
+/// which neither a URI nor a FHIR token can contain unescaped.
+pub(crate) fn ident_text(ident: &Identifier) -> String {
+    format!("{}\u{1f}{}", ident.system, ident.value)
+}

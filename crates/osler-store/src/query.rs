@@ -1,0 +1,316 @@
+//! Reads: by id, by time range (keyset-paged), newest-n, by sender identifier.
+//!
+//! A patient's readings of one metric from one device form a series; the main query resolves
+//! the patient's series first (a handful of rows), then scans each series' primary-key range
+//! and merges the results in time order. No query ever scans readings of other patients.
+
+use osler_core::{Id, Identifier, Metric, Reading, Status, Timestamp, Value};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::writer::series_row;
+use crate::{ReadingId, StoreError, StoredReading, ident_hash, ident_text};
+
+type SeriesKey = (Id, Metric, Option<Id>);
+
+/// A time-range search over one patient's readings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    pub patient: Id,
+    /// Only these metrics; `None` for all.
+    pub metrics: Option<Vec<Metric>>,
+    /// Only readings from this device.
+    pub device: Option<Id>,
+    /// Time taken, inclusive lower bound (UTC ms).
+    pub from_ms: i64,
+    /// Time taken, exclusive upper bound (UTC ms).
+    pub to_ms: i64,
+    /// Newest first.
+    pub descending: bool,
+    /// Continue after this position (keyset paging: stable while new readings arrive).
+    pub after: Option<Cursor>,
+    /// Page size.
+    pub limit: usize,
+}
+
+impl Query {
+    /// Every reading of a patient, oldest first, 50 a page.
+    pub fn patient(patient: Id) -> Query {
+        Query {
+            patient,
+            metrics: None,
+            device: None,
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            descending: false,
+            after: None,
+            limit: 50,
+        }
+    }
+}
+
+/// A position in a search's order: the last reading of the previous page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub t_ms: i64,
+    pub series: i64,
+}
+
+/// One page of results and where the next one starts, if there is one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    pub readings: Vec<StoredReading>,
+    pub next: Option<Cursor>,
+}
+
+const COLUMNS: &str = "t, v, v2, tz, rx, status, ident";
+
+fn decode(
+    key: &SeriesKey,
+    series: i64,
+    row: &rusqlite::Row<'_>,
+) -> Result<StoredReading, StoreError> {
+    let t: i64 = row.get(0)?;
+    let v: f64 = row.get(1)?;
+    let v2: Option<f64> = row.get(2)?;
+    let tz: i16 = row.get(3)?;
+    let rx: i64 = row.get(4)?;
+    let status: u8 = row.get(5)?;
+    let ident: Option<String> = row.get(6)?;
+    let id = ReadingId { series, t_ms: t };
+    let corrupt = |what: &str| StoreError::Corrupt(format!("reading {id}: {what}"));
+    let (patient, metric, device) = key.clone();
+    let value = match (metric.info().parts.is_some(), v2) {
+        (false, None) => Value::Scalar(v),
+        (true, Some(v2)) => Value::Pair(v, v2),
+        _ => return Err(corrupt("value shape does not match its metric")),
+    };
+    let identifier = match ident {
+        None => None,
+        Some(text) => {
+            let (system, value) = text
+                .split_once('\u{1f}')
+                .ok_or_else(|| corrupt("identifier without separator"))?;
+            Some(Identifier {
+                system: system.to_owned(),
+                value: value.to_owned(),
+            })
+        }
+    };
+    Ok(StoredReading {
+        id,
+        reading: Reading {
+            patient,
+            device,
+            metric,
+            value,
+            taken: Timestamp {
+                utc_ms: t,
+                offset_min: tz,
+            },
+            received_ms: t + rx,
+            status: Status::from_u8(status).ok_or_else(|| corrupt("unknown status"))?,
+            identifier,
+        },
+    })
+}
+
+fn series_by_id(conn: &Connection, id: i64) -> Result<Option<SeriesKey>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, patient, metric, device FROM series WHERE id=?1")?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(series_row(row)?.0)),
+        None => Ok(None),
+    }
+}
+
+/// The reading stored under `id`, given its series' key (the writer knows it already).
+pub(crate) fn load_reading_row(
+    conn: &Connection,
+    id: ReadingId,
+    like: &Reading,
+) -> Result<Option<Reading>, StoreError> {
+    let key = (like.patient.clone(), like.metric, like.device.clone());
+    load(conn, id, &key).map(|o| o.map(|s| s.reading))
+}
+
+fn load(
+    conn: &Connection,
+    id: ReadingId,
+    key: &SeriesKey,
+) -> Result<Option<StoredReading>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t=?2"
+    ))?;
+    let mut rows = stmt.query(params![id.series, id.t_ms])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(decode(key, id.series, row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn get(conn: &Connection, id: ReadingId) -> Result<Option<StoredReading>, StoreError> {
+    match series_by_id(conn, id.series)? {
+        Some(key) => load(conn, id, &key),
+        None => Ok(None),
+    }
+}
+
+/// The patient's series that the query selects.
+fn series_for(conn: &Connection, q: &Query) -> Result<Vec<(i64, SeriesKey)>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, patient, metric, device FROM series WHERE patient=?1")?;
+    let mut rows = stmt.query([q.patient.as_str()])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let (key, id) = series_row(row)?;
+        let metric_ok = q.metrics.as_ref().is_none_or(|ms| ms.contains(&key.1));
+        let device_ok = q.device.is_none() || q.device == key.2;
+        if metric_ok && device_ok {
+            out.push((id, key));
+        }
+    }
+    Ok(out)
+}
+
+/// Bounds `[lo, hi)` on `t` for one series, after the cursor if there is one.
+fn bounds(q: &Query, series: i64) -> (i64, i64) {
+    let (mut lo, mut hi) = (q.from_ms, q.to_ms);
+    if let Some(c) = q.after {
+        if q.descending {
+            // Order is (t desc, series desc): what follows (ct, cs) has t < ct, or t = ct
+            // with a smaller series id.
+            let limit = if series < c.series {
+                c.t_ms.saturating_add(1)
+            } else {
+                c.t_ms
+            };
+            hi = hi.min(limit);
+        } else {
+            let limit = if series > c.series {
+                c.t_ms
+            } else {
+                c.t_ms.saturating_add(1)
+            };
+            lo = lo.max(limit);
+        }
+    }
+    (lo, hi)
+}
+
+pub(crate) fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
+    let mut found = Vec::new();
+    let order = if q.descending { "DESC" } else { "ASC" };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order} LIMIT ?4"
+    ))?;
+    for (series, key) in series_for(conn, q)? {
+        let (lo, hi) = bounds(q, series);
+        if lo >= hi {
+            continue;
+        }
+        let mut rows = stmt.query(params![series, lo, hi, q.limit as i64 + 1])?;
+        while let Some(row) = rows.next()? {
+            found.push(decode(&key, series, row)?);
+        }
+    }
+    found.sort_by_key(|s| (s.id.t_ms, s.id.series));
+    if q.descending {
+        found.reverse();
+    }
+    let next = if found.len() > q.limit {
+        found.truncate(q.limit);
+        found.last().map(|s| Cursor {
+            t_ms: s.id.t_ms,
+            series: s.id.series,
+        })
+    } else {
+        None
+    };
+    Ok(Page {
+        readings: found,
+        next,
+    })
+}
+
+pub(crate) fn count(conn: &Connection, q: &Query) -> Result<u64, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT count(*) FROM reading WHERE series=?1 AND t>=?2 AND t<?3")?;
+    let mut total = 0u64;
+    for (series, _) in series_for(conn, q)? {
+        let (lo, hi) = bounds(q, series);
+        if lo < hi {
+            let n: i64 = stmt.query_row(params![series, lo, hi], |r| r.get(0))?;
+            total += n as u64;
+        }
+    }
+    Ok(total)
+}
+
+pub(crate) fn last_n(
+    conn: &Connection,
+    q: &Query,
+    max: usize,
+) -> Result<Vec<StoredReading>, StoreError> {
+    let mut by_metric: Vec<(Metric, Vec<StoredReading>)> = Vec::new();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t DESC LIMIT ?4"
+    ))?;
+    for (series, key) in series_for(conn, q)? {
+        let slot = match by_metric.iter().position(|(m, _)| *m == key.1) {
+            Some(i) => i,
+            None => {
+                by_metric.push((key.1, Vec::new()));
+                by_metric.len() - 1
+            }
+        };
+        let mut rows = stmt.query(params![series, q.from_ms, q.to_ms, max as i64])?;
+        while let Some(row) = rows.next()? {
+            by_metric[slot].1.push(decode(&key, series, row)?);
+        }
+    }
+    by_metric.sort_by_key(|(m, _)| *m);
+    let mut out = Vec::new();
+    for (_, mut readings) in by_metric {
+        readings.sort_by_key(|s| std::cmp::Reverse((s.id.t_ms, s.id.series)));
+        readings.truncate(max);
+        out.extend(readings);
+    }
+    Ok(out)
+}
+
+/// Readings that carry exactly this identifier.
+pub(crate) fn matches_ident(
+    conn: &Connection,
+    ident: &Identifier,
+) -> Result<Vec<StoredReading>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT series, t FROM ident WHERE h=?1")?;
+    let ids: Vec<ReadingId> = stmt
+        .query_map([ident_hash(&ident.system, &ident.value)], |r| {
+            Ok(ReadingId {
+                series: r.get(0)?,
+                t_ms: r.get(1)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let want = ident_text(ident);
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(s) = get(conn, id)?
+            && s.reading.identifier.as_ref().map(ident_text).as_deref() == Some(want.as_str())
+        {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn exists(conn: &Connection, table: &'static str, id: &str) -> Result<bool, StoreError> {
+    // `table` is one of two literals chosen by the caller, never outside input.
+    let found: Option<i64> = conn
+        .query_row(&format!("SELECT 1 FROM {table} WHERE id=?1"), [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(found.is_some())
+}

@@ -1,0 +1,94 @@
+//! The schema and connection settings. See the crate docs for the format and its invariants.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::StoreError;
+
+/// Bumped whenever the on-disk format changes; a newer file is refused rather than misread.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS patient(id TEXT PRIMARY KEY, created_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device(id TEXT PRIMARY KEY, created_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series(
+    id INTEGER PRIMARY KEY,
+    patient TEXT NOT NULL,
+    metric INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    UNIQUE(patient, metric, device)
+);
+CREATE TABLE IF NOT EXISTS reading(
+    series INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    v REAL NOT NULL,
+    v2 REAL,
+    tz INTEGER NOT NULL,
+    rx INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    ident TEXT,
+    PRIMARY KEY(series, t)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ident(
+    h INTEGER NOT NULL,
+    series INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    PRIMARY KEY(h, series, t)
+) WITHOUT ROWID;
+";
+
+/// Settings and schema for the one writing connection.
+pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
+    // WAL lets readers run beside the writer; synchronous=FULL makes each commit durable
+    // (in WAL mode NORMAL would survive a process crash but not a power cut, and the hub
+    // acknowledges only what survives both). The cache is sized for inserts into many series.
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         PRAGMA synchronous=FULL;
+         PRAGMA cache_size=-65536;
+         PRAGMA foreign_keys=OFF;",
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE;{CREATE}"))?;
+    let version: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match version {
+        None => {
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema', ?1), ('readings', 0)",
+                [SCHEMA_VERSION],
+            )?;
+        }
+        Some(SCHEMA_VERSION) => {}
+        Some(v) => {
+            conn.execute_batch("ROLLBACK")?;
+            return Err(StoreError::Corrupt(format!(
+                "schema version {v}, this build reads {SCHEMA_VERSION}"
+            )));
+        }
+    }
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
+/// Settings for a reading connection.
+pub(crate) fn prepare_reader(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA query_only=ON;
+         PRAGMA cache_size=-16384;
+         PRAGMA mmap_size=268435456;",
+    )?;
+    Ok(())
+}
+
+/// The reading count kept in `meta` (counting 10 million rows at start-up would take seconds).
+pub(crate) fn reading_count(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row("SELECT value FROM meta WHERE key='readings'", [], |r| {
+        r.get(0)
+    })?;
+    Ok(n.max(0) as u64)
+}

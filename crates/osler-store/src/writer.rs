@@ -1,0 +1,277 @@
+//! The writer thread: takes every job waiting in the queue, applies each inside its own
+//! savepoint, commits them together (one fsync for the group), then answers each job.
+//!
+//! Group commit happens by itself: while one commit waits on the disk, new jobs queue up and
+//! are all taken by the next round, so the fsync rate stays bounded by the disk and the
+//! per-reading cost falls as load rises, with no added wait at low load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use osler_core::{Id, Metric, Reading, Value};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::mpsc;
+
+use crate::query::{load_reading_row, matches_ident};
+use crate::{
+    Job, ReadingId, StoreError, StoreStats, StoredReading, WriteOp, WriteOutcome, WriteResult,
+    ident_hash, ident_text,
+};
+
+type SeriesKey = (Id, Metric, Option<Id>);
+
+pub(crate) struct Writer {
+    conn: Connection,
+    stats: Arc<StoreStats>,
+    max_group: usize,
+    series: HashMap<SeriesKey, i64>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        stats: Arc<StoreStats>,
+        max_group: usize,
+    ) -> Result<Writer, StoreError> {
+        let mut series = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT id, patient, metric, device FROM series")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let (key, id) = series_row(row)?;
+                series.insert(key, id);
+            }
+        }
+        Ok(Writer {
+            conn,
+            stats,
+            max_group,
+            series,
+        })
+    }
+
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut n = first.ops.len();
+            let mut jobs = vec![first];
+            while n < self.max_group {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        n += job.ops.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+        }
+        tracing::debug!("store writer stopped: every handle is closed");
+    }
+
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        let mut new_series = Vec::new();
+        let result = self.apply_group(&jobs, &mut new_series);
+        match result {
+            Ok((results, stored)) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.readings.fetch_add(stored, Ordering::Relaxed);
+                self.stats
+                    .committed_readings
+                    .fetch_add(stored, Ordering::Relaxed);
+                for (job, r) in jobs.into_iter().zip(results) {
+                    // The requester may have gone (client hung up); the data is stored anyway.
+                    let _ = job.reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                for key in new_series {
+                    self.series.remove(&key);
+                }
+                tracing::error!(error = %e, jobs = jobs.len(), "group commit failed; nothing of it was stored");
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn apply_group(
+        &mut self,
+        jobs: &[Job],
+        new_series: &mut Vec<SeriesKey>,
+    ) -> Result<(Vec<WriteResult>, u64), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut stored = 0u64;
+        for job in jobs {
+            self.conn.execute_batch("SAVEPOINT job")?;
+            let mark = new_series.len();
+            let mut outcomes = Vec::with_capacity(job.ops.len());
+            for op in &job.ops {
+                outcomes.push(self.apply(op, new_series)?);
+            }
+            let failed = outcomes.iter().any(|o| !o.is_ok());
+            if job.atomic && failed {
+                self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                for key in new_series.drain(mark..) {
+                    self.series.remove(&key);
+                }
+                results.push(WriteResult {
+                    committed: false,
+                    outcomes,
+                });
+            } else {
+                self.conn.execute_batch("RELEASE job")?;
+                stored += outcomes
+                    .iter()
+                    .filter(|o| matches!(o, WriteOutcome::Created(_)))
+                    .count() as u64;
+                results.push(WriteResult {
+                    committed: true,
+                    outcomes,
+                });
+            }
+        }
+        if stored > 0 {
+            self.conn.execute(
+                "UPDATE meta SET value = value + ?1 WHERE key='readings'",
+                [stored as i64],
+            )?;
+        }
+        self.conn.execute_batch("COMMIT")?;
+        Ok((results, stored))
+    }
+
+    fn apply(
+        &mut self,
+        op: &WriteOp,
+        new_series: &mut Vec<SeriesKey>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let r = &op.reading;
+        if let Some(cond) = &op.if_none_exist {
+            let found = matches_ident(&self.conn, cond)?;
+            match found.len() {
+                0 => {}
+                1 => {
+                    let existing = found.into_iter().next().expect("one element");
+                    return Ok(WriteOutcome::Existing(existing));
+                }
+                count => return Ok(WriteOutcome::MultipleMatches { count }),
+            }
+        }
+        let series = self.series_id(r, new_series)?;
+        let id = ReadingId {
+            series,
+            t_ms: r.taken.utc_ms,
+        };
+        if let Some(existing) = load_reading_row(&self.conn, id, r)? {
+            let same = existing.value == r.value
+                && existing.status == r.status
+                && existing.taken.offset_min == r.taken.offset_min
+                && (r.identifier.is_none() || existing.identifier == r.identifier);
+            let stored = StoredReading {
+                id,
+                reading: existing,
+            };
+            return Ok(if same {
+                WriteOutcome::Existing(stored)
+            } else {
+                WriteOutcome::Conflict { existing: stored }
+            });
+        }
+        let (v, v2) = match r.value {
+            Value::Scalar(v) => (v, None),
+            Value::Pair(a, b) => (a, Some(b)),
+        };
+        let ident = r.identifier.as_ref().map(ident_text);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO reading(series, t, v, v2, tz, rx, status, ident)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                series,
+                r.taken.utc_ms,
+                v,
+                v2,
+                r.taken.offset_min,
+                r.received_ms - r.taken.utc_ms,
+                r.status as u8,
+                ident
+            ])?;
+        if let Some(i) = &r.identifier {
+            self.conn
+                .prepare_cached("INSERT INTO ident(h, series, t) VALUES (?1, ?2, ?3)")?
+                .execute(params![
+                    ident_hash(&i.system, &i.value),
+                    series,
+                    r.taken.utc_ms
+                ])?;
+        }
+        Ok(WriteOutcome::Created(StoredReading {
+            id,
+            reading: r.clone(),
+        }))
+    }
+
+    fn series_id(
+        &mut self,
+        r: &Reading,
+        new_series: &mut Vec<SeriesKey>,
+    ) -> Result<i64, StoreError> {
+        let key = (r.patient.clone(), r.metric, r.device.clone());
+        if let Some(id) = self.series.get(&key) {
+            return Ok(*id);
+        }
+        let device = r.device.as_ref().map_or("", Id::as_str);
+        let now = r.received_ms;
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO patient(id, created_ms) VALUES (?1, ?2)")?
+            .execute(params![r.patient.as_str(), now])?;
+        if !device.is_empty() {
+            self.conn
+                .prepare_cached("INSERT OR IGNORE INTO device(id, created_ms) VALUES (?1, ?2)")?
+                .execute(params![device, now])?;
+        }
+        let existing: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM series WHERE patient=?1 AND metric=?2 AND device=?3",
+                params![r.patient.as_str(), r.metric as u8, device],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                self.conn.execute(
+                    "INSERT INTO series(patient, metric, device) VALUES (?1, ?2, ?3)",
+                    params![r.patient.as_str(), r.metric as u8, device],
+                )?;
+                self.conn.last_insert_rowid()
+            }
+        };
+        self.series.insert(key.clone(), id);
+        new_series.push(key);
+        Ok(id)
+    }
+}
+
+/// Decodes a `series` row (id, patient, metric, device).
+pub(crate) fn series_row(row: &rusqlite::Row<'_>) -> Result<(SeriesKey, i64), StoreError> {
+    let id: i64 = row.get(0)?;
+    let patient: String = row.get(1)?;
+    let metric: u8 = row.get(2)?;
+    let device: String = row.get(3)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("series {id}: {what}"));
+    let patient = Id::parse(&patient).ok_or_else(|| corrupt("bad patient id"))?;
+    let metric = Metric::from_u8(metric).ok_or_else(|| corrupt("unknown metric"))?;
+    let device = if device.is_empty() {
+        None
+    } else {
+        Some(Id::parse(&device).ok_or_else(|| corrupt("bad device id"))?)
+    };
+    Ok(((patient, metric, device), id))
+}
