@@ -1,1 +1,32 @@
+//! Benchmark programs for Osler. Each drives real `osler` processes over loopback and prints a
+//! table of figures beside a named baseline; BENCHMARKS.md records the commands and results.
+//!
+//! - [`hub`]: FHIR ingest through transaction Bundles, bytes on disk per reading, and the
+//!   latency of the main search (one patient, one metric, 24 hours) over millions of readings.
+//! - [`cohort`]: a deterministic synthetic cohort that the benchmarks feed in.
+//! - [`process`]: starting and stopping an `osler` child process.
 
+pub mod cohort;
+pub mod hub;
+pub mod process;
+
+/// The percentile `p` (0-100) of sorted samples, nearest-rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(super::percentile(&v, 50.0), 50.0);
+        assert_eq!(super::percentile(&v, 99.0), 99.0);
+        assert_eq!(super::percentile(&v, 100.0), 100.0);
+        assert_eq!(super::percentile(&[3.0], 99.9), 3.0);
+    }
+}

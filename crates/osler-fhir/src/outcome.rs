@@ -22,6 +22,8 @@ pub enum ErrorKind {
     NotFound,
     /// The request is too large (HTTP 413).
     TooLarge,
+    /// The body is in a format Osler does not read, such as XML (HTTP 415).
+    UnsupportedMediaType,
     /// The server failed (HTTP 500); the message is safe to show.
     Internal,
 }
@@ -36,6 +38,7 @@ impl ErrorKind {
             ErrorKind::MultipleMatches => 412,
             ErrorKind::NotFound => 404,
             ErrorKind::TooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Internal => 500,
         }
     }
@@ -51,6 +54,7 @@ impl ErrorKind {
             ErrorKind::MultipleMatches => "multiple-matches",
             ErrorKind::NotFound => "not-found",
             ErrorKind::TooLarge => "too-costly",
+            ErrorKind::UnsupportedMediaType => "not-supported",
             ErrorKind::Internal => "exception",
         }
     }

@@ -1,1 +1,175 @@
+//! The Osler hub service: ingest, the FHIR R4 API, metrics.
+//!
+//! Main types: [`HubConfig`] (what to serve and where), [`Hub`] (a bound, ready server:
+//! [`Hub::bind`], [`Hub::local_addr`], [`Hub::run`]).
+//!
+//! Layout: `fhir_api` holds the `/fhir` routes (one handler per interaction), `reply` turns
+//! results and errors into HTTP responses (errors as OperationOutcome), `metrics` the
+//! Prometheus registry.
+//!
+//! **Invariant:** a reading is acknowledged (2xx) only after the store has committed it.
 
+mod fhir_api;
+mod metrics;
+mod reply;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use osler_store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+
+pub use metrics::Metrics;
+
+/// Largest request body accepted by default: a 10,000-entry Bundle fits with room to spare.
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// What the hub serves and where.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Directory for the database and anything else the hub keeps.
+    pub data: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// The public base URL of the FHIR API (for links and fullUrls); derived from each
+    /// request's Host header when absent.
+    pub public_url: Option<String>,
+}
+
+/// Errors that stop the hub from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] osler_store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+pub(crate) struct AppState {
+    pub store: Arc<Store>,
+    pub metrics: Metrics,
+    pub public_url: Option<String>,
+    pub max_body: usize,
+    pub started: String,
+}
+
+/// A hub bound to its address with its store open, ready to [`run`](Hub::run).
+pub struct Hub {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    // A clock before 1970 is a broken machine; treating it as the epoch makes every reading
+    // look "in the future" and refused, which is the safe failure.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    /// Opens the store and binds the listener.
+    pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
+        let data = config.data.clone();
+        let store =
+            tokio::task::spawn_blocking(move || Store::open(&data, StoreOptions::default()))
+                .await
+                .map_err(|e| HubError::Serve(std::io::Error::other(e)))??;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| HubError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let state = Arc::new(AppState {
+            store: Arc::new(store),
+            metrics: Metrics::default(),
+            public_url: config
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            max_body: config.max_body,
+            started: osler_core::Timestamp::utc(now_ms()).to_string(),
+        });
+        Ok(Hub { listener, state })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TcpListener always has a local address; failure here would be an OS bug.
+        self.listener
+            .local_addr()
+            .expect("a bound listener has a local address")
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HubError> {
+        let app = router(self.state.clone());
+        tracing::info!(addr = %self.local_addr(), db = %self.state.store.path().display(), "hub serving");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(HubError::Serve)
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .merge(fhir_api::routes())
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(reply::not_found)
+        .method_not_allowed_fallback(reply::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(state.store.stats()),
+    )
+        .into_response()
+}
+
+/// Times every request and counts it by route (the matched pattern, so ids do not explode
+/// the label set).
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    state
+        .metrics
+        .observe_request(&route, &method, status, elapsed);
+    if status >= 500 {
+        tracing::warn!(%route, %method, status, ms = elapsed.as_secs_f64() * 1e3, "request failed");
+    } else {
+        tracing::debug!(%route, %method, status, ms = elapsed.as_secs_f64() * 1e3, "request");
+    }
+    response
+}

@@ -1,0 +1,554 @@
+//! The `/fhir` routes: one handler per FHIR interaction.
+//!
+//! Every write follows the same path: parse (osler-fhir) → validate (osler-core) → commit
+//! (osler-store) → answer. Nothing is acknowledged before the commit, and every refusal names
+//! the element at fault.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use osler_core::{Id, ReadingError};
+use osler_fhir::bundle::{response_bundle, response_entry, searchset};
+use osler_fhir::{
+    BundleKind, ErrorKind, FhirError, ObservationSearch, encode_query, observation_json,
+    parse_bundle, parse_if_none_exist, parse_observation, parse_observation_search, parse_query,
+};
+use osler_store::{Cursor, Query, ReadingId, StoredReading, WriteOp, WriteOutcome};
+use serde_json::Value;
+
+use crate::reply::{ApiError, fhir};
+use crate::{AppState, now_ms};
+
+type St = State<Arc<AppState>>;
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/fhir", post(transaction_or_batch))
+        .route("/fhir/", post(transaction_or_batch))
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir/Observation", post(create).get(search))
+        .route("/fhir/Observation/$lastn", get(last_n))
+        .route("/fhir/Observation/{id}", get(read))
+        .route("/fhir/Patient/{id}", get(read_patient))
+        .route("/fhir/Device/{id}", get(read_device))
+}
+
+/// The FHIR base URL as the client sees it.
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(u) = &state.public_url {
+        return u.clone();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    format!("http://{host}/fhir")
+}
+
+/// Reads the body as JSON, within the size limit.
+async fn read_json(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        && ct.to_ascii_lowercase().contains("xml")
+    {
+        return Err(FhirError::new(
+            ErrorKind::UnsupportedMediaType,
+            "only JSON is accepted (application/fhir+json)",
+        )
+        .into());
+    }
+    let too_large = || {
+        FhirError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "the body exceeds {} bytes; split it into smaller Bundles",
+                state.max_body
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body as u64) {
+        return Err(too_large().into());
+    }
+    let bytes = axum::body::to_bytes(body, state.max_body)
+        .await
+        .map_err(|e| {
+            let limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.into_inner().is::<http_body_util::LengthLimitError>();
+            if limit {
+                too_large()
+            } else {
+                FhirError::new(ErrorKind::Malformed, "the request body could not be read")
+            }
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        FhirError::new(
+            ErrorKind::Malformed,
+            format!("the body is not valid JSON: {e}"),
+        )
+        .into()
+    })
+}
+
+fn invalid_reading(e: ReadingError) -> FhirError {
+    FhirError::new(ErrorKind::Invalid, e.to_string())
+}
+
+/// Why a write outcome is a failure, as a FHIR error.
+fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
+    match o {
+        WriteOutcome::Created(_) | WriteOutcome::Existing(_) => None,
+        WriteOutcome::Conflict { existing } => Some(FhirError::new(
+            ErrorKind::Conflict,
+            format!(
+                "Observation/{} already holds a different reading for this patient, metric and device at this time; \
+                 a reading's time identifies it, and corrections are not accepted by create",
+                existing.id
+            ),
+        )),
+        WriteOutcome::MultipleMatches { count } => Some(FhirError::new(
+            ErrorKind::MultipleMatches,
+            format!("If-None-Exist matched {count} Observations; nothing was created"),
+        )),
+    }
+}
+
+fn prefers(headers: &HeaderMap, what: &str) -> Option<bool> {
+    let p = headers.get("prefer")?.to_str().ok()?;
+    Some(
+        p.split(';')
+            .any(|part| part.trim() == format!("return={what}")),
+    )
+}
+
+fn location(base: &str, s: &StoredReading) -> String {
+    format!("{base}/Observation/{}", s.id)
+}
+
+async fn metadata(State(state): St, headers: HeaderMap) -> Response {
+    let cs = osler_fhir::resources::capability_statement(
+        env!("CARGO_PKG_VERSION"),
+        &state.started,
+        &base_url(&state, &headers),
+    );
+    fhir(StatusCode::OK, &cs)
+}
+
+async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let received = now_ms();
+    let json = read_json(&state, &headers, body).await?;
+    let input =
+        parse_observation(&json, received).inspect_err(|_| state.metrics.rejected("invalid", 1))?;
+    let reading = input.validate(received).map_err(|e| {
+        state.metrics.rejected("invalid", 1);
+        invalid_reading(e)
+    })?;
+    let if_none_exist = match headers.get("if-none-exist") {
+        None => None,
+        Some(v) => Some(parse_if_none_exist(v.to_str().map_err(|_| {
+            FhirError::new(
+                ErrorKind::BadParameter,
+                "If-None-Exist is not readable text",
+            )
+        })?)?),
+    };
+    let result = state
+        .store
+        .write(
+            vec![WriteOp {
+                reading,
+                if_none_exist,
+            }],
+            false,
+        )
+        .await?;
+    let Some(outcome) = result.outcomes.into_iter().next() else {
+        return Err(FhirError::new(ErrorKind::Internal, "the store answered no outcome").into());
+    };
+    let (status, stored) = match outcome {
+        WriteOutcome::Created(s) => (StatusCode::CREATED, s),
+        WriteOutcome::Existing(s) => (StatusCode::OK, s),
+        failed => {
+            state.metrics.rejected("conflict", 1);
+            let e = outcome_error(&failed)
+                .unwrap_or_else(|| FhirError::new(ErrorKind::Internal, "unknown outcome"));
+            return Err(e.into());
+        }
+    };
+    let base = base_url(&state, &headers);
+    let mut response = if prefers(&headers, "minimal") == Some(true) {
+        status.into_response()
+    } else {
+        fhir(
+            status,
+            &observation_json(&stored.id.to_string(), &stored.reading),
+        )
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location(&base, &stored)) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::ETAG, HeaderValue::from_static("W/\"1\""));
+    Ok(response)
+}
+
+async fn transaction_or_batch(
+    State(state): St,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received = now_ms();
+    let json = read_json(&state, &headers, body).await?;
+    let bundle = parse_bundle(&json, received)?;
+    let base = base_url(&state, &headers);
+    let with_resources = prefers(&headers, "representation") == Some(true);
+    let prepared: Vec<Result<WriteOp, FhirError>> = bundle
+        .entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let req = entry?;
+            let reading = req
+                .input
+                .validate(received)
+                .map_err(|e| invalid_reading(e).within(&format!("Bundle.entry[{i}].resource")))?;
+            Ok(WriteOp {
+                reading,
+                if_none_exist: req.if_none_exist,
+            })
+        })
+        .collect();
+    let rejected = prepared.iter().filter(|p| p.is_err()).count() as u64;
+    if rejected > 0 {
+        state.metrics.rejected("invalid", rejected);
+    }
+
+    let answer = |o: &WriteOutcome| -> Value {
+        match o {
+            WriteOutcome::Created(s) | WriteOutcome::Existing(s) => {
+                let status = if matches!(o, WriteOutcome::Created(_)) {
+                    "201 Created"
+                } else {
+                    "200 OK"
+                };
+                let resource =
+                    with_resources.then(|| observation_json(&s.id.to_string(), &s.reading));
+                response_entry(status, Some(&location(&base, s)), resource, None)
+            }
+            failed => {
+                let e = outcome_error(failed)
+                    .unwrap_or_else(|| FhirError::new(ErrorKind::Internal, "unknown outcome"));
+                response_entry(
+                    &status_line(e.kind.status()),
+                    None,
+                    None,
+                    Some(e.to_outcome()),
+                )
+            }
+        }
+    };
+
+    match bundle.kind {
+        BundleKind::Transaction => {
+            if let Some(Err(e)) = prepared.iter().find(|p| p.is_err()) {
+                let mut e = e.clone();
+                e.message = format!("{} (transaction: nothing was stored)", e.message);
+                return Err(e.into());
+            }
+            let ops: Vec<WriteOp> = prepared.into_iter().filter_map(Result::ok).collect();
+            let result = state.store.write(ops, true).await?;
+            if !result.committed {
+                let (i, e) = result
+                    .outcomes
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, o)| outcome_error(o).map(|e| (i, e)))
+                    .unwrap_or((
+                        0,
+                        FhirError::new(ErrorKind::Internal, "transaction was not committed"),
+                    ));
+                state.metrics.rejected("conflict", 1);
+                let mut e = e.within(&format!("Bundle.entry[{i}]"));
+                e.message = format!("{} (transaction: nothing was stored)", e.message);
+                return Err(e.into());
+            }
+            let entries = result.outcomes.iter().map(answer).collect();
+            Ok(fhir(
+                StatusCode::OK,
+                &response_bundle(BundleKind::Transaction, entries),
+            ))
+        }
+        BundleKind::Batch => {
+            let (ops, slots): (Vec<WriteOp>, Vec<usize>) = prepared
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.as_ref().ok().map(|op| (op.clone(), i)))
+                .unzip();
+            let result = state.store.write(ops, false).await?;
+            let mut entries: Vec<Value> = prepared
+                .iter()
+                .map(|p| match p {
+                    Err(e) => response_entry(
+                        &status_line(e.kind.status()),
+                        None,
+                        None,
+                        Some(e.to_outcome()),
+                    ),
+                    Ok(_) => Value::Null,
+                })
+                .collect();
+            let conflicts = result.outcomes.iter().filter(|o| !o.is_ok()).count() as u64;
+            if conflicts > 0 {
+                state.metrics.rejected("conflict", conflicts);
+            }
+            for (slot, o) in slots.into_iter().zip(&result.outcomes) {
+                entries[slot] = answer(o);
+            }
+            Ok(fhir(
+                StatusCode::OK,
+                &response_bundle(BundleKind::Batch, entries),
+            ))
+        }
+    }
+}
+
+fn status_line(code: u16) -> String {
+    let reason = StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("{code} {reason}")
+}
+
+async fn read(State(state): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let not_found = || {
+        FhirError::at(
+            ErrorKind::NotFound,
+            "Observation.id",
+            format!(
+                "Observation/{} is not known",
+                id.chars().take(64).collect::<String>()
+            ),
+        )
+    };
+    let rid = ReadingId::parse(&id).ok_or_else(not_found)?;
+    let store = state.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.get(rid)).await??;
+    match found {
+        Some(s) => Ok(fhir(
+            StatusCode::OK,
+            &observation_json(&s.id.to_string(), &s.reading),
+        )),
+        None => Err(not_found().into()),
+    }
+}
+
+async fn read_patient(State(state): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    read_named(state, id, "Patient").await
+}
+
+async fn read_device(State(state): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    read_named(state, id, "Device").await
+}
+
+async fn read_named(
+    state: Arc<AppState>,
+    id: String,
+    kind: &'static str,
+) -> Result<Response, ApiError> {
+    let not_found = || {
+        FhirError::new(
+            ErrorKind::NotFound,
+            format!(
+                "{kind}/{} is not known",
+                id.chars().take(64).collect::<String>()
+            ),
+        )
+    };
+    if Id::parse(&id).is_none() {
+        return Err(not_found().into());
+    }
+    let store = state.store.clone();
+    let key = id.clone();
+    let exists = tokio::task::spawn_blocking(move || match kind {
+        "Patient" => store.patient_exists(&key),
+        _ => store.device_exists(&key),
+    })
+    .await??;
+    if !exists {
+        return Err(not_found().into());
+    }
+    let body = match kind {
+        "Patient" => osler_fhir::resources::patient(&id),
+        _ => osler_fhir::resources::device(&id),
+    };
+    Ok(fhir(StatusCode::OK, &body))
+}
+
+fn store_query(s: &ObservationSearch, patient: Id) -> Query {
+    Query {
+        patient,
+        metrics: s.metrics.clone(),
+        device: s.device.clone(),
+        from_ms: s.from_ms,
+        to_ms: s.to_ms,
+        descending: s.descending,
+        after: s.cursor.map(|(t_ms, series)| Cursor { t_ms, series }),
+        limit: s.count,
+    }
+}
+
+fn entries(base: &str, readings: &[StoredReading]) -> Vec<(String, Value)> {
+    readings
+        .iter()
+        .map(|s| {
+            (
+                location(base, s),
+                observation_json(&s.id.to_string(), &s.reading),
+            )
+        })
+        .collect()
+}
+
+async fn search(
+    State(state): St,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = parse_query(raw.as_deref().unwrap_or(""))?;
+    let s = parse_observation_search(&params, false)?;
+    let base = base_url(&state, &headers);
+    let self_link = format!("{base}/Observation?{}", encode_query(&params));
+    if s.metrics.as_ref().is_some_and(Vec::is_empty) {
+        // The codes or categories asked for name no metric Osler stores: nothing can match.
+        return Ok(fhir(
+            StatusCode::OK,
+            &searchset(Some(0), &[("self", self_link)], Vec::new()),
+        ));
+    }
+    let store = state.store.clone();
+    let s2 = s.clone();
+    let (total, page) =
+        tokio::task::spawn_blocking(move || -> Result<_, osler_store::StoreError> {
+            if let Some(ident) = &s2.identifier {
+                // Identifier matches are few (normally one); filter and order them in memory.
+                let mut found: Vec<StoredReading> = store
+                    .by_identifier(ident)?
+                    .into_iter()
+                    .filter(|r| {
+                        let q = &r.reading;
+                        s2.patient.as_ref().is_none_or(|p| *p == q.patient)
+                            && s2.metrics.as_ref().is_none_or(|m| m.contains(&q.metric))
+                            && s2
+                                .device
+                                .as_ref()
+                                .is_none_or(|d| Some(d) == q.device.as_ref())
+                            && (s2.from_ms..s2.to_ms).contains(&r.id.t_ms)
+                    })
+                    .collect();
+                found.sort_by_key(|r| (r.id.t_ms, r.id.series));
+                if s2.descending {
+                    found.reverse();
+                }
+                let total = found.len() as u64;
+                found.truncate(s2.count);
+                return Ok((
+                    Some(total),
+                    osler_store::Page {
+                        readings: found,
+                        next: None,
+                    },
+                ));
+            }
+            // parse_observation_search guarantees a patient when there is no identifier.
+            let Some(patient) = s2.patient.clone() else {
+                return Ok((
+                    Some(0),
+                    osler_store::Page {
+                        readings: Vec::new(),
+                        next: None,
+                    },
+                ));
+            };
+            let q = store_query(&s2, patient);
+            // The total is counted on the first page only: later pages are read by clients that
+            // already have it, and counting a long range on every page would double their cost.
+            let total = if s2.cursor.is_none() || s2.summary_count {
+                Some(store.count(&Query {
+                    after: None,
+                    ..q.clone()
+                })?)
+            } else {
+                None
+            };
+            if s2.summary_count {
+                return Ok((
+                    total,
+                    osler_store::Page {
+                        readings: Vec::new(),
+                        next: None,
+                    },
+                ));
+            }
+            Ok((total, store.search(&q)?))
+        })
+        .await??;
+    let mut links = vec![("self", self_link)];
+    if let Some(c) = page.next {
+        let mut next: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| k != "_cursor")
+            .cloned()
+            .collect();
+        next.push(("_cursor".into(), format!("{}.{}", c.t_ms, c.series)));
+        links.push((
+            "next",
+            format!("{base}/Observation?{}", encode_query(&next)),
+        ));
+    }
+    Ok(fhir(
+        StatusCode::OK,
+        &searchset(total, &links, entries(&base, &page.readings)),
+    ))
+}
+
+async fn last_n(
+    State(state): St,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = parse_query(raw.as_deref().unwrap_or(""))?;
+    let s = parse_observation_search(&params, true)?;
+    let base = base_url(&state, &headers);
+    let self_link = format!("{base}/Observation/$lastn?{}", encode_query(&params));
+    let Some(patient) = s.patient.clone() else {
+        return Err(FhirError::new(ErrorKind::BadParameter, "$lastn needs patient").into());
+    };
+    let found = if s.metrics.as_ref().is_some_and(Vec::is_empty) {
+        Vec::new()
+    } else {
+        let store = state.store.clone();
+        let q = store_query(&s, patient);
+        let max = s.max;
+        tokio::task::spawn_blocking(move || store.last_n(&q, max)).await??
+    };
+    Ok(fhir(
+        StatusCode::OK,
+        &searchset(
+            Some(found.len() as u64),
+            &[("self", self_link)],
+            entries(&base, &found),
+        ),
+    ))
+}

@@ -1,0 +1,172 @@
+//! Prometheus text-format metrics: request counts and latencies per route, readings committed,
+//! readings rejected, commits.
+//!
+//! A handful of counters behind one mutex: the hub takes tens of requests a second under bulk
+//! load (a Bundle carries a thousand readings), so contention is nothing beside the JSON work.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use osler_store::StoreStats;
+
+/// Histogram bucket upper bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+/// The hub's metrics registry.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *m.requests
+            .entry((route.to_owned(), method.to_owned(), status))
+            .or_default() += 1;
+        let h = m.latency.entry(route.to_owned()).or_default();
+        let secs = elapsed.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// Counts readings refused, by the kind of reason.
+    pub fn rejected(&self, reason: &'static str, n: u64) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *m.rejected.entry(reason).or_default() += n;
+    }
+
+    /// The text exposition format (version 0.0.4).
+    pub fn render(&self, store: &StoreStats) -> String {
+        let mut out = String::new();
+        let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        let _ = writeln!(
+            out,
+            "# HELP osler_readings_committed_total Readings durably committed since start."
+        );
+        let _ = writeln!(out, "# TYPE osler_readings_committed_total counter");
+        let _ = writeln!(
+            out,
+            "osler_readings_committed_total {}",
+            store.committed_readings.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP osler_readings_stored Readings in the store.");
+        let _ = writeln!(out, "# TYPE osler_readings_stored gauge");
+        let _ = writeln!(
+            out,
+            "osler_readings_stored {}",
+            store.readings.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP osler_store_commits_total Group commits (each one fsync) since start."
+        );
+        let _ = writeln!(out, "# TYPE osler_store_commits_total counter");
+        let _ = writeln!(
+            out,
+            "osler_store_commits_total {}",
+            store.commits.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP osler_readings_rejected_total Readings refused, by reason."
+        );
+        let _ = writeln!(out, "# TYPE osler_readings_rejected_total counter");
+        for (reason, n) in &m.rejected {
+            let _ = writeln!(
+                out,
+                "osler_readings_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP osler_http_requests_total HTTP requests by route, method and status."
+        );
+        let _ = writeln!(out, "# TYPE osler_http_requests_total counter");
+        for ((route, method, status), n) in &m.requests {
+            let _ = writeln!(
+                out,
+                "osler_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP osler_http_request_duration_seconds HTTP request latency by route."
+        );
+        let _ = writeln!(out, "# TYPE osler_http_request_duration_seconds histogram");
+        for (route, h) in &m.latency {
+            for (le, c) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    out,
+                    "osler_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {c}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "osler_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "osler_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "osler_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.observe_request("/fhir", "POST", 200, Duration::from_micros(800));
+        m.observe_request("/fhir", "POST", 200, Duration::from_millis(30));
+        m.rejected("invalid", 2);
+        let text = m.render(&StoreStats::default());
+        assert!(text.contains(
+            "osler_http_request_duration_seconds_bucket{route=\"/fhir\",le=\"0.001\"} 1\n"
+        ));
+        assert!(text.contains(
+            "osler_http_request_duration_seconds_bucket{route=\"/fhir\",le=\"0.05\"} 2\n"
+        ));
+        assert!(text.contains("osler_http_request_duration_seconds_count{route=\"/fhir\"} 2\n"));
+        assert!(text.contains(
+            "osler_http_requests_total{route=\"/fhir\",method=\"POST\",status=\"200\"} 2\n"
+        ));
+        assert!(text.contains("osler_readings_rejected_total{reason=\"invalid\"} 2\n"));
+    }
+}
