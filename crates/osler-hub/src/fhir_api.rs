@@ -12,6 +12,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::BodyExt;
 use osler_core::{Id, ReadingError};
 use osler_fhir::bundle::{response_bundle, response_entry, searchset};
 use osler_fhir::{
@@ -73,25 +74,38 @@ async fn read_json(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
             ),
         )
     };
+    // An oversized body is still read (and thrown away) up to a bound, so that the client,
+    // which is usually still sending, gets to read the OperationOutcome instead of a reset.
+    let drain_limit = (state.max_body as u64).saturating_mul(4).max(64 << 20);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.max_body as u64) {
+    if declared.is_some_and(|n| n > drain_limit) {
         return Err(too_large().into());
     }
-    let bytes = axum::body::to_bytes(body, state.max_body)
-        .await
-        .map_err(|e| {
-            let limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.into_inner().is::<http_body_util::LengthLimitError>();
-            if limit {
-                too_large()
-            } else {
-                FhirError::new(ErrorKind::Malformed, "the request body could not be read")
-            }
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            FhirError::new(ErrorKind::Malformed, "the request body could not be read")
         })?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > state.max_body as u64 {
+                bytes = Vec::new();
+                if seen > drain_limit {
+                    break;
+                }
+            } else {
+                bytes.extend_from_slice(&data);
+            }
+        }
+    }
+    if seen > state.max_body as u64 {
+        return Err(too_large().into());
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         FhirError::new(
             ErrorKind::Malformed,
