@@ -404,7 +404,7 @@ pub static CATALOG: [MetricInfo; 12] = [
         input_units: &[same("%")],
         range: (1.0, 80.0),
         parts: None,
-        profiles: &[],
+        profiles: &[VITALSIGNS_PROFILE],
     },
     MetricInfo {
         metric: Metric::HrvSdnn,
@@ -429,7 +429,7 @@ pub static CATALOG: [MetricInfo; 12] = [
         ],
         range: (1.0, 1000.0),
         parts: None,
-        profiles: &[],
+        profiles: &[VITALSIGNS_PROFILE],
     },
 ];
 

@@ -189,10 +189,10 @@ fn keyset_paging_matches_a_model() {
     for chunk in ops.chunks(97) {
         let res = store.write_blocking(chunk.to_vec(), false).unwrap();
         for o in res.outcomes {
-            if let WriteOutcome::Created(s) = o {
-                if s.reading.patient.as_str() == "p1" {
-                    model.push(s);
-                }
+            if let WriteOutcome::Created(s) = o
+                && s.reading.patient.as_str() == "p1"
+            {
+                model.push(s);
             }
         }
     }
