@@ -47,9 +47,8 @@ impl Cohort {
         let patients = (0..patients)
             .map(|i| {
                 // Formatted ids are always valid: letters, digits and '-'.
-                let p = Id::parse(&format!("bench-p{i}")).expect("valid id");
                 let d = Id::parse(&format!("bench-d{i}")).expect("valid id");
-                (p, d)
+                (Cohort::patient_id(i), d)
             })
             .collect();
         Cohort {
@@ -61,13 +60,10 @@ impl Cohort {
         }
     }
 
-    /// The time of the reading the stream will yield next (approximately: its tick).
-    pub fn now_ms(&self) -> i64 {
-        self.start_ms + self.tick * 10_000
-    }
-
-    pub fn patient_ids(&self) -> impl Iterator<Item = &Id> {
-        self.patients.iter().map(|(p, _)| p)
+    /// The id of the cohort's patient number `i`.
+    pub fn patient_id(i: usize) -> Id {
+        // Formatted ids are always valid: letters, digits and '-'.
+        Id::parse(&format!("bench-p{i}")).expect("valid id")
     }
 
     fn fill_tick(&mut self) {
@@ -174,8 +170,19 @@ pub fn observation_text(r: &Reading) -> String {
             info.unit_display, info.unit
         ),
     };
+    let identifier = r
+        .identifier
+        .as_ref()
+        .map(|i| {
+            let (system, value) = (
+                serde_json::Value::from(i.system.as_str()),
+                serde_json::Value::from(i.value.as_str()),
+            );
+            format!(r#""identifier":[{{"system":{system},"value":{value}}}],"#)
+        })
+        .unwrap_or_default();
     format!(
-        r#"{{"resourceType":"Observation","status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"{}"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"{}","display":"{}"}}]}},"subject":{{"reference":"Patient/{}"}},"effectiveDateTime":"{}"{device}{value}}}"#,
+        r#"{{"resourceType":"Observation",{identifier}"status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"{}"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"{}","display":"{}"}}]}},"subject":{{"reference":"Patient/{}"}},"effectiveDateTime":"{}"{device}{value}}}"#,
         info.category.code(),
         info.loinc.code,
         info.loinc.display,

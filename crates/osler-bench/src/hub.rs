@@ -54,6 +54,10 @@ pub struct HubBenchArgs {
     /// The osler binary to benchmark (default: this one).
     #[arg(long, value_name = "PATH")]
     osler: Option<PathBuf>,
+    /// Give every reading a sender identifier (stored and indexed for conditional create), to
+    /// measure what identifiers cost on disk.
+    #[arg(long)]
+    identifiers: bool,
     /// Seed for the synthetic cohort.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -147,8 +151,21 @@ pub fn run(args: HubBenchArgs) -> anyhow::Result<()> {
     let days = args.readings as f64 / (args.patients as f64 * readings_per_patient_day());
     let span_ms = (days * 86_400_000.0) as i64 + 3_600_000;
     let start_ms = (now_ms() - span_ms - 3_600_000) / 86_400_000 * 86_400_000;
-    let mut cohort = Cohort::new(args.patients, start_ms, args.seed);
-    let patients: Vec<String> = cohort.patient_ids().map(|p| p.to_string()).collect();
+    let mut numbered = 0u64;
+    let with_ids = args.identifiers;
+    let mut cohort = Cohort::new(args.patients, start_ms, args.seed).map(move |mut r| {
+        if with_ids {
+            numbered += 1;
+            r.identifier = Some(osler_core::Identifier {
+                system: "urn:osler:bench".into(),
+                value: format!("r{numbered}"),
+            });
+        }
+        r
+    });
+    let patients: Vec<String> = (0..args.patients)
+        .map(|i| Cohort::patient_id(i).to_string())
+        .collect();
 
     eprintln!(
         "osler bench hub: {} readings, {} patients, {:.1} simulated days; data in {}",
@@ -253,7 +270,7 @@ pub fn run(args: HubBenchArgs) -> anyhow::Result<()> {
         }
     }
     let fill_rate = rest as f64 / t.elapsed().as_secs_f64();
-    let end_ms = cohort.now_ms();
+    let end_ms = cohort.next().map_or(start_ms, |r| r.taken.utc_ms);
 
     // 5. Search a restarted hub: random patient, heart rate, a random 24-hour window.
     let t = Instant::now();
