@@ -238,19 +238,7 @@ impl ReadingInput {
                 });
             }
         };
-        let ahead = self.taken.utc_ms - now_ms;
-        if ahead > FUTURE_TOLERANCE_MS {
-            return Err(ReadingError::InFuture {
-                taken: self.taken.to_string(),
-                ahead_s: ahead / 1000,
-            });
-        }
-        if self.taken.utc_ms < EARLIEST_MS {
-            return Err(ReadingError::TooOld {
-                taken: self.taken.to_string(),
-            });
-        }
-        Ok(Reading {
+        let reading = Reading {
             patient,
             device,
             metric: self.metric,
@@ -259,16 +247,79 @@ impl ReadingInput {
             received_ms: self.received_ms,
             status: self.status,
             identifier: self.identifier,
+        };
+        check_time(&reading, now_ms)?;
+        Ok(reading)
+    }
+}
+
+impl Reading {
+    /// Checks a reading that is already in canonical units (from a gateway batch, say): the
+    /// same ranges and time rules as [`ReadingInput::validate`], without unit conversion.
+    pub fn check(&self, now_ms: i64) -> Result<(), ReadingError> {
+        let info = self.metric.info();
+        match (self.value, info.parts) {
+            (Value::Scalar(v), None) => {
+                finite(info, v)?;
+                check_range(info, "", v, info.range)?;
+            }
+            (Value::Pair(sys, dia), Some(parts)) => {
+                finite(info, sys)?;
+                finite(info, dia)?;
+                check_range(info, " systolic", sys, parts[0].range)?;
+                check_range(info, " diastolic", dia, parts[1].range)?;
+                if sys <= dia {
+                    return Err(ReadingError::SystolicNotAboveDiastolic {
+                        systolic: sys,
+                        diastolic: dia,
+                    });
+                }
+            }
+            (Value::Scalar(_), Some(_)) => {
+                return Err(ReadingError::WrongShape {
+                    metric: self.metric,
+                    expected: "two parts (systolic and diastolic), not a single value",
+                });
+            }
+            (Value::Pair(..), None) => {
+                return Err(ReadingError::WrongShape {
+                    metric: self.metric,
+                    expected: "a single value, not parts",
+                });
+            }
+        }
+        check_time(self, now_ms)
+    }
+}
+
+fn finite(info: &MetricInfo, v: f64) -> Result<(), ReadingError> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(ReadingError::NotFinite {
+            metric: info.metric,
         })
     }
 }
 
-fn convert(info: &MetricInfo, value: f64, unit: &str) -> Result<f64, ReadingError> {
-    if !value.is_finite() {
-        return Err(ReadingError::NotFinite {
-            metric: info.metric,
+fn check_time(r: &Reading, now_ms: i64) -> Result<(), ReadingError> {
+    let ahead = r.taken.utc_ms - now_ms;
+    if ahead > FUTURE_TOLERANCE_MS {
+        return Err(ReadingError::InFuture {
+            taken: r.taken.to_string(),
+            ahead_s: ahead / 1000,
         });
     }
+    if r.taken.utc_ms < EARLIEST_MS {
+        return Err(ReadingError::TooOld {
+            taken: r.taken.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn convert(info: &MetricInfo, value: f64, unit: &str) -> Result<f64, ReadingError> {
+    finite(info, value)?;
     let input = info
         .input_unit(unit)
         .ok_or_else(|| ReadingError::UnknownUnit {
@@ -413,6 +464,42 @@ mod tests {
             .validate(NOW)
             .unwrap_err();
         assert!(matches!(e, ReadingError::WrongShape { .. }));
+    }
+
+    #[test]
+    fn canonical_readings_are_checked_the_same_way() {
+        let r = input(
+            Metric::BloodPressure,
+            InputValue::Pair {
+                first: (120.0, "mm[Hg]".into()),
+                second: (80.0, "mm[Hg]".into()),
+            },
+        )
+        .validate(NOW)
+        .unwrap();
+        assert_eq!(r.check(NOW), Ok(()));
+        let mut bad = r.clone();
+        bad.value = Value::Pair(80.0, 120.0);
+        assert!(matches!(
+            bad.check(NOW),
+            Err(ReadingError::SystolicNotAboveDiastolic { .. })
+        ));
+        bad.value = Value::Scalar(120.0);
+        assert!(matches!(
+            bad.check(NOW),
+            Err(ReadingError::WrongShape { .. })
+        ));
+        bad.value = Value::Pair(400.0, 80.0);
+        assert!(matches!(
+            bad.check(NOW),
+            Err(ReadingError::Implausible { .. })
+        ));
+        let mut late = r.clone();
+        late.taken = Timestamp::utc(NOW + FUTURE_TOLERANCE_MS + 1000);
+        assert!(matches!(
+            late.check(NOW),
+            Err(ReadingError::InFuture { .. })
+        ));
     }
 
     #[test]

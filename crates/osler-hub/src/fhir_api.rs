@@ -12,7 +12,6 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::BodyExt;
 use osler_core::{Id, ReadingError};
 use osler_fhir::bundle::{response_bundle, response_entry, searchset};
 use osler_fhir::{
@@ -22,6 +21,7 @@ use osler_fhir::{
 use osler_store::{Cursor, Query, ReadingId, StoredReading, WriteOp, WriteOutcome};
 use serde_json::Value;
 
+use crate::body::{BodyError, read_body};
 use crate::reply::{ApiError, fhir};
 use crate::{AppState, now_ms};
 
@@ -65,47 +65,24 @@ async fn read_json(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         )
         .into());
     }
-    let too_large = || {
-        FhirError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "the body exceeds {} bytes; split it into smaller Bundles",
-                state.max_body
-            ),
-        )
-    };
-    // An oversized body is still read (and thrown away) up to a bound, so that the client,
-    // which is usually still sending, gets to read the OperationOutcome instead of a reset.
-    let drain_limit = (state.max_body as u64).saturating_mul(4).max(64 << 20);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > drain_limit) {
-        return Err(too_large().into());
-    }
-    let mut body = body;
-    let mut bytes = Vec::new();
-    let mut seen = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| {
-            FhirError::new(ErrorKind::Malformed, "the request body could not be read")
-        })?;
-        if let Ok(data) = frame.into_data() {
-            seen += data.len() as u64;
-            if seen > state.max_body as u64 {
-                bytes = Vec::new();
-                if seen > drain_limit {
-                    break;
-                }
-            } else {
-                bytes.extend_from_slice(&data);
-            }
+    let bytes = match read_body(headers, body, state.max_body).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Err(FhirError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "the body exceeds {} bytes; split it into smaller Bundles",
+                    state.max_body
+                ),
+            )
+            .into());
         }
-    }
-    if seen > state.max_body as u64 {
-        return Err(too_large().into());
-    }
+        Err(BodyError::Unreadable) => {
+            return Err(
+                FhirError::new(ErrorKind::Malformed, "the request body could not be read").into(),
+            );
+        }
+    };
     serde_json::from_slice(&bytes).map_err(|e| {
         FhirError::new(
             ErrorKind::Malformed,
@@ -134,6 +111,11 @@ fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
         WriteOutcome::MultipleMatches { count } => Some(FhirError::new(
             ErrorKind::MultipleMatches,
             format!("If-None-Exist matched {count} Observations; nothing was created"),
+        )),
+        // Only gateway batches produce these; a FHIR write meeting one is a bug, said as such.
+        WriteOutcome::AlreadyCommitted | WriteOutcome::DeadLettered => Some(FhirError::new(
+            ErrorKind::Internal,
+            "the store answered a FHIR write with a gateway-batch outcome",
         )),
     }
 }

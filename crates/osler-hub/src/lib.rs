@@ -9,7 +9,9 @@
 //!
 //! **Invariant:** a reading is acknowledged (2xx) only after the store has committed it.
 
+mod body;
 mod fhir_api;
+mod ingest;
 mod metrics;
 mod reply;
 
@@ -124,16 +126,20 @@ impl Hub {
     ) -> Result<(), HubError> {
         let app = router(self.state.clone());
         tracing::info!(addr = %self.local_addr(), db = %self.state.store.path().display(), "hub serving");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(HubError::Serve)
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(HubError::Serve)
     }
 }
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(fhir_api::routes())
+        .merge(ingest::routes())
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(reply::not_found)

@@ -29,6 +29,7 @@
 //!   a conflict, never silently overwritten.
 //! - An atomic job (a FHIR transaction) is stored whole or not at all (one savepoint per job).
 
+pub mod admin;
 mod query;
 mod schema;
 mod writer;
@@ -118,12 +119,49 @@ pub enum WriteOutcome {
     Conflict { existing: StoredReading },
     /// A conditional create matched several readings.
     MultipleMatches { count: usize },
+    /// Part of a gateway batch whose sequence number the hub had committed before (a resend).
+    AlreadyCommitted,
+    /// Part of a gateway batch that could not be stored as a reading (a conflict): kept in the
+    /// dead-letter table with the reason instead.
+    DeadLettered,
 }
 
 impl WriteOutcome {
     pub fn is_ok(&self) -> bool {
-        matches!(self, WriteOutcome::Created(_) | WriteOutcome::Existing(_))
+        matches!(
+            self,
+            WriteOutcome::Created(_)
+                | WriteOutcome::Existing(_)
+                | WriteOutcome::AlreadyCommitted
+                | WriteOutcome::DeadLettered
+        )
     }
+}
+
+/// Where a gateway batch sits in its gateway's sequence, so that a resend is recognised.
+/// Ops of a batch job are numbered by `op_seqs`; entries the hub could not accept at all
+/// travel in `rejected` and are dead-lettered in the same commit.
+#[derive(Clone, Debug)]
+pub struct BatchMark {
+    pub gateway: String,
+    pub lane: u8,
+    pub last_seq: u64,
+    /// The sequence number of each op, in order.
+    pub op_seqs: Vec<u64>,
+    /// The raw entry text of each op, kept if the op must be dead-lettered (a conflict).
+    pub op_raw: Vec<String>,
+    /// (sequence number, raw entry, reason) of entries refused before reaching the store.
+    pub rejected: Vec<(u64, String, String)>,
+}
+
+/// An item the hub accepted from a gateway but could not store as a reading, kept with why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub received_ms: i64,
+    pub source: String,
+    pub payload: String,
+    pub reason: String,
 }
 
 /// The result of one write job.
@@ -163,6 +201,7 @@ pub struct StoreStats {
 pub(crate) struct Job {
     ops: Vec<WriteOp>,
     atomic: bool,
+    batch: Option<BatchMark>,
     reply: oneshot::Sender<Result<WriteResult, String>>,
 }
 
@@ -224,7 +263,12 @@ impl Store {
     pub async fn write(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .send(Job { ops, atomic, reply })
+            .send(Job {
+                ops,
+                atomic,
+                batch: None,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await
@@ -240,11 +284,54 @@ impl Store {
     ) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .blocking_send(Job { ops, atomic, reply })
+            .blocking_send(Job {
+                ops,
+                atomic,
+                batch: None,
+                reply,
+            })
             .map_err(|_| StoreError::Closed)?;
         rx.blocking_recv()
             .map_err(|_| StoreError::Closed)?
             .map_err(StoreError::Corrupt)
+    }
+
+    /// Stores a gateway batch: ops whose sequence number was committed before are skipped
+    /// (`AlreadyCommitted`), conflicts and `rejected` entries are dead-lettered, and the
+    /// gateway's high-water mark moves to `last_seq`, all in one commit.
+    pub async fn write_batch(
+        &self,
+        ops: Vec<WriteOp>,
+        mark: BatchMark,
+    ) -> Result<WriteResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Job {
+                ops,
+                atomic: false,
+                batch: Some(mark),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Corrupt)
+    }
+
+    /// The highest sequence number committed for a gateway's lane (0 if none).
+    pub fn committed_through(&self, gateway: &str, lane: u8) -> Result<u64, StoreError> {
+        self.read(|c| query::committed_through(c, gateway, lane))
+    }
+
+    /// The enrolled key of a gateway, if it was ever enrolled.
+    pub fn gateway(&self, id: &str) -> Result<Option<admin::GatewayRecord>, StoreError> {
+        self.read(|c| admin::gateway_record(c, id))
+    }
+
+    /// The most recent dead letters, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|c| query::dead_letters(c, limit))
     }
 
     /// Runs `f` with a read connection from the pool. Blocking: call from a blocking thread.

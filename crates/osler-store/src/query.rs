@@ -305,6 +305,40 @@ pub(crate) fn matches_ident(
     Ok(out)
 }
 
+pub(crate) fn committed_through(
+    conn: &Connection,
+    gateway: &str,
+    lane: u8,
+) -> Result<u64, StoreError> {
+    let n: Option<i64> = conn
+        .query_row(
+            "SELECT committed FROM gateway_seq WHERE gateway=?1 AND lane=?2",
+            params![gateway, lane],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(n.unwrap_or(0).max(0) as u64)
+}
+
+pub(crate) fn dead_letters(
+    conn: &Connection,
+    limit: usize,
+) -> Result<Vec<crate::DeadLetter>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, received_ms, source, payload, reason FROM dead_letter ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(crate::DeadLetter {
+            id: r.get(0)?,
+            received_ms: r.get(1)?,
+            source: r.get(2)?,
+            payload: r.get(3)?,
+            reason: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub(crate) fn exists(conn: &Connection, table: &'static str, id: &str) -> Result<bool, StoreError> {
     // `table` is one of two literals chosen by the caller, never outside input.
     let found: Option<i64> = conn

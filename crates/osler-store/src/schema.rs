@@ -29,6 +29,25 @@ CREATE TABLE IF NOT EXISTS reading(
     ident TEXT,
     PRIMARY KEY(series, t)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gateway(
+    id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    enrolled_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gateway_seq(
+    gateway TEXT NOT NULL,
+    lane INTEGER NOT NULL,
+    committed INTEGER NOT NULL,
+    PRIMARY KEY(gateway, lane)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letter(
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ident(
     h INTEGER NOT NULL,
     series INTEGER NOT NULL,

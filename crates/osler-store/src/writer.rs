@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 
 use crate::query::{load_reading_row, matches_ident};
 use crate::{
-    Job, ReadingId, StoreError, StoreStats, StoredReading, WriteOp, WriteOutcome, WriteResult,
-    ident_hash, ident_text,
+    BatchMark, Job, ReadingId, StoreError, StoreStats, StoredReading, WriteOp, WriteOutcome,
+    WriteResult, ident_hash, ident_text,
 };
 
 type SeriesKey = (Id, Metric, Option<Id>);
@@ -108,10 +108,16 @@ impl Writer {
         for job in jobs {
             self.conn.execute_batch("SAVEPOINT job")?;
             let mark = new_series.len();
-            let mut outcomes = Vec::with_capacity(job.ops.len());
-            for op in &job.ops {
-                outcomes.push(self.apply(op, new_series)?);
-            }
+            let outcomes = match &job.batch {
+                None => {
+                    let mut outcomes = Vec::with_capacity(job.ops.len());
+                    for op in &job.ops {
+                        outcomes.push(self.apply(op, new_series)?);
+                    }
+                    outcomes
+                }
+                Some(batch) => self.apply_batch(&job.ops, batch, new_series)?,
+            };
             let failed = outcomes.iter().any(|o| !o.is_ok());
             if job.atomic && failed {
                 self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
@@ -142,6 +148,70 @@ impl Writer {
         }
         self.conn.execute_batch("COMMIT")?;
         Ok((results, stored))
+    }
+
+    /// A gateway batch: skip what this gateway's lane committed before, dead-letter what cannot
+    /// be stored, and move the high-water mark, inside the job's savepoint.
+    fn apply_batch(
+        &mut self,
+        ops: &[WriteOp],
+        batch: &BatchMark,
+        new_series: &mut Vec<SeriesKey>,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let hwm: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT committed FROM gateway_seq WHERE gateway=?1 AND lane=?2",
+                params![batch.gateway, batch.lane],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let hwm = hwm.unwrap_or(0).max(0) as u64;
+        let source = format!("gateway {} lane {}", batch.gateway, batch.lane);
+        let now = ops.first().map_or(0, |o| o.reading.received_ms);
+        let dead = |conn: &Connection,
+                    seq: u64,
+                    payload: &str,
+                    reason: &str|
+         -> Result<(), StoreError> {
+            conn.prepare_cached(
+                "INSERT INTO dead_letter(received_ms, source, payload, reason) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![now, format!("{source} seq {seq}"), payload, reason])?;
+            Ok(())
+        };
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let seq = batch.op_seqs.get(i).copied().unwrap_or(0);
+            if seq <= hwm {
+                outcomes.push(WriteOutcome::AlreadyCommitted);
+                continue;
+            }
+            let outcome = self.apply(op, new_series)?;
+            if let WriteOutcome::Conflict { existing } = &outcome {
+                let raw = batch.op_raw.get(i).map_or("", String::as_str);
+                let reason = format!(
+                    "a different reading is stored under the same identity (reading {}); kept here instead of overwriting it",
+                    existing.id
+                );
+                dead(&self.conn, seq, raw, &reason)?;
+                outcomes.push(WriteOutcome::DeadLettered);
+            } else {
+                outcomes.push(outcome);
+            }
+        }
+        for (seq, raw, reason) in &batch.rejected {
+            if *seq > hwm {
+                dead(&self.conn, *seq, raw, reason)?;
+            }
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO gateway_seq(gateway, lane, committed) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(gateway, lane) DO UPDATE SET committed = max(committed, excluded.committed)",
+            )?
+            .execute(params![batch.gateway, batch.lane, batch.last_seq as i64])?;
+        Ok(outcomes)
     }
 
     fn apply(

@@ -1,7 +1,7 @@
 //! The store against a real SQLite file in a temporary directory.
 
 use osler_core::{Id, Identifier, Metric, Reading, Status, Timestamp, Value};
-use osler_store::{Cursor, Query, Store, StoreOptions, WriteOp, WriteOutcome};
+use osler_store::{BatchMark, Cursor, Query, Store, StoreOptions, WriteOp, WriteOutcome};
 
 const T0: i64 = 1_750_000_000_000;
 
@@ -301,4 +301,113 @@ async fn concurrent_writers_share_commits() {
     );
     // 640 single-reading writes from 32 concurrent writers must not take 640 commits.
     assert!(commits < 640, "{commits} commits for 640 writes");
+}
+
+fn mark(first: u64, ops: &[WriteOp], rejected: Vec<(u64, String, String)>) -> BatchMark {
+    let n = (ops.len() + rejected.len()) as u64;
+    BatchMark {
+        gateway: "gw-1".into(),
+        lane: 1,
+        last_seq: first + n - 1,
+        op_seqs: (first..first + ops.len() as u64).collect(),
+        op_raw: ops
+            .iter()
+            .map(|o| format!("{:?}", o.reading.value))
+            .collect(),
+        rejected,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn gateway_batches_are_deduplicated_and_dead_lettered() {
+    let dir = TempDir::new("batch");
+    let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+    let ops: Vec<WriteOp> = (0..10)
+        .map(|i| {
+            op(reading(
+                "g1",
+                Metric::HeartRate,
+                Some("w"),
+                T0 + i * 1000,
+                70.0,
+            ))
+        })
+        .collect();
+    let res = store
+        .write_batch(ops.clone(), mark(1, &ops, vec![]))
+        .await
+        .unwrap();
+    assert!(
+        res.outcomes
+            .iter()
+            .all(|o| matches!(o, WriteOutcome::Created(_)))
+    );
+    assert_eq!(store.committed_through("gw-1", 1).unwrap(), 10);
+    // The same batch again: every op is recognised by its sequence number.
+    let res = store
+        .write_batch(ops.clone(), mark(1, &ops, vec![]))
+        .await
+        .unwrap();
+    assert!(
+        res.outcomes
+            .iter()
+            .all(|o| *o == WriteOutcome::AlreadyCommitted)
+    );
+    // An overlapping batch: 6..=10 seen, 11..=12 new; one new entry conflicts, one was refused
+    // before the store. Both are dead-lettered, nothing is overwritten.
+    let mut clash = reading("g1", Metric::HeartRate, Some("w"), T0, 99.0);
+    clash.received_ms += 5;
+    let mut ops2: Vec<WriteOp> = ops[5..].to_vec();
+    ops2.push(op(clash));
+    let rejected = vec![(
+        12,
+        "{\"m\":\"mood\"}".to_owned(),
+        "unknown metric \"mood\"".to_owned(),
+    )];
+    let m = mark(6, &ops2, rejected);
+    assert_eq!(m.last_seq, 12);
+    let res = store.write_batch(ops2, m).await.unwrap();
+    assert_eq!(
+        res.outcomes[..5],
+        vec![WriteOutcome::AlreadyCommitted; 5][..]
+    );
+    assert_eq!(res.outcomes[5], WriteOutcome::DeadLettered);
+    assert_eq!(store.committed_through("gw-1", 1).unwrap(), 12);
+    assert_eq!(store.committed_through("gw-1", 0).unwrap(), 0);
+    let dead = store.dead_letters(10).unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(
+        dead.iter().any(
+            |d| d.reason.contains("unknown metric") && d.source == "gateway gw-1 lane 1 seq 12"
+        )
+    );
+    assert!(
+        dead.iter()
+            .any(|d| d.reason.contains("same identity") && d.source.ends_with("seq 11"))
+    );
+    assert_eq!(
+        store
+            .count(&Query::patient(Id::parse("g1").unwrap()))
+            .unwrap(),
+        10
+    );
+}
+
+#[test]
+fn gateways_are_enrolled_and_revoked() {
+    let dir = TempDir::new("enrol");
+    osler_store::admin::enrol(&dir.0, "gw-1", "ab", 5).unwrap();
+    osler_store::admin::enrol(&dir.0, "gw-2", "cd", 6).unwrap();
+    assert!(osler_store::admin::revoke(&dir.0, "gw-2", 7).unwrap());
+    assert!(!osler_store::admin::revoke(&dir.0, "gw-9", 7).unwrap());
+    let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+    let g1 = store.gateway("gw-1").unwrap().unwrap();
+    assert_eq!((g1.public_key.as_str(), g1.revoked_ms), ("ab", None));
+    assert_eq!(store.gateway("gw-2").unwrap().unwrap().revoked_ms, Some(7));
+    assert_eq!(store.gateway("gw-3").unwrap(), None);
+    // Enrolling again while the hub's store is open replaces the key and lifts the revocation.
+    osler_store::admin::enrol(&dir.0, "gw-2", "ef", 8).unwrap();
+    let g2 = store.gateway("gw-2").unwrap().unwrap();
+    assert_eq!((g2.public_key.as_str(), g2.revoked_ms), ("ef", None));
+    assert_eq!(osler_store::admin::list(&dir.0).unwrap().len(), 2);
 }

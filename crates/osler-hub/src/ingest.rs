@@ -1,0 +1,157 @@
+//! `POST /ingest/batch`: signed batches from enrolled gateways (format: osler-wire).
+//!
+//! Order of checks: size, envelope shape, the gateway's enrolment, the signature, and only then
+//! the content. A refused batch stores nothing and is logged with the gateway's name and the
+//! reason, because a forged or revoked sender is something an operator must hear about. An
+//! accepted batch is committed (with its sequence high-water mark) before it is acknowledged;
+//! a resend is recognised by its sequence numbers and acknowledged again without storing twice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use osler_store::{BatchMark, WriteOp, WriteOutcome};
+use osler_wire::{Envelope, MAX_ENVELOPE_BYTES, parse_public_key};
+use serde_json::json;
+
+use crate::body::{BodyError, read_body};
+use crate::{AppState, now_ms};
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/ingest/batch", post(batch))
+}
+
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": reason.into() }))).into_response()
+}
+
+async fn batch(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = now_ms();
+    let bytes = match read_body(&headers, body, MAX_ENVELOPE_BYTES).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            tracing::warn!(%peer, "batch refused: larger than {MAX_ENVELOPE_BYTES} bytes");
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a batch is at most {MAX_ENVELOPE_BYTES} bytes"),
+            );
+        }
+        Err(BodyError::Unreadable) => {
+            return refuse(StatusCode::BAD_REQUEST, "the body could not be read");
+        }
+    };
+    let env = match Envelope::parse(&bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(%peer, reason = %e, "batch refused: not a valid envelope");
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let gw = env.header.gateway.clone();
+    let store = state.store.clone();
+    let lookup = gw.clone();
+    let record = match tokio::task::spawn_blocking(move || store.gateway(&lookup)).await {
+        Ok(Ok(r)) => r,
+        _ => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the store failed; retry"),
+    };
+    let Some(record) = record else {
+        tracing::warn!(%peer, gateway = %gw, "batch refused: gateway not enrolled");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("gateway {gw:?} is not enrolled (osler hub enrol)"),
+        );
+    };
+    if record.revoked_ms.is_some() {
+        tracing::warn!(%peer, gateway = %gw, "batch refused: gateway key revoked");
+        return refuse(StatusCode::FORBIDDEN, format!("gateway {gw:?} is revoked"));
+    }
+    let verdict = parse_public_key(&record.public_key).and_then(|k| env.verify(&k));
+    if let Err(e) = verdict {
+        tracing::warn!(%peer, gateway = %gw, reason = %e, "batch refused: signature");
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let entries = match env.entries() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(%peer, gateway = %gw, reason = %e, "batch refused: signed but garbled");
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+
+    let header = env.header.clone();
+    let mut ops = Vec::with_capacity(entries.len());
+    let mut op_seqs = Vec::with_capacity(entries.len());
+    let mut op_raw = Vec::with_capacity(entries.len());
+    let mut rejected = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let seq = header.first_seq + i as u64;
+        let checked = entry
+            .to_reading()
+            .and_then(|r| r.check(received).map(|()| r).map_err(|e| e.to_string()));
+        match checked {
+            Ok(reading) => {
+                ops.push(WriteOp {
+                    reading,
+                    if_none_exist: None,
+                });
+                op_seqs.push(seq);
+                op_raw.push(entry.to_json());
+            }
+            Err(reason) => rejected.push((seq, entry.to_json(), reason)),
+        }
+    }
+    let mark = BatchMark {
+        gateway: gw.clone(),
+        lane: header.lane.as_u8(),
+        last_seq: header.last_seq(),
+        op_seqs,
+        op_raw,
+        rejected: rejected.clone(),
+    };
+    let result = match state.store.write_batch(ops, mark).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(gateway = %gw, error = %e, "batch not committed");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store failed; nothing was acknowledged, retry",
+            );
+        }
+    };
+    let count = |f: fn(&WriteOutcome) -> bool| result.outcomes.iter().filter(|o| f(o)).count();
+    let stored = count(|o| matches!(o, WriteOutcome::Created(_)));
+    let duplicates = count(|o| {
+        matches!(
+            o,
+            WriteOutcome::AlreadyCommitted | WriteOutcome::Existing(_)
+        )
+    });
+    let dead = count(|o| matches!(o, WriteOutcome::DeadLettered)) + rejected.len();
+    if dead > 0 {
+        state.metrics.rejected("dead-lettered", dead as u64);
+        tracing::warn!(gateway = %gw, dead, "batch entries dead-lettered");
+    }
+    tracing::debug!(gateway = %gw, first = header.first_seq, last = header.last_seq(), stored, duplicates, "batch committed");
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "gateway": gw,
+            "lane": header.lane,
+            "committed_through": header.last_seq(),
+            "stored": stored,
+            "duplicates": duplicates,
+            "dead_lettered": dead,
+        })),
+    )
+        .into_response()
+}
