@@ -47,10 +47,98 @@ enum Command {
         #[arg(long, value_name = "URL")]
         public_url: Option<String>,
     },
+    /// Run an edge gateway: take readings over HTTP and MQTT, keep them on disk, send them to a hub.
+    #[command(long_about = "Run an edge gateway.\n\n\
+        Devices POST readings to /readings (one JSON object or an array; see the format below) or\n\
+        publish them to an MQTT broker (--mqtt). Each reading is validated, written to the outbox\n\
+        on disk, and only then acknowledged. The uploader sends the outbox to the hub in signed,\n\
+        compressed batches and deletes entries only when the hub confirms their commit.\n\n\
+        Reading format: {\"patient\":\"p1\",\"device\":\"watch-1\",\"metric\":\"heart-rate\",\n\
+        \"value\":72,\"unit\":\"/min\",\"time\":\"2025-06-01T08:30:00+02:00\"} (value [sys,dia] for BP).\n\n\
+        First start creates the gateway's id and key in --data. Enrol it at the hub:\n\
+          osler gateway --data GW --identity           # prints id and public key\n\
+          osler hub enrol --data HUB --gateway ID --key KEY\n\
+        GET /status reports outbox depth and age, the last upload and hub reachability.")]
+    Gateway(GatewayArgs),
+    /// Administer a hub's data directory: enrol or revoke gateways, list them.
+    Hub {
+        #[command(subcommand)]
+        which: HubAdmin,
+    },
+    /// Simulate a cohort of patients with devices, and send their readings to a gateway.
+    Sim(osler_sim::SimArgs),
     /// Run a benchmark against real processes and print its figures.
     Bench {
         #[command(subcommand)]
         which: Bench,
+    },
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// Directory for the outbox, the quarantine and the gateway's identity (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Print the gateway's id and public key (creating them if needed) and exit.
+    #[arg(long)]
+    identity: bool,
+    /// The hub's root URL.
+    #[arg(long, value_name = "URL", required_unless_present = "identity")]
+    hub: Option<String>,
+    /// Address for devices' HTTP readings and /status; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Set the gateway's id (stored in --data; default: generated on first start).
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// MQTT broker to subscribe to, HOST:PORT (e.g. 127.0.0.1:1883).
+    #[arg(long, value_name = "HOST:PORT")]
+    mqtt: Option<String>,
+    /// MQTT topic filter to subscribe to.
+    #[arg(long, value_name = "FILTER", default_value = "osler/+/readings")]
+    mqtt_topic: String,
+    /// Entries per batch at most.
+    #[arg(long, default_value_t = 5000)]
+    max_batch: usize,
+    /// Longest a reading waits for more to fill its batch, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    max_wait_ms: u64,
+    /// Entries per second at most when catching up after an outage.
+    #[arg(long, default_value_t = 100_000.0)]
+    catchup_rate: f64,
+    /// Outbox size in bytes at which new readings are refused (alerts get 10% more).
+    #[arg(long, default_value_t = osler_gateway::DEFAULT_OUTBOX_LIMIT)]
+    outbox_limit: u64,
+}
+
+#[derive(Subcommand)]
+enum HubAdmin {
+    /// Trust a gateway's key (re-enrolling replaces the key and lifts a revocation).
+    Enrol {
+        /// The hub's data directory.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The gateway's id.
+        #[arg(long, required_unless_present = "from_gateway")]
+        gateway: Option<String>,
+        /// The gateway's public key (hex), as `osler gateway --identity` prints it.
+        #[arg(long, required_unless_present = "from_gateway")]
+        key: Option<String>,
+        /// Read id and key from a gateway's data directory on this machine instead.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["gateway", "key"])]
+        from_gateway: Option<PathBuf>,
+    },
+    /// Stop trusting a gateway: its batches are refused from now on.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long)]
+        gateway: String,
+    },
+    /// List enrolled gateways.
+    Gateways {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
     },
 }
 
@@ -127,8 +215,121 @@ fn main() -> anyhow::Result<()> {
                     .context("the hub stopped with an error")
             })
         }
+        Command::Gateway(args) => run_gateway(args),
+        Command::Hub { which } => hub_admin(which),
+        Command::Sim(args) => osler_sim::run(args),
         Command::Bench { which } => match which {
             Bench::Hub(args) => osler_bench::hub::run(args),
         },
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    use osler_gateway::identity::Identity;
+    if let Some(id) = &args.id {
+        Identity::set_id(&args.data, id).map_err(anyhow::Error::msg)?;
+    }
+    let identity = Identity::load_or_create(&args.data).map_err(anyhow::Error::msg)?;
+    if args.identity {
+        println!("id {}", identity.id);
+        println!("key {}", identity.key.public_hex());
+        return Ok(());
+    }
+    let hub = args.hub.context("--hub is required")?;
+    let mqtt = match &args.mqtt {
+        None => None,
+        Some(hp) => {
+            let (host, port) = hp
+                .rsplit_once(':')
+                .with_context(|| format!("--mqtt {hp:?}: expected HOST:PORT"))?;
+            let port = port
+                .parse()
+                .with_context(|| format!("--mqtt {hp:?}: bad port"))?;
+            Some(osler_gateway::MqttConfig {
+                host: host.to_owned(),
+                port,
+                topic: args.mqtt_topic.clone(),
+            })
+        }
+    };
+    let mut upload = osler_gateway::UploadConfig::new(&hub, &identity.id);
+    upload.max_count = args.max_batch.max(1);
+    upload.max_wait = std::time::Duration::from_millis(args.max_wait_ms);
+    upload.rate = args.catchup_rate;
+    let config = osler_gateway::GatewayConfig {
+        data: args.data.clone(),
+        listen: args.listen,
+        upload,
+        mqtt,
+        outbox_limit: args.outbox_limit,
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let gw = osler_gateway::Gateway::start(config)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot start the gateway with data in {}",
+                    args.data.display()
+                )
+            })?;
+        // Tests and scripts read this line to learn the port when listening on port 0.
+        println!("http://{}", gw.local_addr());
+        gw.run(shutdown_signal())
+            .await
+            .context("the gateway stopped with an error")
+    })
+}
+
+fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
+    match which {
+        HubAdmin::Enrol {
+            data,
+            gateway,
+            key,
+            from_gateway,
+        } => {
+            let (id, key) = match from_gateway {
+                Some(dir) => {
+                    let identity = osler_gateway::identity::Identity::load_or_create(&dir)
+                        .map_err(anyhow::Error::msg)?;
+                    (identity.id.clone(), identity.key.public_hex())
+                }
+                None => (
+                    gateway.context("--gateway is required")?,
+                    key.context("--key is required")?,
+                ),
+            };
+            osler_wire::parse_public_key(&key).with_context(|| format!("--key {key:?}"))?;
+            osler_store::admin::enrol(&data, &id, &key, now_ms())
+                .with_context(|| format!("cannot enrol in {}", data.display()))?;
+            println!("enrolled {id}");
+        }
+        HubAdmin::Revoke { data, gateway } => {
+            let found = osler_store::admin::revoke(&data, &gateway, now_ms())
+                .with_context(|| format!("cannot revoke in {}", data.display()))?;
+            if !found {
+                anyhow::bail!("gateway {gateway:?} is not enrolled in {}", data.display());
+            }
+            println!("revoked {gateway}");
+        }
+        HubAdmin::Gateways { data } => {
+            for g in osler_store::admin::list(&data)? {
+                let state = if g.revoked_ms.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!("{}\t{}\t{}", g.id, state, g.public_key);
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,122 @@
+//! The HTTP source and the gateway's own endpoints:
+//! `POST /readings` (one reading or an array, format in [`crate::input`]), `GET /status`,
+//! `GET /quarantine`, `GET /healthz`.
+//!
+//! A reading is answered only after it is in the outbox on disk. Invalid readings fail alone:
+//! the answer lists what was accepted and why each rejected one was rejected.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use osler_wire::{Entry, Lane};
+use serde_json::json;
+
+use crate::outbox::OutboxError;
+use crate::{Shared, now_ms};
+
+pub(crate) fn routes(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/readings", post(readings))
+        .route("/status", get(status))
+        .route("/quarantine", get(quarantine))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
+        .with_state(shared)
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let now = now_ms();
+    let items = match crate::input::parse_message(&body, now) {
+        Ok(items) => items,
+        Err(reason) => {
+            return answer(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": reason, "accepted": 0 }),
+            );
+        }
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    let mut rejected = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
+            Ok(reading) => entries.push(Entry::from_reading(&reading).to_json()),
+            Err(reason) => rejected.push(json!({ "index": index, "reason": reason })),
+        }
+    }
+    shared
+        .status
+        .received
+        .fetch_add((entries.len() + rejected.len()) as u64, Ordering::Relaxed);
+    shared
+        .status
+        .rejected
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    let accepted = entries.len();
+    if accepted > 0 {
+        match shared.outbox.append(Lane::Readings, entries, now).await {
+            Ok(_) => {}
+            Err(e @ OutboxError::Full { .. }) => {
+                return answer(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    json!({ "error": e.to_string(), "accepted": 0 }),
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox append failed");
+                return answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "error": e.to_string(), "accepted": 0 }),
+                );
+            }
+        }
+    }
+    let status = if accepted == 0 && !rejected.is_empty() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    answer(
+        status,
+        json!({ "accepted": accepted, "rejected": rejected }),
+    )
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let s = shared.clone();
+    match tokio::task::spawn_blocking(move || s.status.report(&s.gateway, &s.outbox, now_ms()))
+        .await
+    {
+        Ok(report) => answer(StatusCode::OK, report),
+        Err(_) => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": "status failed" }),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn quarantine(State(shared): State<Arc<Shared>>, Query(q): Query<Limit>) -> Response {
+    let s = shared.clone();
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    match tokio::task::spawn_blocking(move || s.outbox.quarantined(limit)).await {
+        Ok(Ok(items)) => answer(StatusCode::OK, json!({ "items": items })),
+        _ => answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": "cannot read the quarantine" }),
+        ),
+    }
+}

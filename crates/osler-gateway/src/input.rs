@@ -1,0 +1,118 @@
+//! The device reading format the gateway accepts, over HTTP and MQTT alike.
+//!
+//! One reading is a JSON object; a message may carry one object or an array of them:
+//!
+//! ```json
+//! {"patient": "p1", "device": "watch-7", "metric": "heart-rate",
+//!  "value": 72, "unit": "/min", "time": "2025-06-01T08:30:00+02:00"}
+//! ```
+//!
+//! - `metric`: a catalog key (`heart-rate`, `spo2`, `blood-pressure`, `body-weight`,
+//!   `body-temperature`, `respiratory-rate`, `cgm-glucose`, `capillary-glucose`, `steps`,
+//!   `body-fat`, `hrv-sdnn`, `resting-heart-rate`) or its LOINC code.
+//! - `value`: a number, or `[systolic, diastolic]` for blood pressure.
+//! - `unit`: a UCUM code the catalog accepts for the metric (`[lb_av]`, `[degF]`, `mmol/L`, ...).
+//! - `time`: when it was taken, RFC 3339 with seconds and a zone.
+//! - `device` may be left out for manual entries. Unknown fields are refused, not ignored.
+
+use osler_core::{InputValue, Metric, ReadingInput, Status, Timestamp};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceReading {
+    patient: String,
+    #[serde(default)]
+    device: Option<String>,
+    metric: String,
+    value: DeviceValue,
+    unit: String,
+    time: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DeviceValue {
+    One(f64),
+    Two([f64; 2]),
+}
+
+/// Parses a message: one reading or an array. The outer error means the message as a whole is
+/// unreadable; inner errors belong to single readings, which fail alone.
+pub fn parse_message(
+    bytes: &[u8],
+    received_ms: i64,
+) -> Result<Vec<Result<ReadingInput, String>>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let items = match value {
+        serde_json::Value::Array(items) => items,
+        obj @ serde_json::Value::Object(_) => vec![obj],
+        _ => return Err("expected a reading object or an array of them".into()),
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| parse_one(item, received_ms))
+        .collect())
+}
+
+fn parse_one(item: serde_json::Value, received_ms: i64) -> Result<ReadingInput, String> {
+    let r: DeviceReading = serde_json::from_value(item).map_err(|e| e.to_string())?;
+    let metric = Metric::from_key(&r.metric)
+        .or_else(|| Metric::from_loinc(&r.metric))
+        .ok_or_else(|| {
+            format!(
+                "unknown metric {:?}; use a catalog key such as heart-rate, or a LOINC code",
+                r.metric
+            )
+        })?;
+    let value = match r.value {
+        DeviceValue::One(v) => InputValue::Scalar {
+            value: v,
+            unit: r.unit,
+        },
+        DeviceValue::Two([a, b]) => InputValue::Pair {
+            first: (a, r.unit.clone()),
+            second: (b, r.unit),
+        },
+    };
+    let taken = Timestamp::parse(&r.time).map_err(|e| e.to_string())?;
+    Ok(ReadingInput {
+        patient: r.patient,
+        device: r.device,
+        metric,
+        value,
+        taken,
+        received_ms,
+        status: Status::Final,
+        identifier: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_or_many_and_errors_per_item() {
+        let msg = br#"[
+            {"patient":"p1","device":"w","metric":"heart-rate","value":72,"unit":"/min","time":"2025-06-01T08:30:00Z"},
+            {"patient":"p1","metric":"85354-9","value":[120,80],"unit":"mm[Hg]","time":"2025-06-01T08:30:00+02:00"},
+            {"patient":"p1","metric":"mood","value":1,"unit":"1","time":"2025-06-01T08:30:00Z"},
+            {"patient":"p1","metric":"spo2","value":97,"unit":"%","time":"2025-06-01T08:30:00Z","extra":1}
+        ]"#;
+        let items = parse_message(msg, 0).unwrap();
+        assert!(items[0].is_ok());
+        assert_eq!(items[1].as_ref().unwrap().metric, Metric::BloodPressure);
+        assert!(items[2].as_ref().unwrap_err().contains("unknown metric"));
+        assert!(items[3].as_ref().unwrap_err().contains("unknown field"));
+        let one = parse_message(br#"{"patient":"p","metric":"steps","value":5,"unit":"{steps}","time":"2025-06-01T08:30:00Z"}"#, 0).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(
+            parse_message(b"[1,", 0)
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(parse_message(b"42", 0).is_err());
+    }
+}

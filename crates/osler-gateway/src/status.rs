@@ -1,0 +1,80 @@
+//! What `/status` reports: the outbox's depth and age, the last upload, the hub's reachability.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use osler_wire::Lane;
+use serde_json::{Value, json};
+
+use crate::outbox::Outbox;
+
+#[derive(Debug, Default)]
+pub struct Status {
+    last_attempt_ms: AtomicI64,
+    last_success_ms: AtomicI64,
+    hub_reachable: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    uploaded_entries: AtomicU64,
+    uploaded_batches: AtomicU64,
+    uploaded_bytes: AtomicU64,
+    pub received: AtomicU64,
+    pub rejected: AtomicU64,
+    pub quarantined: AtomicU64,
+}
+
+impl Status {
+    pub fn attempt(&self, now_ms: i64) {
+        self.last_attempt_ms.store(now_ms, Ordering::Relaxed);
+    }
+    pub fn success(&self, now_ms: i64, entries: u64, bytes: u64) {
+        self.last_success_ms.store(now_ms, Ordering::Relaxed);
+        self.hub_reachable.store(true, Ordering::Relaxed);
+        self.uploaded_entries.fetch_add(entries, Ordering::Relaxed);
+        self.uploaded_batches.fetch_add(1, Ordering::Relaxed);
+        self.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+    pub fn failure(&self, reason: String) {
+        self.hub_reachable.store(false, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    /// The `/status` document.
+    pub fn report(&self, gateway: &str, outbox: &Outbox, now_ms: i64) -> Value {
+        let ms = |a: &AtomicI64| {
+            let v = a.load(Ordering::Relaxed);
+            (v > 0).then_some(v)
+        };
+        let oldest = outbox.oldest_ms(Lane::Readings).ok().flatten();
+        let oldest_alert = outbox.oldest_ms(Lane::Alerts).ok().flatten();
+        let oldest_any = match (oldest, oldest_alert) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let last_success = ms(&self.last_success_ms);
+        json!({
+            "gateway": gateway,
+            "outbox": {
+                "readings": outbox.depth().readings.load(Ordering::Relaxed),
+                "alerts": outbox.depth().alerts.load(Ordering::Relaxed),
+                "oldest_unsent_age_s": oldest_any.map(|t| (now_ms - t).max(0) as f64 / 1000.0),
+                "recovered_from_damaged_file": outbox.recovered_from.as_ref().map(|p| p.display().to_string()),
+            },
+            "upload": {
+                "last_success_ms": last_success,
+                "last_success_age_s": last_success.map(|t| (now_ms - t).max(0) as f64 / 1000.0),
+                "last_attempt_ms": ms(&self.last_attempt_ms),
+                "hub_reachable": self.hub_reachable.load(Ordering::Relaxed),
+                "last_error": self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                "entries": self.uploaded_entries.load(Ordering::Relaxed),
+                "batches": self.uploaded_batches.load(Ordering::Relaxed),
+                "bytes": self.uploaded_bytes.load(Ordering::Relaxed),
+            },
+            "ingest": {
+                "received": self.received.load(Ordering::Relaxed),
+                "rejected": self.rejected.load(Ordering::Relaxed),
+                "quarantined": self.quarantined.load(Ordering::Relaxed),
+            },
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! The uploader: takes the outbox's oldest entries (alerts first), seals them into a signed
+//! batch, posts it to the hub, and deletes them only when the hub confirms the commit.
+//!
+//! Batches are bounded by count, by bytes and by time (a lone reading waits at most
+//! `max_wait` for company; alerts never wait). While the hub is away, attempts back off
+//! exponentially with jitter, forever: nothing is dropped. After an outage the backlog drains
+//! oldest first at a bounded rate (a token bucket), so a returning gateway fleet does not flatten
+//! the hub.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use osler_wire::{BatchHeader, CONTENT_TYPE, GatewayKey, Lane, seal};
+
+use crate::now_ms;
+use crate::outbox::Outbox;
+use crate::status::Status;
+
+/// How the uploader batches and paces.
+#[derive(Clone, Debug)]
+pub struct UploadConfig {
+    /// The hub's root URL, e.g. `http://127.0.0.1:8080`.
+    pub hub: String,
+    pub gateway: String,
+    pub max_count: usize,
+    pub max_bytes: usize,
+    pub max_wait: Duration,
+    /// Entries per second at most (the catch-up bound).
+    pub rate: f64,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl UploadConfig {
+    pub fn new(hub: &str, gateway: &str) -> UploadConfig {
+        UploadConfig {
+            hub: hub.trim_end_matches('/').to_owned(),
+            gateway: gateway.to_owned(),
+            max_count: 5000,
+            max_bytes: 2 << 20,
+            max_wait: Duration::from_millis(200),
+            rate: 100_000.0,
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `burst`.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, n: usize, stop: &AtomicBool) {
+        let n = n as f64;
+        loop {
+            let now = Instant::now();
+            self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
+                .min(self.burst.max(n));
+            self.at = now;
+            if self.tokens >= n || stop.load(Ordering::Relaxed) {
+                self.tokens -= n;
+                return;
+            }
+            std::thread::sleep(Duration::from_secs_f64(
+                ((n - self.tokens) / self.rate).min(0.5),
+            ));
+        }
+    }
+}
+
+/// A small generator for backoff jitter (xorshift64, seeded from the clock).
+struct Jitter(u64);
+
+impl Jitter {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+enum Outcome {
+    Committed(u64),
+    Failed(String),
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Outcome {
+    match agent
+        .post(url)
+        .set("Content-Type", CONTENT_TYPE)
+        .send_bytes(body)
+    {
+        Ok(resp) => {
+            let text = resp.into_string().unwrap_or_default();
+            match serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["committed_through"].as_u64())
+            {
+                Some(n) => Outcome::Committed(n),
+                None => Outcome::Failed(format!(
+                    "the hub answered without committed_through: {text}"
+                )),
+            }
+        }
+        Err(ureq::Error::Status(code, resp)) => Outcome::Failed(format!(
+            "the hub refused the batch: HTTP {code}: {}",
+            resp.into_string().unwrap_or_default()
+        )),
+        Err(e) => Outcome::Failed(format!("the hub is unreachable: {e}")),
+    }
+}
+
+/// Runs until `stop` is set. Blocking: give it its own thread.
+pub fn run(
+    config: UploadConfig,
+    key: GatewayKey,
+    outbox: Arc<Outbox>,
+    status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .build();
+    let url = format!("{}/ingest/batch", config.hub);
+    let mut bucket = Bucket {
+        rate: config.rate.max(1.0),
+        burst: config.max_count as f64,
+        tokens: config.max_count as f64,
+        at: Instant::now(),
+    };
+    let mut jitter = Jitter(now_ms() as u64 | 1);
+    let mut backoff = config.backoff_base;
+    let mut max_count = config.max_count;
+    let mut seen = outbox.appends();
+    while !stop.load(Ordering::Relaxed) {
+        let lane = if outbox.depth().alerts.load(Ordering::Relaxed) > 0 {
+            Lane::Alerts
+        } else {
+            Lane::Readings
+        };
+        let rows = match outbox.peek(lane, max_count, config.max_bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            seen = outbox.wait_for_append(seen, Duration::from_millis(500));
+            continue;
+        }
+        let age = Duration::from_millis((now_ms() - rows[0].enqueued_ms).max(0) as u64);
+        if lane == Lane::Readings && rows.len() < max_count && age < config.max_wait {
+            seen = outbox.wait_for_append(seen, config.max_wait - age);
+            continue;
+        }
+        // A lane's remaining rows are contiguous (see the outbox invariants); send only the
+        // contiguous prefix should that ever not hold, rather than misnumber a batch.
+        let first = rows[0].seq;
+        let n = rows
+            .iter()
+            .enumerate()
+            .take_while(|(i, r)| r.seq == first + *i as u64)
+            .count();
+        if n < rows.len() {
+            tracing::error!(lane = ?lane, first, "outbox rows are not contiguous; sending the contiguous prefix");
+        }
+        let rows = &rows[..n];
+        bucket.take(rows.len(), &stop);
+        let header = BatchHeader {
+            gateway: config.gateway.clone(),
+            lane,
+            first_seq: first,
+            count: rows.len() as u32,
+            sent_ms: now_ms(),
+        };
+        let entries: Vec<&str> = rows.iter().map(|r| r.entry.as_str()).collect();
+        let body = seal(&header, &entries, &key);
+        status.attempt(now_ms());
+        match post(&agent, &url, &body) {
+            Outcome::Committed(through) if through >= header.last_seq() => {
+                match outbox.ack_blocking(lane, through) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot delete acknowledged entries; they will be resent and recognised")
+                    }
+                }
+                status.success(now_ms(), rows.len() as u64, body.len() as u64);
+                backoff = config.backoff_base;
+                max_count = config.max_count;
+            }
+            outcome => {
+                let reason = match outcome {
+                    Outcome::Committed(t) => format!(
+                        "the hub confirmed only through {t} of {}",
+                        header.last_seq()
+                    ),
+                    Outcome::Failed(r) => r,
+                };
+                if reason.contains("HTTP 413") && max_count > 1 {
+                    max_count = (max_count / 2).max(1);
+                }
+                let wait = backoff.mul_f64(0.5 + jitter.unit());
+                tracing::warn!(%reason, retry_in_ms = wait.as_millis() as u64, pending = outbox.depth().readings.load(Ordering::Relaxed), "upload failed; keeping the batch");
+                status.failure(reason);
+                let deadline = Instant::now() + wait;
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+                }
+                backoff = (backoff * 2).min(config.backoff_cap);
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! `osler sim`: a simulated cohort sending its readings to a gateway.
+//!
+//! Main types: [`SimArgs`] (the command line), [`model::Cohort`] (patients, devices, events),
+//! [`run`]. The simulated window ends now, so no reading is in the future: with `--duration 1d`
+//! the readings are stamped from a day ago up to the present, at `--speed` times real time.
+//!
+//! Ground truth (`--ground-truth FILE`): one JSON line per injected event,
+//! `{"patient","kind","start","end"}`. The readings a gateway acknowledged (`--sent FILE`): one
+//! JSON line per reading, in the gateway's device format.
+
+pub mod model;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use model::{Cohort, SimReading, SimValue};
+use serde_json::json;
+
+/// `osler sim` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Patients in the cohort.
+    #[arg(long, default_value_t = 20)]
+    pub patients: usize,
+    /// Simulated time to cover, ending now: e.g. 30m, 6h, 2d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Simulated seconds per real second, or "max" for as fast as the gateway takes them.
+    #[arg(long, default_value = "max")]
+    pub speed: String,
+    /// Readings per second at most (a load-test bound on top of --speed).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Injected clinical events (default: one patient in four).
+    #[arg(long)]
+    pub events: Option<usize>,
+    /// Seed: the same seed gives the same cohort, readings and events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The gateway's URL (HTTP source), e.g. http://127.0.0.1:8081.
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// Publish to an MQTT broker instead, HOST:PORT; topics are PREFIX/<patient>/readings.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "gateway")]
+    pub mqtt: Option<String>,
+    /// Topic prefix for --mqtt.
+    #[arg(long, default_value = "osler")]
+    pub mqtt_prefix: String,
+    /// Readings per HTTP request at most.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Write the injected events here (JSON lines).
+    #[arg(long, value_name = "FILE")]
+    pub ground_truth: Option<PathBuf>,
+    /// Write every reading the gateway (or broker) acknowledged here (JSON lines).
+    #[arg(long, value_name = "FILE")]
+    pub sent: Option<PathBuf>,
+    /// Patient ids are PREFIX<n>.
+    #[arg(long, default_value = "sim-p")]
+    pub patient_prefix: String,
+    /// Give up on a batch the gateway keeps refusing after this many seconds of retries.
+    #[arg(long, default_value_t = 600)]
+    pub retry_for: u64,
+}
+
+/// Parses `90s`, `30m`, `6h`, `2d` (or plain seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (num, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (s, m, h, d)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("{text:?}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A reading in the gateway's device format.
+pub fn device_json(r: &SimReading, prefix: &str) -> serde_json::Value {
+    let value = match r.value {
+        SimValue::One(v) => json!(v),
+        SimValue::Two(a, b) => json!([a, b]),
+    };
+    json!({
+        "patient": format!("{prefix}{}", r.patient),
+        "device": format!("{prefix}{}-{}", r.patient, r.device),
+        "metric": r.metric,
+        "value": value,
+        "unit": r.unit,
+        "time": osler_core::Timestamp::utc(r.t_ms).to_string(),
+    })
+}
+
+enum Sink {
+    Http {
+        agent: ureq::Agent,
+        url: String,
+    },
+    Mqtt {
+        client: rumqttc::Client,
+        thread: std::thread::JoinHandle<()>,
+        acked: std::sync::mpsc::Receiver<u16>,
+    },
+}
+
+/// Sends one batch to the gateway, retrying (with backoff) while it is unreachable or busy.
+/// Returns (acknowledged, rejected) counts; rejected readings are listed by the gateway.
+fn send_http(
+    agent: &ureq::Agent,
+    url: &str,
+    batch: &[serde_json::Value],
+    retry_for: Duration,
+) -> anyhow::Result<Vec<bool>> {
+    let body = serde_json::to_string(batch)?;
+    let deadline = Instant::now() + retry_for;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let reason = match agent
+            .post(url)
+            .set("Content-Type", "application/json")
+            .send_string(&body)
+        {
+            Ok(resp) => {
+                let v: serde_json::Value = serde_json::from_str(&resp.into_string()?)?;
+                let mut ok = vec![true; batch.len()];
+                for r in v["rejected"].as_array().into_iter().flatten() {
+                    if let Some(i) = r["index"].as_u64() {
+                        ok[i as usize] = false;
+                    }
+                }
+                return Ok(ok);
+            }
+            Err(ureq::Error::Status(422, _)) => return Ok(vec![false; batch.len()]),
+            Err(ureq::Error::Status(code, resp)) => {
+                format!("HTTP {code}: {}", resp.into_string().unwrap_or_default())
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            bail!("the gateway kept refusing a batch for {retry_for:?}: {reason}");
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Runs the simulation. Prints one summary line (JSON) on standard output at the end.
+pub fn run(args: SimArgs) -> anyhow::Result<()> {
+    let speed = match args.speed.as_str() {
+        "max" => None,
+        s => Some(
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| *v > 0.0)
+                .with_context(|| format!("--speed {s:?}: a positive number or max"))?,
+        ),
+    };
+    if args.gateway.is_none() && args.mqtt.is_none() {
+        bail!("say where to send: --gateway URL or --mqtt HOST:PORT");
+    }
+    let end = now_ms();
+    let start = end - args.duration.as_millis() as i64;
+    let events = args.events.unwrap_or((args.patients / 4).max(1));
+    let mut cohort = Cohort::new(args.patients, start, end, events, args.seed);
+    if let Some(path) = &args.ground_truth {
+        let mut f = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        for e in &cohort.events {
+            writeln!(
+                f,
+                "{}",
+                json!({
+                    "patient": format!("{}{}", args.patient_prefix, e.patient),
+                    "kind": e.kind.name(),
+                    "start": osler_core::Timestamp::utc(e.start_ms).to_string(),
+                    "end": osler_core::Timestamp::utc(e.end_ms).to_string(),
+                })
+            )?;
+        }
+        f.sync_all()?;
+    }
+    let mut sent_file = match &args.sent {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut sink = if let Some(url) = &args.gateway {
+        Sink::Http {
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+            url: format!("{}/readings", url.trim_end_matches('/')),
+        }
+    } else {
+        let hp = args.mqtt.clone().unwrap_or_default();
+        let (host, port) = hp.rsplit_once(':').context("--mqtt: expected HOST:PORT")?;
+        let mut opts = rumqttc::MqttOptions::new(
+            format!("osler-sim-{}-{}", args.seed, std::process::id()),
+            host,
+            port.parse()?,
+        );
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(8 << 20, 8 << 20);
+        let (client, mut connection) = rumqttc::Client::new(opts, 1000);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for ev in connection.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a))) => {
+                        let _ = tx.send(a.pkid);
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => break,
+                    Err(e) => {
+                        eprintln!("osler sim: MQTT: {e}");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            }
+        });
+        Sink::Mqtt {
+            client,
+            thread,
+            acked: rx,
+        }
+    };
+
+    let began = Instant::now();
+    let mut readings = Vec::new();
+    let mut pending: Vec<(SimReading, serde_json::Value)> = Vec::new();
+    let (mut sent, mut acked, mut rejected) = (0u64, 0u64, 0u64);
+    let mut rate_tokens = 0.0f64;
+    let mut rate_at = Instant::now();
+    let flush = |pending: &mut Vec<(SimReading, serde_json::Value)>,
+                 sink: &mut Sink,
+                 acked: &mut u64,
+                 rejected: &mut u64,
+                 sent_file: &mut Option<std::io::BufWriter<std::fs::File>>|
+     -> anyhow::Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let ok: Vec<bool> = match sink {
+            Sink::Http { agent, url } => {
+                let batch: Vec<serde_json::Value> =
+                    pending.iter().map(|(_, j)| j.clone()).collect();
+                send_http(agent, url, &batch, Duration::from_secs(args.retry_for))?
+            }
+            Sink::Mqtt {
+                client, acked: rx, ..
+            } => {
+                // One message per patient and device, as a device would publish.
+                let mut groups: std::collections::BTreeMap<(usize, &str), Vec<serde_json::Value>> =
+                    Default::default();
+                for (r, j) in pending.iter() {
+                    groups
+                        .entry((r.patient, r.device))
+                        .or_default()
+                        .push(j.clone());
+                }
+                let n = groups.len();
+                for ((p, _), items) in groups {
+                    let topic = format!("{}/{}{p}/readings", args.mqtt_prefix, args.patient_prefix);
+                    client.publish(
+                        topic,
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&items)?,
+                    )?;
+                }
+                for _ in 0..n {
+                    rx.recv_timeout(Duration::from_secs(60))
+                        .context("the broker did not acknowledge a publish")?;
+                }
+                vec![true; pending.len()]
+            }
+        };
+        for ((_, j), ok) in pending.iter().zip(ok) {
+            if ok {
+                *acked += 1;
+                if let Some(f) = sent_file.as_mut() {
+                    writeln!(f, "{j}")?;
+                }
+            } else {
+                *rejected += 1;
+            }
+        }
+        pending.clear();
+        Ok(())
+    };
+    while let Some(t) = cohort.next_tick_ms() {
+        if let Some(speed) = speed {
+            // Simulated time runs `speed` times faster than real time from the start.
+            let due =
+                began + Duration::from_secs_f64((t - cohort.start_ms) as f64 / 1000.0 / speed);
+            let now = Instant::now();
+            if due > now {
+                flush(
+                    &mut pending,
+                    &mut sink,
+                    &mut acked,
+                    &mut rejected,
+                    &mut sent_file,
+                )?;
+                std::thread::sleep(due - now);
+            }
+        }
+        readings.clear();
+        cohort.tick(&mut readings);
+        for r in readings.drain(..) {
+            if let Some(rate) = args.rate {
+                let now = Instant::now();
+                rate_tokens = (rate_tokens + now.duration_since(rate_at).as_secs_f64() * rate)
+                    .min(rate.max(1.0));
+                rate_at = now;
+                if rate_tokens < 1.0 {
+                    flush(
+                        &mut pending,
+                        &mut sink,
+                        &mut acked,
+                        &mut rejected,
+                        &mut sent_file,
+                    )?;
+                    std::thread::sleep(Duration::from_secs_f64((1.0 - rate_tokens) / rate));
+                    rate_tokens = 1.0;
+                    rate_at = Instant::now();
+                }
+                rate_tokens -= 1.0;
+            }
+            let j = device_json(&r, &args.patient_prefix);
+            pending.push((r, j));
+            sent += 1;
+            if pending.len() >= args.batch {
+                flush(
+                    &mut pending,
+                    &mut sink,
+                    &mut acked,
+                    &mut rejected,
+                    &mut sent_file,
+                )?;
+            }
+        }
+    }
+    flush(
+        &mut pending,
+        &mut sink,
+        &mut acked,
+        &mut rejected,
+        &mut sent_file,
+    )?;
+    if let Some(f) = sent_file.as_mut() {
+        f.flush()?;
+    }
+    if let Sink::Mqtt { client, thread, .. } = sink {
+        let _ = client.disconnect();
+        let _ = thread.join();
+    }
+    let secs = began.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "sent": sent,
+            "acknowledged": acked,
+            "rejected": rejected,
+            "events": cohort.events.len(),
+            "seconds": (secs * 1000.0).round() / 1000.0,
+            "readings_per_second": (acked as f64 / secs).round(),
+        })
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(super::parse_duration("2d").unwrap().as_secs(), 172_800);
+        assert_eq!(super::parse_duration("1.5h").unwrap().as_secs(), 5400);
+        assert!(super::parse_duration("5y").is_err());
+        assert!(super::parse_duration("0m").is_err());
+    }
+}
