@@ -51,31 +51,16 @@ impl Hub {
     }
 
     pub fn start_with(data: &Path, extra: &[&str]) -> Hub {
-        let mut child = Command::new(osler_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        Hub::start_full(data, 0, extra, None)
+    }
+
+    /// On a fixed port (to restart at the same address), logging to `log` if given.
+    pub fn start_full(data: &Path, port: u16, extra: &[&str], log: Option<&Path>) -> Hub {
+        let mut cmd = Command::new(osler_bin());
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
-            .args(extra)
-            .env("OSLER_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start osler serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the hub printed its URL within 30 s");
-        let base = line.trim().to_owned();
-        assert!(
-            base.starts_with("http://127.0.0.1:"),
-            "unexpected first line {base:?}"
-        );
+            .args(extra);
+        let (child, base) = spawn_printing_url(cmd, log, "osler serve");
         Hub { child, base }
     }
 
@@ -111,6 +96,211 @@ impl Drop for Hub {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Starts a command whose first line of standard output is its URL, and returns it.
+fn spawn_printing_url(mut cmd: Command, log: Option<&Path>, what: &str) -> (Child, String) {
+    let stderr = match log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap(),
+        ),
+        None => Stdio::inherit(),
+    };
+    let mut child = cmd
+        .env("OSLER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what} printed its URL within 30 s"));
+    let url = line.trim().to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "{what}: unexpected first line {url:?}"
+    );
+    (child, url)
+}
+
+/// A free loopback port (bound and released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Child,
+    /// e.g. `http://127.0.0.1:41235`
+    pub url: String,
+}
+
+impl Gateway {
+    /// `osler gateway --data DATA --hub HUB --listen 127.0.0.1:PORT` plus `extra`.
+    pub fn start(data: &Path, hub_root: &str, port: u16, extra: &[&str]) -> Gateway {
+        let mut cmd = Command::new(osler_bin());
+        cmd.args(["gateway", "--data"])
+            .arg(data)
+            .args([
+                "--hub",
+                hub_root,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--max-wait-ms",
+                "50",
+            ])
+            .args(extra);
+        let (child, url) = spawn_printing_url(cmd, None, "osler gateway");
+        Gateway { child, url }
+    }
+
+    pub fn status(&self) -> Value {
+        get(&format!("{}/status", self.url)).json()
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `osler` with arguments to completion and returns its standard output.
+pub fn osler(args: &[&str]) -> String {
+    let out = Command::new(osler_bin())
+        .args(args)
+        .env("OSLER_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "osler {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Starts `osler sim` in the background.
+pub fn spawn_sim(args: &[&str]) -> Child {
+    Command::new(osler_bin())
+        .arg("sim")
+        .args(args)
+        .env("OSLER_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a sim and returns its summary line.
+pub fn finish_sim(child: Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "osler sim failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+/// The lines of a JSON-lines file.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A comparable key for a reading in the device format the simulator sends.
+pub fn sent_key(r: &Value) -> String {
+    let metric = osler_core::Metric::from_key(r["metric"].as_str().unwrap()).unwrap();
+    let values: Vec<f64> = match &r["value"] {
+        Value::Array(a) => a.iter().map(|v| v.as_f64().unwrap()).collect(),
+        v => vec![v.as_f64().unwrap()],
+    };
+    format!(
+        "{}|{}|{}|{:?}",
+        r["patient"].as_str().unwrap(),
+        metric.info().loinc.code,
+        r["time"].as_str().unwrap(),
+        values
+    )
+}
+
+/// The same key for an Observation the hub serves.
+pub fn observation_key(o: &Value) -> String {
+    let patient = o["subject"]["reference"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Patient/");
+    let values: Vec<f64> = match o["component"].as_array() {
+        Some(c) => c
+            .iter()
+            .map(|c| c["valueQuantity"]["value"].as_f64().unwrap())
+            .collect(),
+        None => vec![o["valueQuantity"]["value"].as_f64().unwrap()],
+    };
+    format!(
+        "{patient}|{}|{}|{:?}",
+        o["code"]["coding"][0]["code"].as_str().unwrap(),
+        o["effectiveDateTime"].as_str().unwrap(),
+        values
+    )
+}
+
+/// Every Observation of a patient, through the FHIR API, following `next` links.
+pub fn all_observations(hub_base: &str, patient: &str) -> Vec<Value> {
+    let mut url = Some(format!(
+        "{hub_base}/Observation?patient={patient}&_count=1000"
+    ));
+    let mut out = Vec::new();
+    while let Some(u) = url.take() {
+        let b = get(&u).json();
+        out.extend(
+            b["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"].clone()),
+        );
+        url = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned());
+    }
+    out
 }
 
 /// Polls `f` until it returns `Some`, or the deadline passes.
