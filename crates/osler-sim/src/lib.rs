@@ -229,6 +229,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a))) => {
                         let _ = tx.send(a.pkid);
                     }
+                    // Our own goodbye: the connection would otherwise reconnect forever.
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                     Ok(_) => {}
                     Err(rumqttc::ConnectionError::RequestsDone) => break,
                     Err(e) => {
@@ -372,7 +374,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         f.flush()?;
     }
     if let Sink::Mqtt { client, thread, .. } = sink {
-        let _ = client.disconnect();
+        client.disconnect().context("MQTT disconnect")?;
+        drop(client);
         let _ = thread.join();
     }
     let secs = began.elapsed().as_secs_f64();

@@ -154,7 +154,11 @@ fn init_logging() -> anyhow::Result<()> {
     let filter = tracing_subscriber::filter::Targets::from_str(&spec)
         .with_context(|| format!("OSLER_LOG={spec:?} is not a valid log filter"))?;
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .with(filter)
         .init();
     Ok(())

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -374,5 +374,4 @@ fn a_torn_outbox_tail_is_recovered_and_a_damaged_file_set_aside() {
         ),
     );
     assert_eq!(a.status, 200, "{}", a.text);
-    let _: HashSet<u8> = HashSet::new();
 }

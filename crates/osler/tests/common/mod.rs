@@ -219,15 +219,16 @@ pub fn spawn_sim(args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Waits for a sim and returns its summary line.
-pub fn finish_sim(child: Child) -> Value {
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "osler sim failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+/// Waits (at most two minutes) for a sim and returns its summary line.
+pub fn finish_sim(mut child: Child) -> Value {
+    let status = wait_for(Duration::from_secs(120), || child.try_wait().unwrap());
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("osler sim did not finish within 120 s");
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert!(status.success(), "osler sim failed: {text}");
     serde_json::from_str(text.lines().last().unwrap()).unwrap()
 }
 
