@@ -3,11 +3,14 @@
 //!
 //! - [`hub`]: FHIR ingest through transaction Bundles, bytes on disk per reading, and the
 //!   latency of the main search (one patient, one metric, 24 hours) over millions of readings.
-//! - [`cohort`]: a deterministic synthetic cohort that the benchmarks feed in.
+//! - [`pipeline`]: sim → gateway → hub end to end, the gateway's footprint, catch-up after an
+//!   outage.
+//! - [`cohort`]: a deterministic synthetic cohort that the hub benchmark feeds in.
 //! - [`process`]: starting and stopping an `osler` child process.
 
 pub mod cohort;
 pub mod hub;
+pub mod pipeline;
 pub mod process;
 
 /// The percentile `p` (0-100) of sorted samples, nearest-rank.

@@ -17,9 +17,18 @@ impl Server {
     /// Starts `osler serve --data DIR --listen 127.0.0.1:0` and waits (up to `timeout`) for it
     /// to print its URL.
     pub fn start(osler: &Path, data: &Path, timeout: Duration) -> anyhow::Result<Server> {
+        let data = data.to_str().context("the data directory is not UTF-8")?;
+        Server::spawn(
+            osler,
+            &["serve", "--listen", "127.0.0.1:0", "--data", data],
+            timeout,
+        )
+    }
+
+    /// Starts `osler ARGS` and waits (up to `timeout`) for the URL it prints first.
+    pub fn spawn(osler: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Server> {
         let mut child = Command::new(osler)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
+            .args(args)
             .env(
                 "OSLER_LOG",
                 std::env::var("OSLER_LOG").unwrap_or_else(|_| "warn".into()),
@@ -29,7 +38,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("cannot start {}", osler.display()))?;
-        let stdout = child.stdout.take().context("no stdout from the hub")?;
+        let stdout = child.stdout.take().context("no stdout from the child")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -39,16 +48,21 @@ impl Server {
         let deadline = Instant::now() + timeout;
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .context("the hub did not print its URL in time")?;
+            .with_context(|| format!("osler {} did not print its URL in time", args[0]))?;
         let base = line.trim().to_owned();
         if !base.starts_with("http://") {
             let _ = child.kill();
-            bail!("the hub printed {base:?} instead of its URL");
+            bail!("osler {} printed {base:?} instead of its URL", args[0]);
         }
         Ok(Server { child, base })
     }
 
-    /// Asks the hub to stop (SIGTERM) and waits for it.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it.
     pub fn stop(mut self) -> anyhow::Result<()> {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -65,7 +79,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child.kill()?;
-        bail!("the hub did not stop within 30 s of SIGTERM")
+        bail!("the process did not stop within 30 s of SIGTERM")
     }
 }
 
@@ -77,4 +91,30 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Resident memory (VmRSS) of a process, in bytes, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// CPU time (user + system) a process has used, in seconds, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // Linux reports in clock ticks of USER_HZ, which is 100 on every mainstream architecture.
+    Some(ticks / 100.0)
 }

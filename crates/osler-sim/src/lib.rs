@@ -251,8 +251,6 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let mut readings = Vec::new();
     let mut pending: Vec<(SimReading, serde_json::Value)> = Vec::new();
     let (mut sent, mut acked, mut rejected) = (0u64, 0u64, 0u64);
-    let mut rate_tokens = 0.0f64;
-    let mut rate_at = Instant::now();
     let flush = |pending: &mut Vec<(SimReading, serde_json::Value)>,
                  sink: &mut Sink,
                  acked: &mut u64,
@@ -331,11 +329,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         cohort.tick(&mut readings);
         for r in readings.drain(..) {
             if let Some(rate) = args.rate {
+                // Reading k is due k/rate seconds after the start. Sleep only when more than
+                // 20 ms ahead, and send what is pending first, so that a paced run still goes
+                // out in batches rather than one request per reading.
+                let due = began + Duration::from_secs_f64(sent as f64 / rate);
                 let now = Instant::now();
-                rate_tokens = (rate_tokens + now.duration_since(rate_at).as_secs_f64() * rate)
-                    .min(rate.max(1.0));
-                rate_at = now;
-                if rate_tokens < 1.0 {
+                if due > now + Duration::from_millis(20) {
                     flush(
                         &mut pending,
                         &mut sink,
@@ -343,11 +342,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                         &mut rejected,
                         &mut sent_file,
                     )?;
-                    std::thread::sleep(Duration::from_secs_f64((1.0 - rate_tokens) / rate));
-                    rate_tokens = 1.0;
-                    rate_at = Instant::now();
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 }
-                rate_tokens -= 1.0;
             }
             let j = device_json(&r, &args.patient_prefix);
             pending.push((r, j));

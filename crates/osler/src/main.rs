@@ -146,6 +146,8 @@ enum HubAdmin {
 enum Bench {
     /// The hub alone: ingest through FHIR transaction Bundles, bytes per reading, search latency.
     Hub(osler_bench::hub::HubBenchArgs),
+    /// The whole pipeline, sim -> gateway -> hub: throughput, gateway footprint, catch-up.
+    Pipeline(osler_bench::pipeline::PipelineBenchArgs),
 }
 
 fn init_logging() -> anyhow::Result<()> {
@@ -224,6 +226,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => osler_sim::run(args),
         Command::Bench { which } => match which {
             Bench::Hub(args) => osler_bench::hub::run(args),
+            Bench::Pipeline(args) => osler_bench::pipeline::run(args),
         },
     }
 }
