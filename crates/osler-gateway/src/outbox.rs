@@ -27,8 +27,9 @@
 //!   moved aside (kept for forensics) and a fresh outbox started, so the gateway never crash-loops.
 //!
 //! # Full disk
-//! Policy: **refuse new readings, never drop stored ones.** When the outbox file reaches its size
-//! limit (or the disk reports full), `append` of readings fails with [`OutboxError::Full`]; HTTP
+//! Policy: **refuse new readings, never drop stored ones.** When the outbox's data (pages in use,
+//! so space freed by acknowledged entries counts as free) reaches its size limit (or the disk
+//! reports full), `append` of readings fails with [`OutboxError::Full`]; HTTP
 //! sources answer 507 and MQTT leaves the message unacknowledged so the broker keeps it. Alerts
 //! are still accepted until a hard limit 10% above it, because they are small and matter most.
 
@@ -124,6 +125,7 @@ fn prepare(conn: &Connection) -> Result<(), OutboxError> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL;
          PRAGMA synchronous=FULL;
+         PRAGMA journal_size_limit=67108864;
          CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS outbox(
              lane INTEGER NOT NULL,
@@ -216,7 +218,6 @@ impl Outbox {
         let (tx, rx) = mpsc::channel(1024);
         let writer = Writer {
             conn,
-            path: path.clone(),
             limit: limit_bytes,
             depth: depth.clone(),
             wake: wake.clone(),
@@ -312,6 +313,11 @@ impl Outbox {
             })
             .map_err(|_| OutboxError::Closed)?;
         rx.blocking_recv().map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Bytes of data in the outbox (what the size limit is compared with).
+    pub fn used_bytes(&self) -> Result<u64, OutboxError> {
+        used_bytes(&self.reader.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The oldest entries of a lane: at most `max_count`, and at most `max_bytes` of entry text
@@ -436,21 +442,18 @@ impl Reply {
 
 struct Writer {
     conn: Connection,
-    path: PathBuf,
     limit: u64,
     depth: Arc<Depth>,
     wake: Arc<(Mutex<u64>, Condvar)>,
 }
 
-fn file_bytes(path: &Path) -> u64 {
-    ["", "-wal"]
-        .iter()
-        .map(|s| {
-            std::fs::metadata(format!("{}{s}", path.display()))
-                .map(|m| m.len())
-                .unwrap_or(0)
-        })
-        .sum()
+/// Bytes the outbox's data occupies: pages in use, not the file's size, because SQLite reuses
+/// the pages of acknowledged entries without shrinking the file.
+fn used_bytes(conn: &Connection) -> Result<u64, OutboxError> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(((pages - free).max(0) * size) as u64)
 }
 
 impl Writer {
@@ -468,8 +471,8 @@ impl Writer {
     }
 
     fn commit(&mut self, jobs: Vec<Job>) {
-        // Size is checked once per group: the file grows by at most one group past the limit.
-        let bytes = file_bytes(&self.path);
+        // Size is checked once per group: the outbox grows by at most one group past the limit.
+        let bytes = used_bytes(&self.conn).unwrap_or(0);
         let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
         let mut appended = [0u64; 2];
         let mut acked = [0u64; 2];

@@ -112,6 +112,8 @@ async fn batch(
     }
     let mark = BatchMark {
         gateway: gw.clone(),
+        received_ms: received,
+        first_seq: header.first_seq,
         lane: header.lane.as_u8(),
         last_seq: header.last_seq(),
         op_seqs,

@@ -65,32 +65,36 @@ impl Metrics {
         let mut out = String::new();
         let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // Writing to a String cannot fail; the results are ignored for that reason.
-        let _ = writeln!(
-            out,
-            "# HELP osler_readings_committed_total Readings durably committed since start."
+        let mut single = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        single(
+            "osler_readings_committed_total",
+            "counter",
+            "Readings durably committed since start.",
+            load(&store.committed_readings),
         );
-        let _ = writeln!(out, "# TYPE osler_readings_committed_total counter");
-        let _ = writeln!(
-            out,
-            "osler_readings_committed_total {}",
-            store.committed_readings.load(Ordering::Relaxed)
+        single(
+            "osler_readings_stored",
+            "gauge",
+            "Readings in the store.",
+            load(&store.readings),
         );
-        let _ = writeln!(out, "# HELP osler_readings_stored Readings in the store.");
-        let _ = writeln!(out, "# TYPE osler_readings_stored gauge");
-        let _ = writeln!(
-            out,
-            "osler_readings_stored {}",
-            store.readings.load(Ordering::Relaxed)
+        single(
+            "osler_store_commits_total",
+            "counter",
+            "Group commits (each one fsync) since start.",
+            load(&store.commits),
         );
-        let _ = writeln!(
-            out,
-            "# HELP osler_store_commits_total Group commits (each one fsync) since start."
-        );
-        let _ = writeln!(out, "# TYPE osler_store_commits_total counter");
-        let _ = writeln!(
-            out,
-            "osler_store_commits_total {}",
-            store.commits.load(Ordering::Relaxed)
+        single(
+            "osler_gateway_sequence_gaps_total",
+            "counter",
+            "Gateway batches that did not follow the last committed sequence number.",
+            load(&store.sequence_gaps),
         );
         let _ = writeln!(
             out,

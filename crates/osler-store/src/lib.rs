@@ -144,6 +144,11 @@ impl WriteOutcome {
 #[derive(Clone, Debug)]
 pub struct BatchMark {
     pub gateway: String,
+    /// When the hub received the batch (recorded on dead letters).
+    pub received_ms: i64,
+    /// The batch's first sequence number: more than one past the high-water mark is a gap
+    /// (the gateway sent out of order or lost entries), counted in `StoreStats::sequence_gaps`.
+    pub first_seq: u64,
     pub lane: u8,
     pub last_seq: u64,
     /// The sequence number of each op, in order.
@@ -196,6 +201,8 @@ pub struct StoreStats {
     pub readings: AtomicU64,
     pub commits: AtomicU64,
     pub committed_readings: AtomicU64,
+    /// Gateway batches that did not start right after what the hub had committed.
+    pub sequence_gaps: AtomicU64,
 }
 
 pub(crate) struct Job {

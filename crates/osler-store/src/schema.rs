@@ -64,6 +64,7 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL;
          PRAGMA synchronous=FULL;
+         PRAGMA journal_size_limit=67108864;
          PRAGMA cache_size=-65536;
          PRAGMA foreign_keys=OFF;",
     )?;

@@ -167,8 +167,12 @@ impl Writer {
             )
             .optional()?;
         let hwm = hwm.unwrap_or(0).max(0) as u64;
+        if batch.first_seq > hwm + 1 {
+            self.stats.sequence_gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(gateway = %batch.gateway, lane = batch.lane, expected = hwm + 1, got = batch.first_seq, "gateway batch does not follow the last one committed");
+        }
         let source = format!("gateway {} lane {}", batch.gateway, batch.lane);
-        let now = ops.first().map_or(0, |o| o.reading.received_ms);
+        let now = batch.received_ms;
         let dead = |conn: &Connection,
                     seq: u64,
                     payload: &str,

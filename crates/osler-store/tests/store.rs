@@ -307,6 +307,8 @@ fn mark(first: u64, ops: &[WriteOp], rejected: Vec<(u64, String, String)>) -> Ba
     let n = (ops.len() + rejected.len()) as u64;
     BatchMark {
         gateway: "gw-1".into(),
+        received_ms: T0,
+        first_seq: first,
         lane: 1,
         last_seq: first + n - 1,
         op_seqs: (first..first + ops.len() as u64).collect(),

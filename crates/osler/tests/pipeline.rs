@@ -214,6 +214,8 @@ fn hub_outage_under_load_then_everything_once() {
     );
     wait_delivered(&hub, &gw, sent.len() as u64, Duration::from_secs(60));
     assert_exactly_once(&hub, &sent, 6);
+    // In order: every batch after the outage started right after the last one committed.
+    assert_eq!(metric(&hub, "osler_gateway_sequence_gaps_total"), 0.0);
 }
 
 #[test]

@@ -1,0 +1,484 @@
+//! Alert rules and their state machines, shared by the gateway (critical rules at the edge) and
+//! the hub (all rules). No IO: readings go in, alert events come out.
+//!
+//! Main types: [`Rule`] (a threshold, a duration condition, hysteresis, a cited source),
+//! [`RULES`] (the defaults), [`Overrides`] (per-patient thresholds), [`Engine`] (one state
+//! machine per patient and rule), [`AlertEvent`] (raised / updated / resolved).
+//!
+//! Everything is judged by the time a reading was **taken**: a reading that arrives late is
+//! placed at its own time in the patient's history and evaluated there, and an alert it raises
+//! is marked late rather than treated as news.
+
+use std::collections::{BTreeMap, HashMap};
+
+use osler_core::{Metric, Reading, Value};
+
+/// How urgent an alert is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Warning,
+    Urgent,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Urgent => "urgent",
+            Severity::Critical => "critical",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Severity> {
+        [Severity::Warning, Severity::Urgent, Severity::Critical]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// Which side of the threshold breaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// value > threshold (or >= with `inclusive`)
+    Above,
+    /// value < threshold (or <= with `inclusive`)
+    Below,
+}
+
+/// When a breach becomes an alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// The reading alone.
+    Single,
+    /// Every reading for at least this long (ms): one artefact spike cannot page a nurse.
+    Sustained(i64),
+    /// At least `n` of the last `of` readings.
+    CountOf { n: usize, of: usize },
+    /// A rise of more than the threshold within this window (ms), newest minus lowest.
+    RiseWithin(i64),
+}
+
+/// One alert rule.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    pub id: &'static str,
+    pub metric: Metric,
+    /// For panels: 0 = systolic, 1 = diastolic.
+    pub part: usize,
+    pub direction: Direction,
+    pub inclusive: bool,
+    pub threshold: f64,
+    pub condition: Condition,
+    /// Hysteresis: the alert resolves when `clear_count` consecutive readings are this far back
+    /// on the safe side of the threshold.
+    pub clear_margin: f64,
+    pub clear_count: usize,
+    pub severity: Severity,
+    /// Evaluated at the edge too (the gateway raises it while the hub is unreachable).
+    pub critical: bool,
+    pub title: &'static str,
+    /// Where the default comes from.
+    pub source: &'static str,
+}
+
+const MIN: i64 = 60_000;
+const DAY: i64 = 24 * 60 * MIN;
+
+/// The default rules. Thresholds from shared/reference/clinical.md, each with its source.
+pub static RULES: &[Rule] = &[
+    Rule {
+        id: "hr-high",
+        metric: Metric::HeartRate,
+        part: 0,
+        direction: Direction::Above,
+        inclusive: false,
+        threshold: 120.0,
+        condition: Condition::Sustained(10 * MIN),
+        clear_margin: 10.0,
+        clear_count: 3,
+        severity: Severity::Urgent,
+        critical: true,
+        title: "Heart rate above 120/min for 10 minutes",
+        source: "Apple high heart rate notification default, 120 bpm for 10 min (support HT208931)",
+    },
+    Rule {
+        id: "hr-low",
+        metric: Metric::HeartRate,
+        part: 0,
+        direction: Direction::Below,
+        inclusive: false,
+        threshold: 40.0,
+        condition: Condition::Sustained(10 * MIN),
+        clear_margin: 5.0,
+        clear_count: 3,
+        severity: Severity::Urgent,
+        critical: true,
+        title: "Heart rate below 40/min for 10 minutes",
+        source: "Apple low heart rate notification, 40-50 bpm (support HT208931); NEWS2 scores <=40 as 3",
+    },
+    Rule {
+        id: "spo2-low",
+        metric: Metric::Spo2,
+        part: 0,
+        direction: Direction::Below,
+        inclusive: true,
+        threshold: 92.0,
+        condition: Condition::CountOf { n: 3, of: 5 },
+        clear_margin: 2.0,
+        clear_count: 3,
+        severity: Severity::Urgent,
+        critical: true,
+        title: "SpO2 at or below 92% (3 of the last 5 readings)",
+        source: "NHS England pulse oximetry at home: <=92% is severe",
+    },
+    Rule {
+        id: "bp-crisis-systolic",
+        metric: Metric::BloodPressure,
+        part: 0,
+        direction: Direction::Above,
+        inclusive: false,
+        threshold: 180.0,
+        condition: Condition::Single,
+        clear_margin: 20.0,
+        clear_count: 1,
+        severity: Severity::Critical,
+        critical: true,
+        title: "Systolic pressure above 180 mmHg",
+        source: "ACC/AHA 2017 (Whelton 2018): hypertensive crisis >180 and/or >120",
+    },
+    Rule {
+        id: "bp-crisis-diastolic",
+        metric: Metric::BloodPressure,
+        part: 1,
+        direction: Direction::Above,
+        inclusive: false,
+        threshold: 120.0,
+        condition: Condition::Single,
+        clear_margin: 20.0,
+        clear_count: 1,
+        severity: Severity::Critical,
+        critical: true,
+        title: "Diastolic pressure above 120 mmHg",
+        source: "ACC/AHA 2017 (Whelton 2018): hypertensive crisis >180 and/or >120",
+    },
+    Rule {
+        id: "glucose-urgent-low",
+        metric: Metric::CgmGlucose,
+        part: 0,
+        direction: Direction::Below,
+        inclusive: false,
+        threshold: 54.0,
+        condition: Condition::Sustained(15 * MIN),
+        clear_margin: 16.0,
+        clear_count: 3,
+        severity: Severity::Critical,
+        critical: true,
+        title: "Glucose below 54 mg/dL for 15 minutes (level 2 hypoglycaemia)",
+        source: "Battelino 2019, Diabetes Care 42:1593: level 2 event, >=15 consecutive minutes <54 mg/dL",
+    },
+    Rule {
+        id: "glucose-low",
+        metric: Metric::CgmGlucose,
+        part: 0,
+        direction: Direction::Below,
+        inclusive: false,
+        threshold: 70.0,
+        condition: Condition::Sustained(15 * MIN),
+        clear_margin: 0.0,
+        clear_count: 3,
+        severity: Severity::Urgent,
+        critical: false,
+        title: "Glucose below 70 mg/dL for 15 minutes (level 1 hypoglycaemia)",
+        source: "Battelino 2019, Diabetes Care 42:1593: level 1 event, >=15 consecutive minutes <70 mg/dL",
+    },
+    Rule {
+        id: "glucose-high",
+        metric: Metric::CgmGlucose,
+        part: 0,
+        direction: Direction::Above,
+        inclusive: false,
+        threshold: 250.0,
+        condition: Condition::Sustained(15 * MIN),
+        clear_margin: 20.0,
+        clear_count: 3,
+        severity: Severity::Warning,
+        critical: false,
+        title: "Glucose above 250 mg/dL for 15 minutes",
+        source: "Battelino 2019, Diabetes Care 42:1593: >250 mg/dL is level 2 hyperglycaemia (TAR >250)",
+    },
+    Rule {
+        id: "fever",
+        metric: Metric::BodyTemperature,
+        part: 0,
+        direction: Direction::Above,
+        inclusive: true,
+        threshold: 39.1,
+        condition: Condition::Single,
+        clear_margin: 1.1,
+        clear_count: 1,
+        severity: Severity::Urgent,
+        critical: false,
+        title: "Temperature at or above 39.1 C",
+        source: "NEWS2 (Royal College of Physicians 2017): >=39.1 C scores 2",
+    },
+    Rule {
+        id: "weight-gain",
+        metric: Metric::BodyWeight,
+        part: 0,
+        direction: Direction::Above,
+        inclusive: false,
+        threshold: 2.0,
+        condition: Condition::RiseWithin(3 * DAY),
+        clear_margin: 1.0,
+        clear_count: 1,
+        severity: Severity::Warning,
+        critical: false,
+        title: "Weight up more than 2 kg in 3 days",
+        source: "ESC heart failure guidance (heartfailurematters.org): >2 kg in 3 days",
+    },
+];
+
+/// Per-patient threshold overrides, by rule id.
+pub type Overrides = HashMap<String, f64>;
+
+impl Rule {
+    pub fn by_id(id: &str) -> Option<&'static Rule> {
+        RULES.iter().find(|r| r.id == id)
+    }
+
+    fn part_value(&self, v: &Value) -> f64 {
+        match (v, self.part) {
+            (Value::Pair(a, _), 0) | (Value::Scalar(a), _) => *a,
+            (Value::Pair(_, b), _) => *b,
+        }
+    }
+
+    fn breaches(&self, v: f64, threshold: f64) -> bool {
+        match (self.direction, self.inclusive) {
+            (Direction::Above, false) => v > threshold,
+            (Direction::Above, true) => v >= threshold,
+            (Direction::Below, false) => v < threshold,
+            (Direction::Below, true) => v <= threshold,
+        }
+    }
+
+    fn clears(&self, v: f64, threshold: f64) -> bool {
+        match self.direction {
+            Direction::Above => v < threshold - self.clear_margin,
+            Direction::Below => v > threshold + self.clear_margin,
+        }
+    }
+
+    /// How far back the rule needs history.
+    fn window_ms(&self) -> i64 {
+        match self.condition {
+            Condition::Sustained(d) | Condition::RiseWithin(d) => d + 10 * MIN,
+            _ => 60 * MIN,
+        }
+    }
+}
+
+/// What happened to an alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Raised,
+    Updated,
+    Resolved,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Raised => "raised",
+            Change::Updated => "updated",
+            Change::Resolved => "resolved",
+        }
+    }
+}
+
+/// An alert event for one patient and rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertEvent {
+    pub change: Change,
+    pub patient: String,
+    pub rule: &'static str,
+    pub severity: Severity,
+    /// The time the deciding reading was taken (UTC ms).
+    pub reading_ms: i64,
+    /// Its value (the rule's part for panels).
+    pub value: f64,
+    /// The threshold in force (after overrides).
+    pub threshold: f64,
+    /// The deciding reading arrived long after it was taken.
+    pub late: bool,
+}
+
+/// A reading older than this when it arrives makes its alert "late" (two minutes: well beyond
+/// normal gateway batching, well within any outage).
+pub const LATE_AFTER_MS: i64 = 2 * MIN;
+
+#[derive(Default)]
+struct Stream {
+    /// Readings by time taken: value of each rule part (index 0 and 1).
+    points: BTreeMap<i64, [f64; 2]>,
+}
+
+/// The rule engine: history per patient and metric, one open/closed state per patient and rule.
+#[derive(Default)]
+pub struct Engine {
+    streams: HashMap<(String, Metric), Stream>,
+    /// Open alerts: (patient, rule) -> the time taken of the reading that raised it.
+    open: HashMap<(String, &'static str), i64>,
+    /// Only rules marked `critical` (the gateway's mode).
+    critical_only: bool,
+}
+
+impl Engine {
+    pub fn new() -> Engine {
+        Engine::default()
+    }
+
+    /// An engine for the edge: only the critical rules.
+    pub fn critical_only() -> Engine {
+        Engine {
+            critical_only: true,
+            ..Engine::default()
+        }
+    }
+
+    /// Marks an alert as open (restoring persisted state after a restart).
+    pub fn restore_open(&mut self, patient: &str, rule: &str, since_ms: i64) {
+        if let Some(r) = Rule::by_id(rule) {
+            self.open.insert((patient.to_owned(), r.id), since_ms);
+        }
+    }
+
+    /// Whether an alert is open for this patient and rule.
+    pub fn is_open(&self, patient: &str, rule: &str) -> bool {
+        self.open.keys().any(|(p, r)| p == patient && *r == rule)
+    }
+
+    /// Adds a reading at its own time and evaluates the metric's rules there.
+    pub fn observe(&mut self, r: &Reading, overrides: Option<&Overrides>) -> Vec<AlertEvent> {
+        let key = (r.patient.to_string(), r.metric);
+        let t = r.taken.utc_ms;
+        let values = match r.value {
+            Value::Scalar(v) => [v, v],
+            Value::Pair(a, b) => [a, b],
+        };
+        let rules: Vec<&'static Rule> = RULES
+            .iter()
+            .filter(|rule| rule.metric == r.metric && (!self.critical_only || rule.critical))
+            .collect();
+        if rules.is_empty() {
+            return Vec::new();
+        }
+        let stream = self.streams.entry(key.clone()).or_default();
+        stream.points.insert(t, values);
+        // Keep what the longest rule needs, measured from the newest reading, or from this one
+        // when it is older: a backlog arriving after newer readings still builds its history.
+        let keep = rules.iter().map(|rule| rule.window_ms()).max().unwrap_or(0);
+        if let Some((&newest, _)) = stream.points.last_key_value() {
+            let cutoff = (newest - keep).min(t - keep);
+            while let Some((&oldest, _)) = stream.points.first_key_value() {
+                if oldest >= cutoff {
+                    break;
+                }
+                stream.points.pop_first();
+            }
+        }
+        let late = r.received_ms - t > LATE_AFTER_MS;
+        let mut events = Vec::new();
+        for rule in rules {
+            let threshold = overrides
+                .and_then(|o| o.get(rule.id))
+                .copied()
+                .unwrap_or(rule.threshold);
+            // History up to the reading's own time, newest first.
+            let hist: Vec<(i64, f64)> = stream
+                .points
+                .range(..=t)
+                .rev()
+                .map(|(ts, v)| (*ts, v[rule.part]))
+                .collect();
+            let value = rule.part_value(&r.value);
+            let open_key = (key.0.clone(), rule.id);
+            let is_open = self.open.contains_key(&open_key);
+            let event = |change| AlertEvent {
+                change,
+                patient: key.0.clone(),
+                rule: rule.id,
+                severity: rule.severity,
+                reading_ms: t,
+                value,
+                threshold,
+                late,
+            };
+            if !is_open {
+                if fires(rule, threshold, &hist) {
+                    self.open.insert(open_key, t);
+                    events.push(event(Change::Raised));
+                }
+            } else if clears(rule, threshold, &hist) {
+                self.open.remove(&open_key);
+                events.push(event(Change::Resolved));
+            }
+        }
+        events
+    }
+}
+
+/// Whether an open alert resolves at the newest entry of `hist` (newest first): the last
+/// `clear_count` readings all back past the margin, or for a trend, the rise gone below the
+/// threshold by the margin.
+fn clears(rule: &Rule, threshold: f64, hist: &[(i64, f64)]) -> bool {
+    match rule.condition {
+        Condition::RiseWithin(_) => !fires(rule, threshold - rule.clear_margin, hist),
+        _ => {
+            hist.len() >= rule.clear_count
+                && hist[..rule.clear_count]
+                    .iter()
+                    .all(|(_, v)| rule.clears(*v, threshold))
+        }
+    }
+}
+
+/// Whether the rule's condition holds at the newest entry of `hist` (newest first).
+fn fires(rule: &Rule, threshold: f64, hist: &[(i64, f64)]) -> bool {
+    let Some(&(t, v)) = hist.first() else {
+        return false;
+    };
+    match rule.condition {
+        Condition::Single => rule.breaches(v, threshold),
+        Condition::CountOf { n, of } => {
+            hist.iter()
+                .take(of)
+                .filter(|(_, v)| rule.breaches(*v, threshold))
+                .count()
+                >= n
+        }
+        Condition::Sustained(d) => {
+            // The breach streak ending at the newest reading must span at least `d`.
+            let mut start = None;
+            for (ts, v) in hist {
+                if rule.breaches(*v, threshold) {
+                    start = Some(*ts);
+                } else {
+                    break;
+                }
+            }
+            start.is_some_and(|s| t - s >= d)
+        }
+        Condition::RiseWithin(d) => {
+            let lowest = hist
+                .iter()
+                .take_while(|(ts, _)| t - ts <= d)
+                .map(|(_, v)| *v)
+                .fold(f64::INFINITY, f64::min);
+            v - lowest > threshold
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
