@@ -99,3 +99,52 @@ pub fn patient(id: &str) -> Json {
 pub fn device(id: &str) -> Json {
     json!({ "resourceType": "Device", "id": id, "status": "active" })
 }
+
+/// An alert as a FHIR `Flag`: active while the alert is open, its period from the reading that
+/// raised it to the one that resolved it. Severity and the reading's value travel in
+/// extensions, because Flag has no element for them.
+pub struct FlagInput<'a> {
+    pub id: i64,
+    pub patient: &'a str,
+    pub rule: &'a str,
+    pub title: &'a str,
+    pub severity: &'a str,
+    pub active: bool,
+    pub start: &'a str,
+    pub end: Option<&'a str>,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// The extension URL base for Osler's alert details.
+pub const ALERT_EXTENSION: &str = "https://osler.dev/fhir/StructureDefinition/alert";
+
+pub fn flag(f: &FlagInput<'_>) -> Json {
+    let mut period = json!({ "start": f.start });
+    if let Some(end) = f.end {
+        period["end"] = json!(end);
+    }
+    json!({
+        "resourceType": "Flag",
+        "id": f.id.to_string(),
+        "extension": [
+            { "url": format!("{ALERT_EXTENSION}-severity"), "valueCode": f.severity },
+            { "url": format!("{ALERT_EXTENSION}-value"), "valueDecimal": f.value },
+            { "url": format!("{ALERT_EXTENSION}-threshold"), "valueDecimal": f.threshold },
+        ],
+        "status": if f.active { "active" } else { "inactive" },
+        "category": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/flag-category",
+                "code": "clinical",
+                "display": "Clinical",
+            }],
+        }],
+        "code": {
+            "coding": [{ "system": "https://osler.dev/alert-rule", "code": f.rule, "display": f.title }],
+            "text": f.title,
+        },
+        "subject": { "reference": format!("Patient/{}", f.patient) },
+        "period": period,
+    })
+}

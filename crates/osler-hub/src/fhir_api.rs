@@ -40,7 +40,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 }
 
 /// The FHIR base URL as the client sees it.
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(u) = &state.public_url {
         return u.clone();
     }
@@ -120,6 +120,27 @@ fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
     }
 }
 
+/// The readings were committed but their alerts could not be recorded: the client is told to
+/// retry, which is safe (the readings are recognised, the rules run again, alerts are unique).
+fn alert_failure(e: osler_store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "alert evaluation could not be recorded");
+    ApiError(FhirError::new(
+        ErrorKind::Internal,
+        "the readings were stored but their alerts could not be recorded; please retry (resending is safe)",
+    ))
+}
+
+/// The readings of outcomes that are now stored (new or already there).
+fn stored_readings(outcomes: &[WriteOutcome]) -> Vec<osler_core::Reading> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            WriteOutcome::Created(s) | WriteOutcome::Existing(s) => Some(s.reading.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn prefers(headers: &HeaderMap, what: &str) -> Option<bool> {
     let p = headers.get("prefer")?.to_str().ok()?;
     Some(
@@ -182,6 +203,11 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
             return Err(e.into());
         }
     };
+    state
+        .alerts
+        .process(&state.store, std::slice::from_ref(&stored.reading), "hub")
+        .await
+        .map_err(alert_failure)?;
     let base = base_url(&state, &headers);
     let mut response = if prefers(&headers, "minimal") == Some(true) {
         status.into_response()
@@ -279,6 +305,11 @@ async fn transaction_or_batch(
                 e.message = format!("{} (transaction: nothing was stored)", e.message);
                 return Err(e.into());
             }
+            state
+                .alerts
+                .process(&state.store, &stored_readings(&result.outcomes), "hub")
+                .await
+                .map_err(alert_failure)?;
             let entries = result.outcomes.iter().map(answer).collect();
             Ok(fhir(
                 StatusCode::OK,
@@ -308,6 +339,11 @@ async fn transaction_or_batch(
             if conflicts > 0 {
                 state.metrics.rejected("conflict", conflicts);
             }
+            state
+                .alerts
+                .process(&state.store, &stored_readings(&result.outcomes), "hub")
+                .await
+                .map_err(alert_failure)?;
             for (slot, o) in slots.into_iter().zip(&result.outcomes) {
                 entries[slot] = answer(o);
             }

@@ -120,6 +120,7 @@ async fn batch(
         op_raw,
         rejected: rejected.clone(),
     };
+    let ops_readings: Vec<osler_core::Reading> = ops.iter().map(|o| o.reading.clone()).collect();
     let result = match state.store.write_batch(ops, mark).await {
         Ok(r) => r,
         Err(e) => {
@@ -130,6 +131,27 @@ async fn batch(
             );
         }
     };
+    // Every reading now stored (new, or a resend) runs through the rules before the answer: a
+    // crash between the commit and this point makes the gateway resend, and the rules run
+    // again (alerts are unique per patient, rule and reading time).
+    let evaluated: Vec<osler_core::Reading> = ops_readings
+        .into_iter()
+        .zip(&result.outcomes)
+        .filter(|(_, o)| {
+            !matches!(
+                o,
+                WriteOutcome::DeadLettered | WriteOutcome::Conflict { .. }
+            )
+        })
+        .map(|(r, _)| r)
+        .collect();
+    if let Err(e) = state.alerts.process(&state.store, &evaluated, "hub").await {
+        tracing::error!(gateway = %gw, error = %e, "alerts not recorded; the batch is not acknowledged");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alerts could not be recorded; retry",
+        );
+    }
     let count = |f: fn(&WriteOutcome) -> bool| result.outcomes.iter().filter(|o| f(o)).count();
     let stored = count(|o| matches!(o, WriteOutcome::Created(_)));
     let duplicates = count(|o| {

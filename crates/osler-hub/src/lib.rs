@@ -9,6 +9,7 @@
 //!
 //! **Invariant:** a reading is acknowledged (2xx) only after the store has committed it.
 
+mod alerts;
 mod body;
 mod fhir_api;
 mod ingest;
@@ -64,6 +65,7 @@ pub enum HubError {
 
 pub(crate) struct AppState {
     pub store: Arc<Store>,
+    pub alerts: alerts::Alerts,
     pub metrics: Metrics,
     pub public_url: Option<String>,
     pub max_body: usize,
@@ -89,10 +91,13 @@ impl Hub {
     /// Opens the store and binds the listener.
     pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
         let data = config.data.clone();
-        let store =
-            tokio::task::spawn_blocking(move || Store::open(&data, StoreOptions::default()))
-                .await
-                .map_err(|e| HubError::Serve(std::io::Error::other(e)))??;
+        let (store, alerts) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&data, StoreOptions::default())?;
+            let alerts = alerts::Alerts::load(&store)?;
+            Ok::<_, osler_store::StoreError>((store, alerts))
+        })
+        .await
+        .map_err(|e| HubError::Serve(std::io::Error::other(e)))??;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| HubError::Bind {
@@ -101,6 +106,7 @@ impl Hub {
             })?;
         let state = Arc::new(AppState {
             store: Arc::new(store),
+            alerts,
             metrics: Metrics::default(),
             public_url: config
                 .public_url
@@ -140,6 +146,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(fhir_api::routes())
         .merge(ingest::routes())
+        .merge(alerts::routes())
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(reply::not_found)

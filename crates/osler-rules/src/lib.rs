@@ -353,6 +353,11 @@ impl Engine {
         }
     }
 
+    /// Keeps only the open alerts for which `keep(patient, rule)` is true.
+    pub fn retain_open(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        self.open.retain(|(p, r), _| keep(p, r));
+    }
+
     /// Whether an alert is open for this patient and rule.
     pub fn is_open(&self, patient: &str, rule: &str) -> bool {
         self.open.keys().any(|(p, r)| p == patient && *r == rule)

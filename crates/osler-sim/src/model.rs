@@ -344,7 +344,7 @@ impl Cohort {
                     }
                 }
                 match kind {
-                    Some(EventKind::Hypoglycaemia) => g = pat.rng.range(45.0, 58.0),
+                    Some(EventKind::Hypoglycaemia) => g = pat.rng.range(42.0, 52.0),
                     Some(EventKind::Hyperglycaemia) => g = pat.rng.range(285.0, 330.0),
                     _ => {}
                 }

@@ -30,6 +30,7 @@
 //! - An atomic job (a FHIR transaction) is stored whole or not at all (one savepoint per job).
 
 pub mod admin;
+pub mod alerts;
 mod query;
 mod schema;
 mod writer;
@@ -175,6 +176,8 @@ pub struct WriteResult {
     /// False when the job was atomic and some op failed: then nothing of it was stored.
     pub committed: bool,
     pub outcomes: Vec<WriteOutcome>,
+    /// For each alert write: the alert as it now stands, when the write changed it.
+    pub alerts: Vec<Option<alerts::AlertRecord>>,
 }
 
 /// Tuning knobs, with defaults fit for a small machine.
@@ -209,6 +212,7 @@ pub(crate) struct Job {
     ops: Vec<WriteOp>,
     atomic: bool,
     batch: Option<BatchMark>,
+    alerts: Vec<alerts::AlertWrite>,
     reply: oneshot::Sender<Result<WriteResult, String>>,
 }
 
@@ -274,6 +278,7 @@ impl Store {
                 ops,
                 atomic,
                 batch: None,
+                alerts: Vec::new(),
                 reply,
             })
             .await
@@ -295,6 +300,7 @@ impl Store {
                 ops,
                 atomic,
                 batch: None,
+                alerts: Vec::new(),
                 reply,
             })
             .map_err(|_| StoreError::Closed)?;
@@ -317,6 +323,7 @@ impl Store {
                 ops,
                 atomic: false,
                 batch: Some(mark),
+                alerts: Vec::new(),
                 reply,
             })
             .await
@@ -324,6 +331,54 @@ impl Store {
         rx.await
             .map_err(|_| StoreError::Closed)?
             .map_err(StoreError::Corrupt)
+    }
+
+    /// Records alert changes (and threshold overrides) durably; the result says, for each, the
+    /// alert as it now stands when the write changed something.
+    pub async fn write_alerts(
+        &self,
+        writes: Vec<alerts::AlertWrite>,
+    ) -> Result<WriteResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Job {
+                ops: Vec::new(),
+                atomic: false,
+                batch: None,
+                alerts: writes,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Corrupt)
+    }
+
+    /// Alerts, newest first.
+    pub fn alerts(
+        &self,
+        filter: &alerts::AlertFilter,
+    ) -> Result<Vec<alerts::AlertRecord>, StoreError> {
+        self.read(|c| alerts::list(c, filter))
+    }
+
+    /// One alert.
+    pub fn alert(&self, id: i64) -> Result<Option<alerts::AlertRecord>, StoreError> {
+        self.read(|c| alerts::get(c, id))
+    }
+
+    /// Readings taken at or after `since(metric)`, series by series in time order.
+    pub fn recent(
+        &self,
+        since: &dyn Fn(osler_core::Metric) -> i64,
+    ) -> Result<Vec<StoredReading>, StoreError> {
+        self.read(|c| query::recent(c, since))
+    }
+
+    /// Every per-patient threshold override: (patient, rule, threshold).
+    pub fn overrides(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
+        self.read(alerts::overrides)
     }
 
     /// The highest sequence number committed for a gateway's lane (0 if none).

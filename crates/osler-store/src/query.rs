@@ -348,3 +348,31 @@ pub(crate) fn exists(conn: &Connection, table: &'static str, id: &str) -> Result
         .optional()?;
     Ok(found.is_some())
 }
+
+/// Every reading taken at or after `since(metric)`, per series in time order (to rebuild the
+/// alert engine's short history after a restart).
+pub(crate) fn recent(
+    conn: &Connection,
+    since: &dyn Fn(Metric) -> i64,
+) -> Result<Vec<StoredReading>, StoreError> {
+    let mut series = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached("SELECT id, patient, metric, device FROM series")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (key, id) = series_row(row)?;
+            series.push((id, key));
+        }
+    }
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t>=?2 ORDER BY t"
+    ))?;
+    let mut out = Vec::new();
+    for (id, key) in series {
+        let mut rows = stmt.query(params![id, since(key.1)])?;
+        while let Some(row) = rows.next()? {
+            out.push(decode(&key, id, row)?);
+        }
+    }
+    Ok(out)
+}

@@ -48,6 +48,29 @@ CREATE TABLE IF NOT EXISTS dead_letter(
     payload TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alert(
+    id INTEGER PRIMARY KEY,
+    patient TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    raised_reading_ms INTEGER NOT NULL,
+    raised_at_ms INTEGER NOT NULL,
+    value REAL NOT NULL,
+    threshold REAL NOT NULL,
+    late INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    resolved_reading_ms INTEGER,
+    resolved_at_ms INTEGER,
+    UNIQUE(patient, rule, raised_reading_ms)
+);
+CREATE INDEX IF NOT EXISTS alert_open ON alert(patient, rule) WHERE state='raised';
+CREATE TABLE IF NOT EXISTS threshold_override(
+    patient TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY(patient, rule)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ident(
     h INTEGER NOT NULL,
     series INTEGER NOT NULL,

@@ -127,6 +127,7 @@ impl Writer {
                 results.push(WriteResult {
                     committed: false,
                     outcomes,
+                    alerts: Vec::new(),
                 });
             } else {
                 self.conn.execute_batch("RELEASE job")?;
@@ -134,9 +135,14 @@ impl Writer {
                     .iter()
                     .filter(|o| matches!(o, WriteOutcome::Created(_)))
                     .count() as u64;
+                let mut changed = Vec::with_capacity(job.alerts.len());
+                for w in &job.alerts {
+                    changed.push(crate::alerts::apply(&self.conn, w)?);
+                }
                 results.push(WriteResult {
                     committed: true,
                     outcomes,
+                    alerts: changed,
                 });
             }
         }

@@ -1,0 +1,463 @@
+//! The hub's alert engine and its delivery.
+//!
+//! Every reading the hub accepts (new, or a resend it already had) is run through the rules
+//! (`osler-rules`) at its own time, right after its commit and before the sender's answer; alert
+//! changes are committed too, then published on the live stream. Routes: `GET /alerts` (filters
+//! `patient`, `state`, `severity`, `limit`), `GET /alerts/stream` (Server-Sent Events, one JSON
+//! object per change), `GET|PUT|DELETE /alerts/overrides/{patient}[/{rule}]`, and each alert as a
+//! FHIR `Flag` (`/fhir/Flag/{id}`, `/fhir/Flag?patient=&status=`).
+//!
+//! After a restart, open alerts come back from the store and the engine's short history is
+//! rebuilt from the readings of the last window, so that a condition in progress keeps its
+//! duration and an alert raised before the restart is not raised again.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use osler_core::{Metric, Reading, Timestamp};
+use osler_rules::{AlertEvent, Change, Engine, Overrides, Rule};
+use osler_store::Store;
+use osler_store::alerts::{AlertFilter, AlertRecord, AlertWrite};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::{AppState, now_ms};
+
+/// The engine, the overrides, and the stream of changes.
+pub(crate) struct Alerts {
+    engine: Mutex<Engine>,
+    overrides: Mutex<HashMap<String, Overrides>>,
+    stream: broadcast::Sender<String>,
+}
+
+/// How far back the engine's history is rebuilt at start-up, per metric: a little more than
+/// the longest rule on that metric needs.
+fn warm_up_since(now: i64, metric: Metric) -> i64 {
+    match metric {
+        Metric::BodyWeight => now - 4 * 24 * 3_600_000,
+        _ => now - 30 * 60_000,
+    }
+}
+
+impl Alerts {
+    /// Restores open alerts and overrides from the store and rebuilds recent history.
+    pub(crate) fn load(store: &Store) -> Result<Alerts, osler_store::StoreError> {
+        let mut engine = Engine::new();
+        let mut overrides: HashMap<String, Overrides> = HashMap::new();
+        for (patient, rule, value) in store.overrides()? {
+            overrides.entry(patient).or_default().insert(rule, value);
+        }
+        let now = now_ms();
+        for s in store.recent(&|m| warm_up_since(now, m))? {
+            // Replayed silently: these readings were evaluated when they arrived.
+            let _ = engine.observe(&s.reading, overrides.get(s.reading.patient.as_str()));
+        }
+        // The store is the truth about what is open: close what the replay opened but the
+        // store has resolved (or never had), open what the store has open.
+        let open = store.alerts(&AlertFilter {
+            state: Some("raised".into()),
+            limit: usize::MAX >> 1,
+            ..AlertFilter::default()
+        })?;
+        engine.retain_open(|patient, rule| {
+            open.iter().any(|a| a.patient == patient && a.rule == rule)
+        });
+        for a in &open {
+            engine.restore_open(&a.patient, &a.rule, a.raised_reading_ms);
+        }
+        let (stream, _) = broadcast::channel(16_384);
+        Ok(Alerts {
+            engine: Mutex::new(engine),
+            overrides: Mutex::new(overrides),
+            stream,
+        })
+    }
+
+    /// Evaluates committed readings, records what changed, and publishes it.
+    pub(crate) async fn process(
+        &self,
+        store: &Store,
+        readings: &[Reading],
+        source: &str,
+    ) -> Result<(), osler_store::StoreError> {
+        let events: Vec<AlertEvent> = {
+            let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+            let overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+            readings
+                .iter()
+                .flat_map(|r| engine.observe(r, overrides.get(r.patient.as_str())))
+                .collect()
+        };
+        self.record(store, events, source).await
+    }
+
+    /// Records events from the rules (the hub's own, or a gateway's) and publishes changes.
+    pub(crate) async fn record(
+        &self,
+        store: &Store,
+        events: Vec<AlertEvent>,
+        source: &str,
+    ) -> Result<(), osler_store::StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let at = now_ms();
+        let writes: Vec<AlertWrite> = events
+            .iter()
+            .map(|e| match e.change {
+                Change::Raised | Change::Updated => AlertWrite::Raise {
+                    patient: e.patient.clone(),
+                    rule: e.rule.to_owned(),
+                    severity: e.severity.as_str().to_owned(),
+                    reading_ms: e.reading_ms,
+                    at_ms: at,
+                    value: e.value,
+                    threshold: e.threshold,
+                    late: e.late,
+                    source: source.to_owned(),
+                },
+                Change::Resolved => AlertWrite::Resolve {
+                    patient: e.patient.clone(),
+                    rule: e.rule.to_owned(),
+                    reading_ms: e.reading_ms,
+                    at_ms: at,
+                },
+            })
+            .collect();
+        let result = store.write_alerts(writes).await?;
+        for (event, changed) in events.iter().zip(result.alerts) {
+            if let Some(record) = changed {
+                let change = if record.state == "raised" {
+                    "raised"
+                } else {
+                    "resolved"
+                };
+                tracing::info!(patient = %record.patient, rule = %record.rule, severity = %record.severity, change, late = record.late, "alert");
+                // No subscriber is not an error: the alert is stored either way.
+                let _ = self.stream.send(alert_json(&record, change).to_string());
+                let _ = event;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_override(&self, patient: &str, rule: &str, value: Option<f64>) {
+        let mut o = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        match value {
+            Some(v) => {
+                o.entry(patient.to_owned())
+                    .or_default()
+                    .insert(rule.to_owned(), v);
+            }
+            None => {
+                if let Some(p) = o.get_mut(patient) {
+                    p.remove(rule);
+                }
+            }
+        }
+    }
+}
+
+fn time(ms: i64) -> String {
+    Timestamp::utc(ms).to_string()
+}
+
+/// The JSON of an alert on the stream and in `/alerts`.
+pub(crate) fn alert_json(a: &AlertRecord, event: &str) -> Value {
+    let title = Rule::by_id(&a.rule).map_or("", |r| r.title);
+    json!({
+        "event": event,
+        "id": a.id,
+        "patient": a.patient,
+        "rule": a.rule,
+        "title": title,
+        "severity": a.severity,
+        "state": a.state,
+        "reading_time": time(a.raised_reading_ms),
+        "raised_at": time(a.raised_at_ms),
+        "value": a.value,
+        "threshold": a.threshold,
+        "late": a.late,
+        "source": a.source,
+        "resolved_reading_time": a.resolved_reading_ms.map(time),
+        "resolved_at": a.resolved_at_ms.map(time),
+    })
+}
+
+pub(crate) fn flag_json(a: &AlertRecord) -> Value {
+    let title = Rule::by_id(&a.rule).map_or(a.rule.as_str(), |r| r.title);
+    osler_fhir::resources::flag(&osler_fhir::resources::FlagInput {
+        id: a.id,
+        patient: &a.patient,
+        rule: &a.rule,
+        title,
+        severity: &a.severity,
+        active: a.state == "raised",
+        start: &time(a.raised_reading_ms),
+        end: a.resolved_reading_ms.map(time).as_deref(),
+        value: a.value,
+        threshold: a.threshold,
+    })
+}
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/alerts", get(list))
+        .route("/alerts/stream", get(stream))
+        .route("/alerts/overrides/{patient}", get(get_overrides))
+        .route(
+            "/alerts/overrides/{patient}/{rule}",
+            axum::routing::put(put_override).delete(delete_override),
+        )
+        .route("/fhir/Flag/{id}", get(read_flag))
+        .route("/fhir/Flag", get(search_flags))
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": msg.into() }))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    patient: Option<String>,
+    state: Option<String>,
+    severity: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unknown or malformed parameter; use patient, state (raised|resolved), severity (warning|urgent|critical), limit",
+        );
+    };
+    if q.state
+        .as_deref()
+        .is_some_and(|s| s != "raised" && s != "resolved")
+    {
+        return error(StatusCode::BAD_REQUEST, "state is raised or resolved");
+    }
+    if q.severity
+        .as_deref()
+        .is_some_and(|s| osler_rules::Severity::parse(s).is_none())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "severity is warning, urgent or critical",
+        );
+    }
+    let filter = AlertFilter {
+        patient: q.patient,
+        state: q.state,
+        severity: q.severity,
+        limit: q.limit.unwrap_or(100).min(10_000),
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.alerts(&filter)).await {
+        Ok(Ok(list)) => axum::Json(
+            json!({ "alerts": list.iter().map(|a| alert_json(a, &a.state)).collect::<Vec<_>>() }),
+        )
+        .into_response(),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read alerts"),
+    }
+}
+
+async fn stream(
+    State(state): State<Arc<AppState>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let rx = state.alerts.stream.subscribe();
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(text) => return Some((Ok(Event::default().event("alert").data(text)), rx)),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    // A subscriber that fell behind is told so, and can re-read GET /alerts.
+                    let note = json!({ "event": "lagged", "missed": n }).to_string();
+                    return Some((Ok(Event::default().event("lagged").data(note)), rx));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+async fn get_overrides(
+    State(state): State<Arc<AppState>>,
+    Path(patient): Path<String>,
+) -> Response {
+    let o = state
+        .alerts
+        .overrides
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&patient)
+        .cloned()
+        .unwrap_or_default();
+    let defaults: serde_json::Map<String, Value> = osler_rules::RULES
+        .iter()
+        .map(|r| (r.id.to_owned(), json!({ "default": r.threshold, "threshold": o.get(r.id).copied().unwrap_or(r.threshold), "title": r.title, "source": r.source })))
+        .collect();
+    axum::Json(json!({ "patient": patient, "rules": defaults })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    threshold: f64,
+}
+
+async fn put_override(
+    State(state): State<Arc<AppState>>,
+    Path((patient, rule)): Path<(String, String)>,
+    body: Result<axum::Json<OverrideBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(r) = Rule::by_id(&rule) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no rule {rule:?}; see GET /alerts/overrides/{patient}"),
+        );
+    };
+    if osler_core::Id::parse(&patient).is_none() {
+        return error(StatusCode::BAD_REQUEST, "patient is not a valid id");
+    }
+    let Ok(axum::Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be {\"threshold\": <number>}",
+        );
+    };
+    if !body.threshold.is_finite() {
+        return error(StatusCode::BAD_REQUEST, "threshold must be a finite number");
+    }
+    let write = AlertWrite::Override {
+        patient: patient.clone(),
+        rule: r.id.to_owned(),
+        value: Some(body.threshold),
+    };
+    if state.store.write_alerts(vec![write]).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store failed; nothing changed",
+        );
+    }
+    state
+        .alerts
+        .set_override(&patient, r.id, Some(body.threshold));
+    axum::Json(json!({ "patient": patient, "rule": r.id, "threshold": body.threshold, "default": r.threshold })).into_response()
+}
+
+async fn delete_override(
+    State(state): State<Arc<AppState>>,
+    Path((patient, rule)): Path<(String, String)>,
+) -> Response {
+    let Some(r) = Rule::by_id(&rule) else {
+        return error(StatusCode::NOT_FOUND, format!("no rule {rule:?}"));
+    };
+    let write = AlertWrite::Override {
+        patient: patient.clone(),
+        rule: r.id.to_owned(),
+        value: None,
+    };
+    if state.store.write_alerts(vec![write]).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store failed; nothing changed",
+        );
+    }
+    state.alerts.set_override(&patient, r.id, None);
+    axum::Json(json!({ "patient": patient, "rule": r.id, "threshold": r.threshold, "default": r.threshold })).into_response()
+}
+
+async fn read_flag(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let not_found = || {
+        crate::reply::ApiError(osler_fhir::FhirError::new(
+            osler_fhir::ErrorKind::NotFound,
+            format!(
+                "Flag/{} is not known",
+                id.chars().take(32).collect::<String>()
+            ),
+        ))
+        .into_response()
+    };
+    let Ok(n) = id.parse::<i64>() else {
+        return not_found();
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.alert(n)).await {
+        Ok(Ok(Some(a))) => crate::reply::fhir(StatusCode::OK, &flag_json(&a)),
+        Ok(Ok(None)) => not_found(),
+        _ => crate::reply::ApiError(osler_fhir::FhirError::new(
+            osler_fhir::ErrorKind::Internal,
+            "cannot read alerts",
+        ))
+        .into_response(),
+    }
+}
+
+async fn search_flags(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let bad = |m: &str| {
+        crate::reply::ApiError(osler_fhir::FhirError::at(
+            osler_fhir::ErrorKind::BadParameter,
+            "Flag",
+            m,
+        ))
+        .into_response()
+    };
+    let Ok(params) = osler_fhir::parse_query(raw.as_deref().unwrap_or("")) else {
+        return bad("malformed query string");
+    };
+    let mut filter = AlertFilter {
+        limit: 1000,
+        ..AlertFilter::default()
+    };
+    for (k, v) in &params {
+        match k.as_str() {
+            "patient" | "subject" => {
+                filter.patient = Some(v.trim_start_matches("Patient/").to_owned())
+            }
+            "status" => {
+                filter.state = Some(match v.as_str() {
+                    "active" => "raised".into(),
+                    "inactive" => "resolved".into(),
+                    _ => return bad("status is active or inactive"),
+                })
+            }
+            _ => return bad("supported parameters: patient, subject, status"),
+        }
+    }
+    let store = state.store.clone();
+    let Ok(Ok(list)) = tokio::task::spawn_blocking(move || store.alerts(&filter)).await else {
+        return crate::reply::ApiError(osler_fhir::FhirError::new(
+            osler_fhir::ErrorKind::Internal,
+            "cannot read alerts",
+        ))
+        .into_response();
+    };
+    let base = crate::fhir_api::base_url(&state, &headers);
+    let entries = list
+        .iter()
+        .map(|a| (format!("{base}/Flag/{}", a.id), flag_json(a)))
+        .collect();
+    let self_link = format!("{base}/Flag?{}", osler_fhir::encode_query(&params));
+    crate::reply::fhir(
+        StatusCode::OK,
+        &osler_fhir::bundle::searchset(Some(list.len() as u64), &[("self", self_link)], entries),
+    )
+}

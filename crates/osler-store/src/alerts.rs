@@ -1,0 +1,196 @@
+//! Alerts and per-patient threshold overrides, persisted so that they survive a restart.
+//!
+//! ```text
+//! alert(id, patient, rule, severity, state, raised_reading_ms, raised_at_ms, value, threshold,
+//!       late, source, resolved_reading_ms, resolved_at_ms)   UNIQUE(patient, rule, raised_reading_ms)
+//! threshold_override(patient, rule, value)                   PRIMARY KEY(patient, rule)
+//! ```
+//!
+//! Invariants: at most one open (`raised`) alert per patient and rule; raising the same alert
+//! again (same patient, rule and reading time, e.g. after a resend or from the gateway and the
+//! hub both) changes nothing and reports nothing.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::StoreError;
+
+/// An alert as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertRecord {
+    pub id: i64,
+    pub patient: String,
+    pub rule: String,
+    pub severity: String,
+    /// `raised` or `resolved`.
+    pub state: String,
+    pub raised_reading_ms: i64,
+    pub raised_at_ms: i64,
+    pub value: f64,
+    pub threshold: f64,
+    pub late: bool,
+    /// `hub` or `gateway`.
+    pub source: String,
+    pub resolved_reading_ms: Option<i64>,
+    pub resolved_at_ms: Option<i64>,
+}
+
+/// A change to record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlertWrite {
+    Raise {
+        patient: String,
+        rule: String,
+        severity: String,
+        reading_ms: i64,
+        at_ms: i64,
+        value: f64,
+        threshold: f64,
+        late: bool,
+        source: String,
+    },
+    Resolve {
+        patient: String,
+        rule: String,
+        reading_ms: i64,
+        at_ms: i64,
+    },
+    /// Set (`Some`) or remove (`None`) a patient's threshold for a rule.
+    Override {
+        patient: String,
+        rule: String,
+        value: Option<f64>,
+    },
+}
+
+/// Which alerts to list.
+#[derive(Clone, Debug, Default)]
+pub struct AlertFilter {
+    pub patient: Option<String>,
+    pub state: Option<String>,
+    pub severity: Option<String>,
+    pub limit: usize,
+}
+
+const COLUMNS: &str = "id, patient, rule, severity, state, raised_reading_ms, raised_at_ms, value, threshold, late, source, resolved_reading_ms, resolved_at_ms";
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
+    Ok(AlertRecord {
+        id: r.get(0)?,
+        patient: r.get(1)?,
+        rule: r.get(2)?,
+        severity: r.get(3)?,
+        state: r.get(4)?,
+        raised_reading_ms: r.get(5)?,
+        raised_at_ms: r.get(6)?,
+        value: r.get(7)?,
+        threshold: r.get(8)?,
+        late: r.get(9)?,
+        source: r.get(10)?,
+        resolved_reading_ms: r.get(11)?,
+        resolved_at_ms: r.get(12)?,
+    })
+}
+
+fn open_alert(
+    conn: &Connection,
+    patient: &str,
+    rule: &str,
+) -> Result<Option<AlertRecord>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM alert WHERE patient=?1 AND rule=?2 AND state='raised'"
+        ))?
+        .query_row(params![patient, rule], record)
+        .optional()?)
+}
+
+/// Applies one change inside the writer's transaction; `Some` when something changed.
+pub(crate) fn apply(conn: &Connection, w: &AlertWrite) -> Result<Option<AlertRecord>, StoreError> {
+    match w {
+        AlertWrite::Raise {
+            patient,
+            rule,
+            severity,
+            reading_ms,
+            at_ms,
+            value,
+            threshold,
+            late,
+            source,
+        } => {
+            if open_alert(conn, patient, rule)?.is_some() {
+                return Ok(None);
+            }
+            let n = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO alert(patient, rule, severity, state, raised_reading_ms, raised_at_ms, value, threshold, late, source)
+                     VALUES (?1, ?2, ?3, 'raised', ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![patient, rule, severity, reading_ms, at_ms, value, threshold, late, source])?;
+            if n == 0 {
+                return Ok(None);
+            }
+            open_alert(conn, patient, rule)
+        }
+        AlertWrite::Resolve {
+            patient,
+            rule,
+            reading_ms,
+            at_ms,
+        } => {
+            let Some(open) = open_alert(conn, patient, rule)? else {
+                return Ok(None);
+            };
+            conn.prepare_cached(
+                "UPDATE alert SET state='resolved', resolved_reading_ms=?2, resolved_at_ms=?3 WHERE id=?1",
+            )?
+            .execute(params![open.id, reading_ms, at_ms])?;
+            get(conn, open.id)
+        }
+        AlertWrite::Override {
+            patient,
+            rule,
+            value,
+        } => {
+            match value {
+                Some(v) => conn
+                    .prepare_cached(
+                        "INSERT INTO threshold_override(patient, rule, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(patient, rule) DO UPDATE SET value=excluded.value",
+                    )?
+                    .execute(params![patient, rule, v])?,
+                None => conn
+                    .prepare_cached("DELETE FROM threshold_override WHERE patient=?1 AND rule=?2")?
+                    .execute(params![patient, rule])?,
+            };
+            Ok(None)
+        }
+    }
+}
+
+pub(crate) fn get(conn: &Connection, id: i64) -> Result<Option<AlertRecord>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM alert WHERE id=?1"))?
+        .query_row([id], record)
+        .optional()?)
+}
+
+pub(crate) fn list(conn: &Connection, f: &AlertFilter) -> Result<Vec<AlertRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM alert
+         WHERE (?1 IS NULL OR patient=?1) AND (?2 IS NULL OR state=?2) AND (?3 IS NULL OR severity=?3)
+         ORDER BY id DESC LIMIT ?4"
+    ))?;
+    let rows = stmt.query_map(
+        params![f.patient, f.state, f.severity, f.limit.max(1) as i64],
+        record,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every override: (patient, rule, threshold).
+pub(crate) fn overrides(conn: &Connection) -> Result<Vec<(String, String, f64)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT patient, rule, value FROM threshold_override")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
