@@ -132,18 +132,15 @@ impl Alerts {
             })
             .collect();
         let result = store.write_alerts(writes).await?;
-        for (event, changed) in events.iter().zip(result.alerts) {
-            if let Some(record) = changed {
-                let change = if record.state == "raised" {
-                    "raised"
-                } else {
-                    "resolved"
-                };
-                tracing::info!(patient = %record.patient, rule = %record.rule, severity = %record.severity, change, late = record.late, "alert");
-                // No subscriber is not an error: the alert is stored either way.
-                let _ = self.stream.send(alert_json(&record, change).to_string());
-                let _ = event;
-            }
+        for record in result.alerts.into_iter().flatten() {
+            let change = if record.state == "raised" {
+                "raised"
+            } else {
+                "resolved"
+            };
+            tracing::info!(patient = %record.patient, rule = %record.rule, severity = %record.severity, change, late = record.late, "alert");
+            // No subscriber is not an error: the alert is stored either way.
+            let _ = self.stream.send(alert_json(&record, change).to_string());
         }
         Ok(())
     }
@@ -279,16 +276,14 @@ async fn stream(
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let rx = state.alerts.stream.subscribe();
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(text) => return Some((Ok(Event::default().event("alert").data(text)), rx)),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    // A subscriber that fell behind is told so, and can re-read GET /alerts.
-                    let note = json!({ "event": "lagged", "missed": n }).to_string();
-                    return Some((Ok(Event::default().event("lagged").data(note)), rx));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        match rx.recv().await {
+            Ok(text) => Some((Ok(Event::default().event("alert").data(text)), rx)),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                // A subscriber that fell behind is told so, and can re-read GET /alerts.
+                let note = json!({ "event": "lagged", "missed": n }).to_string();
+                Some((Ok(Event::default().event("lagged").data(note)), rx))
             }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default())

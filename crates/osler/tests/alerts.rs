@@ -1,0 +1,299 @@
+//! Alerts end to end: every injected event raises its alert on the live stream and nothing else
+//! does; alerts survive a restart; overrides are set over the API and take effect.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Subscribes to the hub's SSE stream; every `data:` line lands in the returned vector.
+fn subscribe(hub: &Hub) -> Arc<Mutex<Vec<Value>>> {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let resp = ureq::get(&format!("{}/alerts/stream", hub.root()))
+        .timeout(Duration::from_secs(600))
+        .call()
+        .expect("subscribe");
+    assert!(resp.content_type().starts_with("text/event-stream"));
+    let sink = events.clone();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(resp.into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if let Some(data) = line.strip_prefix("data:")
+                && let Ok(v) = serde_json::from_str::<Value>(data.trim())
+            {
+                sink.lock().unwrap().push(v);
+            }
+        }
+    });
+    events
+}
+
+/// The rules an injected event must raise (any one of them counts).
+fn rules_for(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "tachycardia" => &["hr-high"],
+        "bradycardia" => &["hr-low"],
+        "desaturation" => &["spo2-low"],
+        "hypertensive-crisis" => &["bp-crisis-systolic", "bp-crisis-diastolic"],
+        "hypoglycaemia" => &["glucose-urgent-low", "glucose-low"],
+        "hyperglycaemia" => &["glucose-high"],
+        "fever" => &["fever"],
+        "weight-gain" => &["weight-gain"],
+        other => panic!("unknown event kind {other}"),
+    }
+}
+
+#[test]
+fn every_injected_event_raises_its_alert_and_nothing_else_does() {
+    let dir = TempDir::new("alerts-e2e");
+    let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
+    let hub = Hub::start(&hub_dir);
+    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
+    osler(&[
+        "hub",
+        "enrol",
+        "--data",
+        hub_dir.to_str().unwrap(),
+        "--from-gateway",
+        gw_dir.to_str().unwrap(),
+    ]);
+    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &[]);
+    let stream = subscribe(&hub);
+    let truth_file = dir.0.join("truth.jsonl");
+    // Five days, so that the heart-failure weight gain (four days) fits too.
+    let summary = finish_sim(spawn_sim(&[
+        "--gateway",
+        &gw.url,
+        "--patients",
+        "24",
+        "--duration",
+        "5d",
+        "--events",
+        "16",
+        "--seed",
+        "8",
+        "--ground-truth",
+        truth_file.to_str().unwrap(),
+    ]));
+    let truth = read_jsonl(&truth_file);
+    assert_eq!(truth.len(), 16);
+    let kinds: std::collections::HashSet<&str> =
+        truth.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.len(), 8, "every kind of event is injected: {kinds:?}");
+    let sent = summary["acknowledged"].as_u64().unwrap();
+    let delivered = wait_for(Duration::from_secs(120), || {
+        (metric(&hub, "osler_readings_stored") as u64 >= sent
+            && gw.status()["outbox"]["readings"] == 0)
+            .then_some(())
+    });
+    assert!(delivered.is_some(), "readings not delivered");
+
+    let matches = |event: &Value, alert: &Value| {
+        let start = event["start"].as_str().unwrap();
+        // The alert's reading lies within the event, or shortly after it for trends (the last
+        // weighing of a gain) and readings taken on the hour.
+        let end = osler_core::Timestamp::parse(event["end"].as_str().unwrap())
+            .unwrap()
+            .utc_ms
+            + 30 * 60_000;
+        let t = osler_core::Timestamp::parse(alert["reading_time"].as_str().unwrap())
+            .unwrap()
+            .utc_ms;
+        alert["patient"] == event["patient"]
+            && rules_for(event["kind"].as_str().unwrap()).contains(&alert["rule"].as_str().unwrap())
+            && t >= osler_core::Timestamp::parse(start).unwrap().utc_ms
+            && t <= end
+    };
+    let raised = || -> Vec<Value> {
+        stream
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a["event"] == "raised")
+            .cloned()
+            .collect()
+    };
+    let all_seen = wait_for(Duration::from_secs(30), || {
+        let r = raised();
+        truth
+            .iter()
+            .all(|e| r.iter().any(|a| matches(e, a)))
+            .then_some(())
+    });
+    let r = raised();
+    let missing: Vec<&Value> = truth
+        .iter()
+        .filter(|e| !r.iter().any(|a| matches(e, a)))
+        .collect();
+    assert!(
+        all_seen.is_some() && missing.is_empty(),
+        "events without their alert: {missing:?}\nraised: {r:?}"
+    );
+    let unexplained: Vec<&Value> = r
+        .iter()
+        .filter(|a| !truth.iter().any(|e| matches(e, a)))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "alerts without an event: {unexplained:?}"
+    );
+    // One alert per patient and rule while open: no duplicates on the stream.
+    let mut per: HashMap<(String, String, String), usize> = HashMap::new();
+    for a in &r {
+        *per.entry((
+            a["patient"].to_string(),
+            a["rule"].to_string(),
+            a["reading_time"].to_string(),
+        ))
+        .or_default() += 1;
+    }
+    assert!(per.values().all(|n| *n == 1), "duplicate raises: {per:?}");
+    // The simulated days arrived in seconds, so every alert is flagged late, and each names
+    // its rule, severity and the time of the reading.
+    for a in &r {
+        assert_eq!(a["late"], true);
+        assert!(["warning", "urgent", "critical"].contains(&a["severity"].as_str().unwrap()));
+        assert!(!a["title"].as_str().unwrap().is_empty());
+    }
+    // The same alerts through the API and as FHIR Flags.
+    let listed = get(&format!("{}/alerts?limit=1000", hub.root())).json();
+    assert_eq!(listed["alerts"].as_array().unwrap().len(), r.len());
+    let id = r[0]["id"].as_i64().unwrap();
+    let flag = get(&format!("{}/Flag/{id}", hub.base)).json();
+    assert_eq!(flag["resourceType"], "Flag");
+    assert_eq!(
+        flag["subject"]["reference"],
+        format!("Patient/{}", r[0]["patient"].as_str().unwrap())
+    );
+    let flags = get(&format!(
+        "{}/Flag?patient={}",
+        hub.base,
+        r[0]["patient"].as_str().unwrap()
+    ))
+    .json();
+    assert!(flags["total"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn alerts_survive_a_restart_and_are_not_raised_twice() {
+    let dir = TempDir::new("alerts-restart");
+    let hub = Hub::start(&dir.0);
+    let url = format!("{}/Observation", hub.base);
+    let a = post(
+        &url,
+        &blood_pressure("rs", 195.0, 100.0, &minutes_ago(30)).to_string(),
+    );
+    assert_eq!(a.status, 201);
+    let open = get(&format!("{}/alerts?patient=rs&state=raised", hub.root())).json();
+    assert_eq!(open["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(open["alerts"][0]["rule"], "bp-crisis-systolic");
+    assert_eq!(open["alerts"][0]["late"], true);
+    hub.kill9();
+
+    let hub = Hub::start(&dir.0);
+    let url = format!("{}/Observation", hub.base);
+    let stream = subscribe(&hub);
+    let open = get(&format!("{}/alerts?patient=rs&state=raised", hub.root())).json();
+    assert_eq!(
+        open["alerts"].as_array().unwrap().len(),
+        1,
+        "the open alert is still open"
+    );
+    // Another crisis reading while it is open: no second alert.
+    assert_eq!(
+        post(
+            &url,
+            &blood_pressure("rs", 190.0, 100.0, &minutes_ago(20)).to_string()
+        )
+        .status,
+        201
+    );
+    // A normal reading resolves it (hysteresis: 20 below the threshold).
+    assert_eq!(
+        post(
+            &url,
+            &blood_pressure("rs", 135.0, 85.0, &minutes_ago(10)).to_string()
+        )
+        .status,
+        201
+    );
+    let resolved = wait_for(Duration::from_secs(10), || {
+        stream
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "resolved")
+            .cloned()
+    })
+    .expect("resolution on the stream");
+    assert_eq!(resolved["rule"], "bp-crisis-systolic");
+    assert!(
+        stream
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|e| e["event"] != "raised"),
+        "raised twice"
+    );
+    let all = get(&format!("{}/alerts?patient=rs", hub.root())).json();
+    assert_eq!(all["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(all["alerts"][0]["state"], "resolved");
+    assert_eq!(
+        get(&format!("{}/alerts?state=bogus", hub.root())).status,
+        400
+    );
+}
+
+#[test]
+fn per_patient_overrides_are_set_over_the_api() {
+    let dir = TempDir::new("alerts-override");
+    let hub = Hub::start(&dir.0);
+    let put = |patient: &str, rule: &str, body: &str| {
+        let r = ureq::put(&format!("{}/alerts/overrides/{patient}/{rule}", hub.root()))
+            .set("Content-Type", "application/json")
+            .send_string(body);
+        match r {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(c, _)) => c,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(put("ath", "spo2-low", r#"{"threshold": 88}"#), 200);
+    assert_eq!(put("ath", "no-such-rule", r#"{"threshold": 1}"#), 404);
+    assert_eq!(put("ath", "spo2-low", r#"{"level": 1}"#), 400);
+    let rules = get(&format!("{}/alerts/overrides/ath", hub.root())).json();
+    assert_eq!(rules["rules"]["spo2-low"]["threshold"], json!(88.0));
+    assert_eq!(rules["rules"]["spo2-low"]["default"], json!(92.0));
+    // 90% five times: an alert for anyone else, not for this patient.
+    let obs: Vec<Value> = (0..5)
+        .flat_map(|i| {
+            [
+                observation("ath", "2708-6", 90.0, "%", &minutes_ago(20 - i)),
+                observation("other", "2708-6", 90.0, "%", &minutes_ago(20 - i)),
+            ]
+        })
+        .collect();
+    assert_eq!(
+        post(&hub.base, &bundle("batch", &obs, &[]).to_string()).status,
+        200
+    );
+    let alerts = get(&format!("{}/alerts", hub.root())).json();
+    let patients: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["patient"].as_str().unwrap())
+        .collect();
+    assert_eq!(patients, ["other"]);
+    // Survives a restart.
+    hub.stop();
+    let hub = Hub::start(&dir.0);
+    let rules = get(&format!("{}/alerts/overrides/ath", hub.root())).json();
+    assert_eq!(rules["rules"]["spo2-low"]["threshold"], json!(88.0));
+}
