@@ -57,6 +57,20 @@ impl Server {
         Ok(Server { child, base })
     }
 
+    /// Starts `osler ARGS` without waiting for anything it prints (its standard output is
+    /// inherited).
+    pub fn spawn_plain(osler: &Path, args: &[&str]) -> anyhow::Result<Server> {
+        let child = Command::new(osler)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start osler {}", args[0]))?;
+        Ok(Server {
+            child,
+            base: String::new(),
+        })
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -64,11 +78,15 @@ impl Server {
 
     /// Asks the process to stop (SIGTERM) and waits for it.
     pub fn stop(mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_some() {
+            // Already gone (a terminal's Ctrl-C reaches the whole process group).
+            return Ok(());
+        }
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .context("cannot run kill")?;
-        if !status.success() {
+        if !status.success() && self.child.try_wait()?.is_none() {
             bail!("kill -TERM failed");
         }
         let deadline = Instant::now() + Duration::from_secs(30);

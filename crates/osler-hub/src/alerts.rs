@@ -275,13 +275,19 @@ async fn stream(
     State(state): State<Arc<AppState>>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let rx = state.alerts.stream.subscribe();
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(text) => Some((Ok(Event::default().event("alert").data(text)), rx)),
+    let stop = state.shutdown.subscribe();
+    let events = futures_util::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            // The hub is shutting down: end the stream so the shutdown can complete.
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        match next {
+            Ok(text) => Some((Ok(Event::default().event("alert").data(text)), (rx, stop))),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // A subscriber that fell behind is told so, and can re-read GET /alerts.
                 let note = json!({ "event": "lagged", "missed": n }).to_string();
-                Some((Ok(Event::default().event("lagged").data(note)), rx))
+                Some((Ok(Event::default().event("lagged").data(note)), (rx, stop)))
             }
             Err(broadcast::error::RecvError::Closed) => None,
         }

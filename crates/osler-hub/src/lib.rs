@@ -70,6 +70,9 @@ pub(crate) struct AppState {
     pub public_url: Option<String>,
     pub max_body: usize,
     pub started: String,
+    /// Turns true when the hub begins to shut down, so that long-lived responses (the alert
+    /// stream) end and the graceful shutdown can finish.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// A hub bound to its address with its store open, ready to [`run`](Hub::run).
@@ -113,6 +116,7 @@ impl Hub {
                 .map(|u| u.trim_end_matches('/').to_owned()),
             max_body: config.max_body,
             started: osler_core::Timestamp::utc(now_ms()).to_string(),
+            shutdown: tokio::sync::watch::Sender::new(false),
         });
         Ok(Hub { listener, state })
     }
@@ -131,6 +135,11 @@ impl Hub {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HubError> {
         let app = router(self.state.clone());
+        let state = self.state.clone();
+        let shutdown = async move {
+            shutdown.await;
+            state.shutdown.send_replace(true);
+        };
         tracing::info!(addr = %self.local_addr(), db = %self.state.store.path().display(), "hub serving");
         axum::serve(
             self.listener,

@@ -60,6 +60,14 @@ pub struct SimArgs {
     /// Patient ids are PREFIX<n>.
     #[arg(long, default_value = "sim-p")]
     pub patient_prefix: String,
+    /// After the simulated past, keep going in real time for this long (e.g. 8h): readings are
+    /// never sent before their time.
+    #[arg(long, value_parser = parse_duration)]
+    pub follow: Option<Duration>,
+    /// Place every injected event within this much of the start of the window (default: the
+    /// whole window).
+    #[arg(long, value_parser = parse_duration)]
+    pub events_within: Option<Duration>,
     /// Give up on a batch the gateway keeps refusing after this many seconds of retries.
     #[arg(long, default_value_t = 600)]
     pub retry_for: u64,
@@ -177,10 +185,15 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if args.gateway.is_none() && args.mqtt.is_none() {
         bail!("say where to send: --gateway URL or --mqtt HOST:PORT");
     }
-    let end = now_ms();
-    let start = end - args.duration.as_millis() as i64;
+    let now = now_ms();
+    let start = now - args.duration.as_millis() as i64;
+    let end = now + args.follow.map_or(0, |f| f.as_millis() as i64);
     let events = args.events.unwrap_or((args.patients / 4).max(1));
-    let mut cohort = Cohort::new(args.patients, start, end, events, args.seed);
+    let events_end = args
+        .events_within
+        .map_or(end, |w| start + w.as_millis() as i64);
+    let mut cohort =
+        Cohort::with_events_by(args.patients, start, end, events, events_end, args.seed);
     if let Some(path) = &args.ground_truth {
         let mut f = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
@@ -309,6 +322,18 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         Ok(())
     };
     while let Some(t) = cohort.next_tick_ms() {
+        // Never ahead of real time: a reading is not sent before it was taken.
+        let ahead = t - now_ms();
+        if ahead > 0 {
+            flush(
+                &mut pending,
+                &mut sink,
+                &mut acked,
+                &mut rejected,
+                &mut sent_file,
+            )?;
+            std::thread::sleep(Duration::from_millis(ahead as u64));
+        }
         if let Some(speed) = speed {
             // Simulated time runs `speed` times faster than real time from the start.
             let due =

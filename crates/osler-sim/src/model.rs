@@ -165,6 +165,19 @@ fn round1(v: f64) -> f64 {
 impl Cohort {
     /// `n` patients over `[start_ms, end_ms)`, with `events` injected events.
     pub fn new(n: usize, start_ms: i64, end_ms: i64, events: usize, seed: u64) -> Cohort {
+        Cohort::with_events_by(n, start_ms, end_ms, events, end_ms, seed)
+    }
+
+    /// As [`Cohort::new`], with every event over by `events_end_ms` (the demo puts them in the
+    /// replayed past so that alerts show within a minute).
+    pub fn with_events_by(
+        n: usize,
+        start_ms: i64,
+        end_ms: i64,
+        events: usize,
+        events_end_ms: i64,
+        seed: u64,
+    ) -> Cohort {
         let mut rng = Rng::new(seed);
         let patients: Vec<Patient> = (0..n)
             .map(|i| {
@@ -183,7 +196,7 @@ impl Cohort {
         // Events start after the first tenth of the window (so there is a baseline before) and
         // end before its end; one event per patient at most, so ground truth stays unambiguous.
         let mut evs = Vec::new();
-        let span = end_ms - start_ms;
+        let span = events_end_ms.min(end_ms) - start_ms;
         let mut order: Vec<usize> = (0..n).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
@@ -200,7 +213,7 @@ impl Cohort {
             }
             let len = kind.length_ms();
             let lo = start_ms + span / 10;
-            let hi = (end_ms - len - 5 * MIN).max(lo + 1);
+            let hi = (start_ms + span - len - 5 * MIN).max(lo + 1);
             let start = lo + (rng.unit() * (hi - lo) as f64) as i64;
             let start = start - start.rem_euclid(TICK_MS);
             evs.push(Event {

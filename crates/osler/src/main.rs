@@ -8,12 +8,15 @@ use std::str::FromStr;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 #[derive(Parser)]
 #[command(
     name = "osler",
     version,
     about = "Continuous physiological monitoring: readings in, FHIR R4 out.",
     long_about = "Osler takes readings from wearables and home devices and serves them as FHIR R4.\n\n\
+        See it all:     osler demo\n\
         Start a hub:    osler serve --data ./hub-data --listen 127.0.0.1:8080\n\
         Then:           curl http://127.0.0.1:8080/fhir/metadata\n\
         Benchmark it:   osler bench hub --help\n\n\
@@ -26,6 +29,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a hub, a gateway and a simulated cohort, and print alerts as they happen.
+    #[command(
+        long_about = "Start a hub, a gateway and a simulated cohort, each its own process, and print\n\
+        alerts as they happen. The cohort's last two hours are replayed quickly (with injected\n\
+        clinical events, so alerts show within a minute), then it goes on live.\n\
+        Prints the FHIR base URL, the alert stream URL and the gateway status URL. Ctrl-C stops\n\
+        everything cleanly."
+    )]
+    Demo(demo::DemoArgs),
     /// Run the hub: the FHIR R4 API over an embedded store.
     #[command(
         long_about = "Run the hub: the FHIR R4 API over an embedded SQLite store.\n\n\
@@ -221,6 +233,7 @@ fn main() -> anyhow::Result<()> {
                     .context("the hub stopped with an error")
             })
         }
+        Command::Demo(args) => demo::run(args),
         Command::Gateway(args) => run_gateway(args),
         Command::Hub { which } => hub_admin(which),
         Command::Sim(args) => osler_sim::run(args),

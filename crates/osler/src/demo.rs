@@ -1,0 +1,218 @@
+//! `osler demo`: a hub, a gateway and a simulated cohort, each its own process, wired together
+//! and watched. Glue only: every part is the ordinary subcommand.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use osler_bench::process::Server;
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Patients in the simulated cohort.
+    #[arg(long, default_value_t = 20)]
+    patients: usize,
+    /// How fast the last two hours are replayed before the cohort goes live (simulated seconds
+    /// per real second).
+    #[arg(long, default_value_t = 240.0)]
+    speed: f64,
+    /// Keep the data here (default: a temporary directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The hub's address (falls back to a free port if this one is taken).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Seed for the cohort.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn free_or_zero(addr: &str) -> String {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => addr.to_owned(),
+        Err(_) => "127.0.0.1:0".to_owned(),
+    }
+}
+
+/// Prints one readable line per alert event from the hub's stream, until it closes.
+fn watch(stream_url: String) {
+    let resp = match ureq::get(&stream_url)
+        .timeout(Duration::from_secs(24 * 3600))
+        .call()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("osler demo: cannot follow the alert stream: {e}");
+            return;
+        }
+    };
+    for line in BufReader::new(resp.into_reader()).lines() {
+        let Ok(line) = line else { return };
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(a) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+            continue;
+        };
+        let s = |k: &str| a[k].as_str().unwrap_or("").to_owned();
+        let clock = |t: String| t.get(11..19).unwrap_or("").to_owned();
+        let resolved = a["event"] == "resolved";
+        let (at, reading) = if resolved {
+            (s("resolved_at"), s("resolved_reading_time"))
+        } else {
+            (s("raised_at"), s("reading_time"))
+        };
+        let what = if resolved {
+            format!("back to normal (reading at {})", reading.replace('T', " "))
+        } else {
+            format!(
+                "{} (reading at {}{})",
+                a["value"],
+                reading.replace('T', " "),
+                if a["late"] == true {
+                    ", arrived late"
+                } else {
+                    ""
+                }
+            )
+        };
+        let line = format!(
+            "  {}  {:<8} {:<8}  {:<8}  {} — {what}",
+            clock(at),
+            s("event").to_uppercase(),
+            s("severity"),
+            s("patient"),
+            s("title"),
+        );
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+fn enrol(osler: &Path, hub: &str, gw: &str) -> anyhow::Result<()> {
+    let ok = Command::new(osler)
+        .args(["hub", "enrol", "--data", hub, "--from-gateway", gw])
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run osler hub enrol")?;
+    if !ok.success() {
+        bail!("osler hub enrol failed");
+    }
+    Ok(())
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let osler = std::env::current_exe().context("cannot find the osler binary")?;
+    let (data, temporary) = match &args.data {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("osler-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    let hub_dir = data.join("hub");
+    let gw_dir = data.join("gateway");
+    let path = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .context("the data directory must be UTF-8")
+    };
+    let (hub_s, gw_s) = (path(&hub_dir)?, path(&gw_dir)?);
+
+    let listen = free_or_zero(&args.listen);
+    let hub = Server::spawn(
+        &osler,
+        &["serve", "--data", &hub_s, "--listen", &listen],
+        Duration::from_secs(30),
+    )?;
+    let root = hub.base.trim_end_matches("/fhir").to_owned();
+    enrol(&osler, &hub_s, &gw_s)?;
+    let gw = Server::spawn(
+        &osler,
+        &[
+            "gateway",
+            "--data",
+            &gw_s,
+            "--hub",
+            &root,
+            "--listen",
+            "127.0.0.1:0",
+            "--max-wait-ms",
+            "50",
+        ],
+        Duration::from_secs(30),
+    )?;
+    println!(
+        "Osler demo: {} patients; the last 2 hours replayed at {}x, then live.",
+        args.patients, args.speed
+    );
+    println!("  FHIR base:      {}", hub.base);
+    println!("  Alert stream:   {root}/alerts/stream");
+    println!("  Alerts:         {root}/alerts");
+    println!("  Gateway status: {}/status", gw.base);
+    println!(
+        "  Data:           {}{}",
+        data.display(),
+        if temporary {
+            " (removed at exit; --data DIR keeps it)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "Try:  curl '{}/Observation?patient=sim-p0&code=8867-4&_sort=-date&_count=3'",
+        hub.base
+    );
+    println!("Alerts as they happen (Ctrl-C to stop):");
+
+    let stream_url = format!("{root}/alerts/stream");
+    std::thread::spawn(move || watch(stream_url));
+    let patients = args.patients.to_string();
+    let speed = args.speed.to_string();
+    let seed = args.seed.to_string();
+    let events = (args.patients / 2).max(1).to_string();
+    let truth = data.join("ground-truth.jsonl");
+    let truth_s = path(&truth)?;
+    let sim = Server::spawn_plain(
+        &osler,
+        &[
+            "sim",
+            "--gateway",
+            &gw.base,
+            "--patients",
+            &patients,
+            "--duration",
+            "2h",
+            "--speed",
+            &speed,
+            "--follow",
+            "24h",
+            "--events",
+            &events,
+            "--events-within",
+            "2h",
+            "--seed",
+            &seed,
+            "--ground-truth",
+            &truth_s,
+        ],
+    )?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal handler")?;
+    rt.block_on(crate::shutdown_signal());
+    println!("Stopping: simulator, gateway, hub.");
+    sim.stop()?;
+    gw.stop()?;
+    hub.stop()?;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    println!("Stopped cleanly.");
+    Ok(())
+}
