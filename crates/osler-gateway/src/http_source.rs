@@ -25,6 +25,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/readings", post(readings))
         .route("/status", get(status))
         .route("/quarantine", get(quarantine))
+        .route("/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
         .with_state(shared)
@@ -46,10 +47,14 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         }
     };
     let mut entries = Vec::with_capacity(items.len());
+    let mut readings = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
-            Ok(reading) => entries.push(Entry::from_reading(&reading).to_json()),
+            Ok(reading) => {
+                entries.push(Entry::from_reading(&reading).to_json());
+                readings.push(reading);
+            }
             Err(reason) => rejected.push(json!({ "index": index, "reason": reason })),
         }
     }
@@ -62,6 +67,12 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         .rejected
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
     let accepted = entries.len();
+    if let Err(response) = crate::store_alerts(&shared, &readings, now).await {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": response, "accepted": 0 }),
+        );
+    }
     if accepted > 0 {
         match shared.outbox.append(Lane::Readings, entries, now).await {
             Ok(_) => {}
@@ -119,4 +130,8 @@ async fn quarantine(State(shared): State<Arc<Shared>>, Query(q): Query<Limit>) -
             json!({ "error": "cannot read the quarantine" }),
         ),
     }
+}
+
+async fn alerts(State(shared): State<Arc<Shared>>) -> Response {
+    answer(StatusCode::OK, json!({ "alerts": shared.alerts.recent() }))
 }

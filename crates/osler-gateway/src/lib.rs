@@ -13,6 +13,7 @@
 
 pub mod identity;
 pub mod input;
+pub mod local_alerts;
 pub mod outbox;
 pub mod status;
 pub mod uploader;
@@ -67,11 +68,31 @@ pub enum GatewayError {
     Serve(std::io::Error),
 }
 
+/// Evaluates readings with the edge rules and puts any alert events in the alerts lane, before
+/// the readings themselves are stored: an alert is never behind its readings.
+pub(crate) async fn store_alerts(
+    shared: &Shared,
+    readings: &[osler_core::Reading],
+    now: i64,
+) -> Result<(), String> {
+    let alerts = shared.alerts.evaluate(readings);
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    shared
+        .outbox
+        .append(osler_wire::Lane::Alerts, alerts, now)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// State shared by the sources, the uploader and `/status`.
 pub(crate) struct Shared {
     pub gateway: String,
     pub outbox: Arc<outbox::Outbox>,
     pub status: Arc<status::Status>,
+    pub alerts: local_alerts::LocalAlerts,
 }
 
 /// A started gateway: outbox open, uploader running, listener bound.
@@ -112,6 +133,7 @@ impl Gateway {
             gateway: config.upload.gateway.clone(),
             outbox: Arc::new(outbox),
             status: Arc::new(status::Status::default()),
+            alerts: local_alerts::LocalAlerts::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let uploader = {

@@ -90,10 +90,14 @@ async fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> bool {
         Err(_) => Vec::new(),
     };
     let mut entries = Vec::with_capacity(items.len());
+    let mut readings = Vec::with_capacity(items.len());
     let mut bad = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
-            Ok(reading) => entries.push(Entry::from_reading(&reading).to_json()),
+            Ok(reading) => {
+                entries.push(Entry::from_reading(&reading).to_json());
+                readings.push(reading);
+            }
             Err(reason) => bad.push(quarantine(raw.get(i).cloned().unwrap_or_default(), reason)),
         }
     }
@@ -110,6 +114,10 @@ async fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> bool {
             tracing::error!(error = %e, "cannot quarantine; the message stays unacknowledged");
             return false;
         }
+    }
+    if let Err(e) = crate::store_alerts(shared, &readings, now).await {
+        tracing::error!(error = %e, "cannot store edge alerts; leaving the message unacknowledged");
+        return false;
     }
     if entries.is_empty() {
         return true;

@@ -108,41 +108,23 @@ impl Alerts {
         if events.is_empty() {
             return Ok(());
         }
-        let at = now_ms();
-        let writes: Vec<AlertWrite> = events
-            .iter()
-            .map(|e| match e.change {
-                Change::Raised | Change::Updated => AlertWrite::Raise {
-                    patient: e.patient.clone(),
-                    rule: e.rule.to_owned(),
-                    severity: e.severity.as_str().to_owned(),
-                    reading_ms: e.reading_ms,
-                    at_ms: at,
-                    value: e.value,
-                    threshold: e.threshold,
-                    late: e.late,
-                    source: source.to_owned(),
-                },
-                Change::Resolved => AlertWrite::Resolve {
-                    patient: e.patient.clone(),
-                    rule: e.rule.to_owned(),
-                    reading_ms: e.reading_ms,
-                    at_ms: at,
-                },
-            })
-            .collect();
-        let result = store.write_alerts(writes).await?;
-        for record in result.alerts.into_iter().flatten() {
+        let result = store.write_alerts(writes(&events, source)).await?;
+        self.publish(result.alerts);
+        Ok(())
+    }
+
+    /// Publishes the alerts a write changed, on the stream and in the log.
+    pub(crate) fn publish(&self, changed: Vec<Option<AlertRecord>>) {
+        for record in changed.into_iter().flatten() {
             let change = if record.state == "raised" {
                 "raised"
             } else {
                 "resolved"
             };
-            tracing::info!(patient = %record.patient, rule = %record.rule, severity = %record.severity, change, late = record.late, "alert");
+            tracing::info!(patient = %record.patient, rule = %record.rule, severity = %record.severity, change, late = record.late, source = %record.source, "alert");
             // No subscriber is not an error: the alert is stored either way.
             let _ = self.stream.send(alert_json(&record, change).to_string());
         }
-        Ok(())
     }
 
     fn set_override(&self, patient: &str, rule: &str, value: Option<f64>) {
@@ -160,6 +142,33 @@ impl Alerts {
             }
         }
     }
+}
+
+/// The store writes for rule events.
+pub(crate) fn writes(events: &[AlertEvent], source: &str) -> Vec<AlertWrite> {
+    let at = now_ms();
+    events
+        .iter()
+        .map(|e| match e.change {
+            Change::Raised | Change::Updated => AlertWrite::Raise {
+                patient: e.patient.clone(),
+                rule: e.rule.to_owned(),
+                severity: e.severity.as_str().to_owned(),
+                reading_ms: e.reading_ms,
+                at_ms: at,
+                value: e.value,
+                threshold: e.threshold,
+                late: e.late,
+                source: source.to_owned(),
+            },
+            Change::Resolved => AlertWrite::Resolve {
+                patient: e.patient.clone(),
+                rule: e.rule.to_owned(),
+                reading_ms: e.reading_ms,
+                at_ms: at,
+            },
+        })
+        .collect()
 }
 
 fn time(ms: i64) -> String {

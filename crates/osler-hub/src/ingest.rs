@@ -80,6 +80,9 @@ async fn batch(
         tracing::warn!(%peer, gateway = %gw, reason = %e, "batch refused: signature");
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
+    if env.header.lane == osler_wire::Lane::Alerts {
+        return alert_batch(&state, &env, received).await;
+    }
     let entries = match env.entries() {
         Ok(e) => e,
         Err(e) => {
@@ -121,7 +124,7 @@ async fn batch(
         rejected: rejected.clone(),
     };
     let ops_readings: Vec<osler_core::Reading> = ops.iter().map(|o| o.reading.clone()).collect();
-    let result = match state.store.write_batch(ops, mark).await {
+    let result = match state.store.write_batch(ops, mark, Vec::new()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(gateway = %gw, error = %e, "batch not committed");
@@ -175,6 +178,90 @@ async fn batch(
             "stored": stored,
             "duplicates": duplicates,
             "dead_lettered": dead,
+        })),
+    )
+        .into_response()
+}
+
+/// An alerts-lane batch: the gateway's own evaluation of the critical rules. Recorded with the
+/// batch's high-water mark in one commit; merged with the hub's evaluation by the store (one
+/// open alert per patient and rule, one alert per rule and reading time).
+async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Response {
+    let gw = env.header.gateway.clone();
+    let entries = match env.alert_entries() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(gateway = %gw, reason = %e, "alert batch refused: signed but garbled");
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let mut events = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, a) in entries.iter().enumerate() {
+        let seq = env.header.first_seq + i as u64;
+        let change = match a.change.as_str() {
+            "raised" => Some(osler_rules::Change::Raised),
+            "resolved" => Some(osler_rules::Change::Resolved),
+            _ => None,
+        };
+        match (osler_rules::Rule::by_id(&a.rule), change) {
+            (Some(rule), Some(change)) if osler_core::Id::parse(&a.p).is_some() => {
+                events.push(osler_rules::AlertEvent {
+                    change,
+                    patient: a.p.clone(),
+                    rule: rule.id,
+                    severity: rule.severity,
+                    reading_ms: a.t,
+                    value: a.v,
+                    threshold: a.th,
+                    late: a.late,
+                })
+            }
+            _ => rejected.push((
+                seq,
+                a.to_json(),
+                format!(
+                    "unknown rule {:?}, change {:?} or patient {:?}",
+                    a.rule, a.change, a.p
+                ),
+            )),
+        }
+    }
+    let mark = BatchMark {
+        gateway: gw.clone(),
+        received_ms: received,
+        first_seq: env.header.first_seq,
+        lane: env.header.lane.as_u8(),
+        last_seq: env.header.last_seq(),
+        op_seqs: Vec::new(),
+        op_raw: Vec::new(),
+        rejected: rejected.clone(),
+    };
+    let result = match state
+        .store
+        .write_batch(Vec::new(), mark, crate::alerts::writes(&events, "gateway"))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(gateway = %gw, error = %e, "alert batch not committed");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store failed; nothing was acknowledged, retry",
+            );
+        }
+    };
+    let changed = result.alerts.iter().filter(|a| a.is_some()).count();
+    state.alerts.publish(result.alerts);
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "gateway": gw,
+            "lane": env.header.lane,
+            "committed_through": env.header.last_seq(),
+            "alerts": entries.len(),
+            "changed": changed,
+            "dead_lettered": rejected.len(),
         })),
     )
         .into_response()

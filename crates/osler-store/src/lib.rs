@@ -316,6 +316,7 @@ impl Store {
         &self,
         ops: Vec<WriteOp>,
         mark: BatchMark,
+        alerts: Vec<alerts::AlertWrite>,
     ) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
@@ -323,7 +324,7 @@ impl Store {
                 ops,
                 atomic: false,
                 batch: Some(mark),
-                alerts: Vec::new(),
+                alerts,
                 reply,
             })
             .await

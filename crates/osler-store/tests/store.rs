@@ -336,7 +336,7 @@ async fn gateway_batches_are_deduplicated_and_dead_lettered() {
         })
         .collect();
     let res = store
-        .write_batch(ops.clone(), mark(1, &ops, vec![]))
+        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![])
         .await
         .unwrap();
     assert!(
@@ -347,7 +347,7 @@ async fn gateway_batches_are_deduplicated_and_dead_lettered() {
     assert_eq!(store.committed_through("gw-1", 1).unwrap(), 10);
     // The same batch again: every op is recognised by its sequence number.
     let res = store
-        .write_batch(ops.clone(), mark(1, &ops, vec![]))
+        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![])
         .await
         .unwrap();
     assert!(
@@ -368,7 +368,7 @@ async fn gateway_batches_are_deduplicated_and_dead_lettered() {
     )];
     let m = mark(6, &ops2, rejected);
     assert_eq!(m.last_seq, 12);
-    let res = store.write_batch(ops2, m).await.unwrap();
+    let res = store.write_batch(ops2, m, vec![]).await.unwrap();
     assert_eq!(
         res.outcomes[..5],
         vec![WriteOutcome::AlreadyCommitted; 5][..]

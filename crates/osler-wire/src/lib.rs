@@ -185,6 +185,35 @@ impl Entry {
     }
 }
 
+/// One alert event on the wire (the alerts lane): raised or resolved by the gateway's own
+/// evaluation of the critical rules, so that the hub learns of it first, even after an outage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertEntry {
+    /// Patient id.
+    pub p: String,
+    /// Rule id (`hr-high`).
+    pub rule: String,
+    /// `raised` or `resolved`.
+    pub change: String,
+    /// Time the deciding reading was taken, UTC ms.
+    pub t: i64,
+    /// Its value.
+    pub v: f64,
+    /// The threshold in force.
+    pub th: f64,
+    /// The deciding reading arrived late at the gateway.
+    #[serde(default)]
+    pub late: bool,
+}
+
+impl AlertEntry {
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(self).expect("an alert entry serializes")
+    }
+}
+
 /// A gateway's Ed25519 signing key.
 pub struct GatewayKey(SigningKey);
 
@@ -337,10 +366,19 @@ impl<'a> Envelope<'a> {
             .map_err(|_| WireError::BadSignature)
     }
 
-    /// Decompresses and parses the entries (call after [`Envelope::verify`]).
+    /// Decompresses and parses the readings (call after [`Envelope::verify`]).
     pub fn entries(&self) -> Result<Vec<Entry>, WireError> {
+        self.entries_as()
+    }
+
+    /// Decompresses and parses the alert entries of an alerts-lane batch.
+    pub fn alert_entries(&self) -> Result<Vec<AlertEntry>, WireError> {
+        self.entries_as()
+    }
+
+    fn entries_as<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, WireError> {
         let body = decompress_bounded(self.body)?;
-        let entries: Vec<Entry> =
+        let entries: Vec<T> =
             serde_json::from_slice(&body).map_err(|e| WireError::BadEntries(e.to_string()))?;
         if entries.len() != self.header.count as usize {
             return Err(WireError::CountMismatch {

@@ -297,3 +297,65 @@ fn per_patient_overrides_are_set_over_the_api() {
     let rules = get(&format!("{}/alerts/overrides/ath", hub.root())).json();
     assert_eq!(rules["rules"]["spo2-low"]["threshold"], json!(88.0));
 }
+
+#[test]
+fn the_gateway_raises_critical_alerts_while_the_hub_is_away_and_the_hub_merges_them() {
+    let dir = TempDir::new("alerts-edge");
+    let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
+    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
+    osler(&[
+        "hub",
+        "enrol",
+        "--data",
+        hub_dir.to_str().unwrap(),
+        "--from-gateway",
+        gw_dir.to_str().unwrap(),
+    ]);
+    let port = free_port();
+    // No hub yet.
+    let gw = Gateway::start(&gw_dir, &format!("http://127.0.0.1:{port}"), 0, &[]);
+    let crisis = format!(
+        r#"[{{"patient":"edge","device":"cuff","metric":"blood-pressure","value":[196,104],"unit":"mm[Hg]","time":"{}"}},
+            {{"patient":"edge","device":"thermo","metric":"body-temperature","value":39.8,"unit":"Cel","time":"{}"}}]"#,
+        minutes_ago(1),
+        minutes_ago(1)
+    );
+    assert_eq!(
+        post(&format!("{}/readings", gw.url), &crisis).json()["accepted"],
+        2
+    );
+    let local = get(&format!("{}/alerts", gw.url)).json();
+    let rules: Vec<&str> = local["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap())
+        .collect();
+    // The critical rule fires at the edge; fever is not an edge rule.
+    assert_eq!(rules, ["bp-crisis-systolic"]);
+    assert_eq!(gw.status()["outbox"]["alerts"], 1);
+
+    let hub = Hub::start_full(&hub_dir, port, &[], None);
+    let delivered = wait_for(Duration::from_secs(30), || {
+        let s = gw.status();
+        (s["outbox"]["alerts"] == 0 && s["outbox"]["readings"] == 0).then_some(())
+    });
+    assert!(delivered.is_some(), "{}", gw.status());
+    let alerts = get(&format!("{}/alerts?patient=edge", hub.root())).json();
+    let list = alerts["alerts"].as_array().unwrap();
+    let bp: Vec<&Value> = list
+        .iter()
+        .filter(|a| a["rule"] == "bp-crisis-systolic")
+        .collect();
+    assert_eq!(
+        bp.len(),
+        1,
+        "raised once, not by the gateway and the hub both: {list:?}"
+    );
+    assert_eq!(bp[0]["source"], "gateway", "the edge alert arrived first");
+    assert_eq!(bp[0]["state"], "raised");
+    // The hub's own rules ran on the readings too: the fever is the hub's.
+    let fever: Vec<&Value> = list.iter().filter(|a| a["rule"] == "fever").collect();
+    assert_eq!(fever.len(), 1);
+    assert_eq!(fever[0]["source"], "hub");
+}
