@@ -15,6 +15,7 @@ pub struct Status {
     hub_reachable: AtomicBool,
     last_error: Mutex<Option<String>>,
     uploaded_entries: AtomicU64,
+    uploaded_alerts: AtomicU64,
     uploaded_batches: AtomicU64,
     uploaded_bytes: AtomicU64,
     pub received: AtomicU64,
@@ -26,10 +27,13 @@ impl Status {
     pub fn attempt(&self, now_ms: i64) {
         self.last_attempt_ms.store(now_ms, Ordering::Relaxed);
     }
-    pub fn success(&self, now_ms: i64, entries: u64, bytes: u64) {
+    pub fn success(&self, now_ms: i64, lane: Lane, entries: u64, bytes: u64) {
         self.last_success_ms.store(now_ms, Ordering::Relaxed);
         self.hub_reachable.store(true, Ordering::Relaxed);
-        self.uploaded_entries.fetch_add(entries, Ordering::Relaxed);
+        match lane {
+            Lane::Readings => self.uploaded_entries.fetch_add(entries, Ordering::Relaxed),
+            Lane::Alerts => self.uploaded_alerts.fetch_add(entries, Ordering::Relaxed),
+        };
         self.uploaded_batches.fetch_add(1, Ordering::Relaxed);
         self.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -67,6 +71,7 @@ impl Status {
                 "hub_reachable": self.hub_reachable.load(Ordering::Relaxed),
                 "last_error": self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 "entries": self.uploaded_entries.load(Ordering::Relaxed),
+                "alerts": self.uploaded_alerts.load(Ordering::Relaxed),
                 "batches": self.uploaded_batches.load(Ordering::Relaxed),
                 "bytes": self.uploaded_bytes.load(Ordering::Relaxed),
             },

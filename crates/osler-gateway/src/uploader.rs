@@ -196,7 +196,7 @@ pub fn run(
                         tracing::error!(error = %e, "cannot delete acknowledged entries; they will be resent and recognised")
                     }
                 }
-                status.success(now_ms(), rows.len() as u64, body.len() as u64);
+                status.success(now_ms(), lane, rows.len() as u64, body.len() as u64);
                 backoff = config.backoff_base;
                 max_count = config.max_count;
             }
