@@ -5,9 +5,11 @@
 //!   latency of the main search (one patient, one metric, 24 hours) over millions of readings.
 //! - [`pipeline`]: sim → gateway → hub end to end, the gateway's footprint, catch-up after an
 //!   outage.
+//! - [`alerts`]: alert latency under live load, from a reading's time to an SSE subscriber.
 //! - [`cohort`]: a deterministic synthetic cohort that the hub benchmark feeds in.
 //! - [`process`]: starting and stopping an `osler` child process.
 
+pub mod alerts;
 pub mod cohort;
 pub mod hub;
 pub mod pipeline;

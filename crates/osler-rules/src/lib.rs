@@ -9,7 +9,7 @@
 //! placed at its own time in the patient's history and evaluated there, and an alert it raises
 //! is marked late rather than treated as news.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use osler_core::{Metric, Reading, Value};
 
@@ -272,7 +272,7 @@ impl Rule {
     /// How far back the rule needs history.
     fn window_ms(&self) -> i64 {
         match self.condition {
-            Condition::Sustained(d) | Condition::RiseWithin(d) => d + 10 * MIN,
+            Condition::Sustained(d) | Condition::RiseWithin(d) => d + MIN,
             _ => 60 * MIN,
         }
     }
@@ -319,8 +319,36 @@ pub const LATE_AFTER_MS: i64 = 2 * MIN;
 
 #[derive(Default)]
 struct Stream {
-    /// Readings by time taken: value of each rule part (index 0 and 1).
-    points: BTreeMap<i64, [f64; 2]>,
+    /// Readings sorted by time taken, with the value of each rule part (index 0 and 1). A
+    /// deque because readings nearly always arrive in order: appending and dropping the oldest
+    /// are O(1); a late reading is placed by binary search.
+    points: VecDeque<(i64, [f64; 2])>,
+}
+
+impl Stream {
+    fn insert(&mut self, t: i64, values: [f64; 2]) {
+        match self.points.back() {
+            Some((last, _)) if *last < t => self.points.push_back((t, values)),
+            None => self.points.push_back((t, values)),
+            _ => {
+                let i = self.points.partition_point(|(ts, _)| *ts < t);
+                if self.points.get(i).is_some_and(|(ts, _)| *ts == t) {
+                    self.points[i].1 = values;
+                } else {
+                    self.points.insert(i, (t, values));
+                }
+            }
+        }
+    }
+
+    /// The history up to and including `t`, newest first, as (time, value of `part`).
+    fn up_to(&self, t: i64, part: usize) -> impl Iterator<Item = (i64, f64)> + Clone + '_ {
+        let end = self.points.partition_point(|(ts, _)| *ts <= t);
+        self.points
+            .range(..end)
+            .rev()
+            .map(move |(ts, v)| (*ts, v[part]))
+    }
 }
 
 /// The rule engine: history per patient and metric, one open/closed state per patient and rule.
@@ -379,17 +407,18 @@ impl Engine {
             return Vec::new();
         }
         let stream = self.streams.entry(key.clone()).or_default();
-        stream.points.insert(t, values);
+        stream.insert(t, values);
         // Keep what the longest rule needs, measured from the newest reading, or from this one
         // when it is older: a backlog arriving after newer readings still builds its history.
         let keep = rules.iter().map(|rule| rule.window_ms()).max().unwrap_or(0);
-        if let Some((&newest, _)) = stream.points.last_key_value() {
+        if let Some(&(newest, _)) = stream.points.back() {
             let cutoff = (newest - keep).min(t - keep);
-            while let Some((&oldest, _)) = stream.points.first_key_value() {
-                if oldest >= cutoff {
-                    break;
-                }
-                stream.points.pop_first();
+            while stream
+                .points
+                .front()
+                .is_some_and(|(oldest, _)| *oldest < cutoff)
+            {
+                stream.points.pop_front();
             }
         }
         let late = r.received_ms - t > LATE_AFTER_MS;
@@ -399,13 +428,9 @@ impl Engine {
                 .and_then(|o| o.get(rule.id))
                 .copied()
                 .unwrap_or(rule.threshold);
-            // History up to the reading's own time, newest first.
-            let hist: Vec<(i64, f64)> = stream
-                .points
-                .range(..=t)
-                .rev()
-                .map(|(ts, v)| (*ts, v[rule.part]))
-                .collect();
+            // History up to the reading's own time, newest first (walked lazily: most rules look
+            // at a handful of readings, and a long window is only walked while it breaches).
+            let hist = stream.up_to(t, rule.part);
             let value = rule.part_value(&r.value);
             let open_key = (key.0.clone(), rule.id);
             let is_open = self.open.contains_key(&open_key);
@@ -420,11 +445,11 @@ impl Engine {
                 late,
             };
             if !is_open {
-                if fires(rule, threshold, &hist) {
+                if fires(rule, threshold, hist) {
                     self.open.insert(open_key, t);
                     events.push(event(Change::Raised));
                 }
-            } else if clears(rule, threshold, &hist) {
+            } else if clears(rule, threshold, hist) {
                 self.open.remove(&open_key);
                 events.push(event(Change::Resolved));
             }
@@ -436,49 +461,50 @@ impl Engine {
 /// Whether an open alert resolves at the newest entry of `hist` (newest first): the last
 /// `clear_count` readings all back past the margin, or for a trend, the rise gone below the
 /// threshold by the margin.
-fn clears(rule: &Rule, threshold: f64, hist: &[(i64, f64)]) -> bool {
+fn clears(rule: &Rule, threshold: f64, hist: impl Iterator<Item = (i64, f64)> + Clone) -> bool {
     match rule.condition {
         Condition::RiseWithin(_) => !fires(rule, threshold - rule.clear_margin, hist),
         _ => {
-            hist.len() >= rule.clear_count
-                && hist[..rule.clear_count]
-                    .iter()
-                    .all(|(_, v)| rule.clears(*v, threshold))
+            let recent = hist.take(rule.clear_count);
+            recent.clone().count() == rule.clear_count
+                && recent.into_iter().all(|(_, v)| rule.clears(v, threshold))
         }
     }
 }
 
 /// Whether the rule's condition holds at the newest entry of `hist` (newest first).
-fn fires(rule: &Rule, threshold: f64, hist: &[(i64, f64)]) -> bool {
-    let Some(&(t, v)) = hist.first() else {
+fn fires(rule: &Rule, threshold: f64, mut hist: impl Iterator<Item = (i64, f64)> + Clone) -> bool {
+    let Some((t, v)) = hist.clone().next() else {
         return false;
     };
     match rule.condition {
         Condition::Single => rule.breaches(v, threshold),
         Condition::CountOf { n, of } => {
-            hist.iter()
-                .take(of)
+            hist.take(of)
                 .filter(|(_, v)| rule.breaches(*v, threshold))
                 .count()
                 >= n
         }
         Condition::Sustained(d) => {
-            // The breach streak ending at the newest reading must span at least `d`.
-            let mut start = None;
-            for (ts, v) in hist {
-                if rule.breaches(*v, threshold) {
-                    start = Some(*ts);
+            // The breach streak ending at the newest reading must reach back at least `d`;
+            // stop at the first reading that does not breach, or once `d` is covered.
+            hist.try_fold((), |(), (ts, v)| {
+                if !rule.breaches(v, threshold) {
+                    Err(false)
+                } else if t - ts >= d {
+                    Err(true)
                 } else {
-                    break;
+                    Ok(())
                 }
-            }
-            start.is_some_and(|s| t - s >= d)
+            })
+            .err()
+            .unwrap_or(false)
         }
         Condition::RiseWithin(d) => {
             let lowest = hist
-                .iter()
+                .by_ref()
                 .take_while(|(ts, _)| t - ts <= d)
-                .map(|(_, v)| *v)
+                .map(|(_, v)| v)
                 .fold(f64::INFINITY, f64::min);
             v - lowest > threshold
         }

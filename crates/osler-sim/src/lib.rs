@@ -68,6 +68,14 @@ pub struct SimArgs {
     /// whole window).
     #[arg(long, value_parser = parse_duration)]
     pub events_within: Option<Duration>,
+    /// Only these kinds of events, comma-separated (default: all, in turn): tachycardia,
+    /// bradycardia, desaturation, hypertensive-crisis, hypoglycaemia, hyperglycaemia, fever,
+    /// weight-gain.
+    #[arg(long, value_delimiter = ',')]
+    pub event_kinds: Vec<String>,
+    /// The watch's heart-rate interval in ms (a load knob; must divide 5000).
+    #[arg(long, default_value_t = 5000)]
+    pub watch_every_ms: i64,
     /// Give up on a batch the gateway keeps refusing after this many seconds of retries.
     #[arg(long, default_value_t = 600)]
     pub retry_for: u64,
@@ -192,8 +200,29 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let events_end = args
         .events_within
         .map_or(end, |w| start + w.as_millis() as i64);
-    let mut cohort =
-        Cohort::with_events_by(args.patients, start, end, events, events_end, args.seed);
+    let kinds: Vec<model::EventKind> = if args.event_kinds.is_empty() {
+        model::EventKind::ALL.to_vec()
+    } else {
+        args.event_kinds
+            .iter()
+            .map(|k| {
+                model::EventKind::parse(k)
+                    .with_context(|| format!("--event-kinds: unknown kind {k:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut cohort = Cohort::with_events_by(
+        args.patients,
+        start,
+        end,
+        &kinds,
+        events,
+        events_end,
+        args.seed,
+    );
+    cohort
+        .set_tick(args.watch_every_ms)
+        .map_err(|e| anyhow::anyhow!("--watch-every-ms: {e}"))?;
     if let Some(path) = &args.ground_truth {
         let mut f = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;

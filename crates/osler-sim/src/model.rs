@@ -68,6 +68,10 @@ impl EventKind {
         EventKind::WeightGain,
     ];
 
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Tachycardia => "tachycardia",
@@ -132,6 +136,7 @@ pub enum SimValue {
     Two(f64, f64),
 }
 
+/// The default tick: the watch's heart-rate interval.
 pub const TICK_MS: i64 = 5_000;
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -156,6 +161,7 @@ pub struct Cohort {
     pub start_ms: i64,
     pub end_ms: i64,
     tick: i64,
+    tick_ms: i64,
 }
 
 fn round1(v: f64) -> f64 {
@@ -165,7 +171,7 @@ fn round1(v: f64) -> f64 {
 impl Cohort {
     /// `n` patients over `[start_ms, end_ms)`, with `events` injected events.
     pub fn new(n: usize, start_ms: i64, end_ms: i64, events: usize, seed: u64) -> Cohort {
-        Cohort::with_events_by(n, start_ms, end_ms, events, end_ms, seed)
+        Cohort::with_events_by(n, start_ms, end_ms, &EventKind::ALL, events, end_ms, seed)
     }
 
     /// As [`Cohort::new`], with every event over by `events_end_ms` (the demo puts them in the
@@ -174,6 +180,7 @@ impl Cohort {
         n: usize,
         start_ms: i64,
         end_ms: i64,
+        kinds: &[EventKind],
         events: usize,
         events_end_ms: i64,
         seed: u64,
@@ -202,18 +209,23 @@ impl Cohort {
             order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
         for (k, &p) in order.iter().enumerate().take(events.min(n)) {
-            let mut kind = EventKind::ALL[k % EventKind::ALL.len()];
+            let mut kind = kinds[k % kinds.len()];
             if kind.needs_cgm() && !patients[p].cgm {
                 kind = EventKind::Tachycardia;
             }
             let len = kind.length_ms();
-            if len * 10 / 8 > span {
+            if len * 10 / 8 > span && kinds.len() == EventKind::ALL.len() {
                 // The window is too short for this event (weight gain over days).
                 kind = EventKind::Desaturation;
             }
             let len = kind.length_ms();
             let lo = start_ms + span / 10;
-            let hi = (start_ms + span - len - 5 * MIN).max(lo + 1);
+            // Events that outlast a short window still start inside it, spread over its body.
+            let hi = if start_ms + span - len - 5 * MIN > lo {
+                start_ms + span - len - 5 * MIN
+            } else {
+                start_ms + span * 9 / 10
+            };
             let start = lo + (rng.unit() * (hi - lo) as f64) as i64;
             let start = start - start.rem_euclid(TICK_MS);
             evs.push(Event {
@@ -230,12 +242,13 @@ impl Cohort {
             start_ms: start_ms - start_ms.rem_euclid(TICK_MS),
             end_ms,
             tick: 0,
+            tick_ms: TICK_MS,
         }
     }
 
     /// The time of the next tick, or `None` when the window is over.
     pub fn next_tick_ms(&self) -> Option<i64> {
-        let t = self.start_ms + self.tick * TICK_MS;
+        let t = self.start_ms + self.tick * self.tick_ms;
         (t < self.end_ms).then_some(t)
     }
 
@@ -243,6 +256,17 @@ impl Cohort {
         self.events
             .iter()
             .find(|e| e.patient == p && t >= e.start_ms && t < e.end_ms)
+    }
+
+    /// Samples heart rate every `ms` instead of every 5 s (a load knob: 100 ms gives ten
+    /// readings a second per patient). `ms` must divide 5,000.
+    pub fn set_tick(&mut self, ms: i64) -> Result<(), String> {
+        if ms <= 0 || TICK_MS % ms != 0 {
+            return Err(format!("{ms} ms does not divide 5000 ms"));
+        }
+        self.tick_ms = ms;
+        self.tick = 0;
+        Ok(())
     }
 
     /// Every reading due at the next tick.
@@ -271,7 +295,9 @@ impl Cohort {
             if kind.is_some() {
                 // Ground truth must be visible: an event puts the watch back on.
                 pat.off_until = 0;
-            } else if t >= pat.off_until && pat.rng.unit() < 0.000_5 {
+            } else if t >= pat.off_until
+                && pat.rng.unit() < 0.000_5 * self.tick_ms as f64 / TICK_MS as f64
+            {
                 pat.off_until = t + (pat.rng.range(20.0, 60.0) as i64) * MIN;
             }
             if t >= pat.off_until {
@@ -281,7 +307,7 @@ impl Cohort {
                     Some(EventKind::Bradycardia) => hr = pat.rng.range(34.0, 38.0),
                     Some(EventKind::Fever) => hr += 15.0,
                     _ => {
-                        if pat.rng.unit() < 0.0005 {
+                        if pat.rng.unit() < 0.0005 * self.tick_ms as f64 / TICK_MS as f64 {
                             // Motion artefact: one implausibly high sample.
                             hr = pat.rng.range(170.0, 210.0);
                         }
@@ -366,7 +392,10 @@ impl Cohort {
             // The thermometer: 08:00 and 20:00, every 30 minutes during a fever.
             let fever = kind == Some(EventKind::Fever);
             if [8 * HOUR, 20 * HOUR].contains(&local)
-                || (fever && (t - self.start_ms) % (30 * MIN) == 0)
+                || (fever
+                    && event
+                        .as_ref()
+                        .is_some_and(|e| (t - e.start_ms) % (30 * MIN) == 0))
             {
                 let temp = if fever {
                     pat.rng.range(39.3, 39.8)

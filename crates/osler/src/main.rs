@@ -158,6 +158,8 @@ enum HubAdmin {
 enum Bench {
     /// The hub alone: ingest through FHIR transaction Bundles, bytes per reading, search latency.
     Hub(osler_bench::hub::HubBenchArgs),
+    /// Alert latency under live load (the standard scenario: 1,000 patients, 10,000 readings/s, 60 s).
+    Alerts(osler_bench::alerts::AlertBenchArgs),
     /// The whole pipeline, sim -> gateway -> hub: throughput, gateway footprint, catch-up.
     Pipeline(osler_bench::pipeline::PipelineBenchArgs),
 }
@@ -240,6 +242,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => match which {
             Bench::Hub(args) => osler_bench::hub::run(args),
             Bench::Pipeline(args) => osler_bench::pipeline::run(args),
+            Bench::Alerts(args) => osler_bench::alerts::run(args),
         },
     }
 }

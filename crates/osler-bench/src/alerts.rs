@@ -1,0 +1,364 @@
+//! `osler bench alerts`: alert latency under load, sim → gateway → hub → SSE subscriber, each
+//! its own process, live (readings stamped with the real time at which they are sent).
+//!
+//! Latency is from the time the deciding reading was taken (its timestamp, set by the simulator
+//! when it sends it) to the moment this program reads the alert from `GET /alerts/stream`. The
+//! injected events are of the kinds whose rules decide on one reading (hypertensive crisis,
+//! fever), so that every event can complete within the run; duration rules add their duration
+//! by design and are covered by the test suite.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+
+use crate::percentile;
+use crate::process::{Server, cpu_seconds, rss_bytes};
+
+#[derive(clap::Args, Debug)]
+pub struct AlertBenchArgs {
+    /// `standard`: 1,000 patients at 10,000 readings/s for 60 s with 200 injected events.
+    /// `quick`: 200 patients at 2,000 readings/s for 15 s with 40 events.
+    #[arg(long, default_value = "standard")]
+    scenario: String,
+    /// Data directory (default: a new temp directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The osler binary to benchmark (default: this one).
+    #[arg(long, value_name = "PATH")]
+    osler: Option<PathBuf>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn ts(text: &str) -> Option<i64> {
+    osler_core::Timestamp::parse(text).ok().map(|t| t.utc_ms)
+}
+
+pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
+    let (patients, secs, events) = match args.scenario.as_str() {
+        "standard" => (1000usize, 60u64, 200usize),
+        "quick" => (200, 15, 40),
+        other => anyhow::bail!("unknown scenario {other:?}: standard or quick"),
+    };
+    let osler = match &args.osler {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("cannot find the osler binary")?,
+    };
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("osler-bench-alerts-{}", std::process::id())),
+    };
+    ensure!(
+        !data.join("hub").exists(),
+        "{} already holds a hub; use an empty directory",
+        data.display()
+    );
+    let hub_dir = data.join("hub").to_str().context("UTF-8 paths")?.to_owned();
+    let gw_dir = data.join("gw").to_str().context("UTF-8 paths")?.to_owned();
+    let hub = Server::spawn(
+        &osler,
+        &["serve", "--data", &hub_dir, "--listen", "127.0.0.1:0"],
+        Duration::from_secs(30),
+    )?;
+    let root = hub.base.trim_end_matches("/fhir").to_owned();
+    let ok = Command::new(&osler)
+        .args([
+            "hub",
+            "enrol",
+            "--data",
+            &hub_dir,
+            "--from-gateway",
+            &gw_dir,
+        ])
+        .stdout(Stdio::null())
+        .status()?;
+    ensure!(ok.success(), "osler hub enrol failed");
+    // A short batching wait: readings leave the gateway within 20 ms.
+    let gw = Server::spawn(
+        &osler,
+        &[
+            "gateway",
+            "--data",
+            &gw_dir,
+            "--hub",
+            &root,
+            "--listen",
+            "127.0.0.1:0",
+            "--max-wait-ms",
+            "20",
+        ],
+        Duration::from_secs(30),
+    )?;
+
+    // The subscriber: every alert with the wall-clock time it was read.
+    let received: Arc<Mutex<Vec<(i64, serde_json::Value)>>> = Arc::default();
+    {
+        let sink = received.clone();
+        let resp = ureq::get(&format!("{root}/alerts/stream"))
+            .timeout(Duration::from_secs(3600))
+            .call()?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(resp.into_reader())
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(data) = line.strip_prefix("data:")
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim())
+                {
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((now_ms(), v));
+                }
+            }
+        });
+    }
+
+    let truth = data.join("truth.jsonl");
+    let cpu0 = (
+        cpu_seconds(hub.pid()).unwrap_or(0.0),
+        cpu_seconds(gw.pid()).unwrap_or(0.0),
+    );
+    let started = Instant::now();
+    // Readings taken before this moment are the simulator's short replayed past, not live:
+    // their alerts are left out of the latency figures (and counted).
+    let live_from = now_ms() + 1000;
+    let mut sim = Command::new(&osler)
+        .args([
+            "sim",
+            "--gateway",
+            &gw.base,
+            "--duration",
+            "1s",
+            "--watch-every-ms",
+            "100",
+        ])
+        .args([
+            "--patients",
+            &patients.to_string(),
+            "--follow",
+            &format!("{secs}s"),
+            "--events",
+            &events.to_string(),
+        ])
+        .args([
+            "--event-kinds",
+            "hypertensive-crisis,fever",
+            "--batch",
+            "2000",
+            "--seed",
+            "11",
+            "--ground-truth",
+        ])
+        .arg(&truth)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start osler sim")?;
+    let (mut hub_rss, mut gw_rss) = (0u64, 0u64);
+    while sim.try_wait()?.is_none() {
+        hub_rss = hub_rss.max(rss_bytes(hub.pid()).unwrap_or(0));
+        gw_rss = gw_rss.max(rss_bytes(gw.pid()).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sim.wait_with_output()?;
+    ensure!(out.status.success(), "osler sim failed");
+    let summary: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("{}"),
+    )?;
+    let sent = summary["acknowledged"].as_u64().context("sim summary")?;
+    let run_secs = started.elapsed().as_secs_f64();
+    let cpu1 = (
+        cpu_seconds(hub.pid()).unwrap_or(0.0),
+        cpu_seconds(gw.pid()).unwrap_or(0.0),
+    );
+    // Let the last readings and alerts through.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = ureq::get(&format!("{root}/metrics"))
+            .call()?
+            .into_string()?;
+        let stored = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("osler_readings_stored ")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        if stored >= sent || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let status: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("{}/status", gw.base))
+            .call()?
+            .into_string()?,
+    )?;
+
+    // Latency and accounting.
+    let truth: Vec<serde_json::Value> = std::fs::read_to_string(&truth)?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let alerts = received.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let raised: Vec<&(i64, serde_json::Value)> = alerts
+        .iter()
+        .filter(|(_, a)| a["event"] == "raised")
+        .collect();
+    let mut latencies: Vec<f64> = raised
+        .iter()
+        .filter_map(|(at, a)| Some((*at, ts(a["reading_time"].as_str()?)?)))
+        .filter(|(_, t)| *t >= live_from)
+        .map(|(at, t)| (at - t) as f64)
+        .collect();
+    let not_live = raised.len() - latencies.len();
+    latencies.sort_by(f64::total_cmp);
+    let rules_for = |kind: &str| -> &'static [&'static str] {
+        match kind {
+            "hypertensive-crisis" => &["bp-crisis-systolic", "bp-crisis-diastolic"],
+            "fever" => &["fever"],
+            _ => &[],
+        }
+    };
+    let matches = |e: &serde_json::Value, a: &serde_json::Value| {
+        let (Some(start), Some(end), Some(t)) = (
+            e["start"].as_str().and_then(ts),
+            e["end"].as_str().and_then(ts),
+            a["reading_time"].as_str().and_then(ts),
+        ) else {
+            return false;
+        };
+        a["patient"] == e["patient"]
+            && rules_for(e["kind"].as_str().unwrap_or(""))
+                .contains(&a["rule"].as_str().unwrap_or(""))
+            && t >= start
+            && t <= end
+    };
+    let missed = truth
+        .iter()
+        .filter(|e| !raised.iter().any(|(_, a)| matches(e, a)))
+        .count();
+    let unexplained: Vec<&serde_json::Value> = raised
+        .iter()
+        .map(|(_, a)| a)
+        .filter(|a| !truth.iter().any(|e| matches(e, a)))
+        .collect();
+    let entries = status["upload"]["entries"].as_f64().unwrap_or(0.0).max(1.0);
+    let bytes = status["upload"]["bytes"].as_f64().unwrap_or(0.0);
+
+    hub.stop()?;
+    gw.stop()?;
+    println!();
+    println!(
+        "osler bench alerts --scenario {}  ({patients} patients, {secs} s live, {} injected events, {} cores)",
+        args.scenario,
+        truth.len(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!("{:<48} {:>18} {:>12}", "figure", "result", "goal");
+    println!(
+        "{:<48} {:>18} {:>12}",
+        "readings committed",
+        format!("{:.0} rdg/s", sent as f64 / run_secs),
+        if patients == 1000 { "10000" } else { "" }
+    );
+    println!(
+        "{:<48} {:>18} {:>12}",
+        format!(
+            "alert latency, {} live alerts ({not_live} replayed left out): p50",
+            latencies.len()
+        ),
+        format!("{:.0} ms", percentile(&latencies, 50.0)),
+        ""
+    );
+    for p in [99.0, 99.5, 99.9] {
+        println!(
+            "{:<48} {:>18} {:>12}",
+            format!("  p{p}"),
+            format!("{:.0} ms", percentile(&latencies, p)),
+            if p == 99.9 { "<= 50 ms" } else { "" }
+        );
+    }
+    println!(
+        "{:<48} {:>18} {:>12}",
+        "  max",
+        format!("{:.0} ms", percentile(&latencies, 100.0)),
+        ""
+    );
+    println!(
+        "{:<48} {:>18} {:>12}",
+        "injected events without their alert",
+        missed.to_string(),
+        "0"
+    );
+    println!(
+        "{:<48} {:>18} {:>12}",
+        "alerts without an injected event",
+        unexplained.len().to_string(),
+        "0"
+    );
+    println!(
+        "{:<48} {:>18} {:>12}",
+        "hub: CPU / RSS (max)",
+        format!(
+            "{:.0} % / {:.0} MB",
+            (cpu1.0 - cpu0.0) / run_secs * 100.0,
+            hub_rss as f64 / 1e6
+        ),
+        ""
+    );
+    println!(
+        "{:<48} {:>18} {:>12}",
+        "gateway: CPU / RSS (max)",
+        format!(
+            "{:.0} % / {:.0} MB",
+            (cpu1.1 - cpu0.1) / run_secs * 100.0,
+            gw_rss as f64 / 1e6
+        ),
+        ""
+    );
+    println!(
+        "{:<48} {:>18} {:>12}",
+        "bytes uploaded per reading",
+        format!("{:.1} B", bytes / entries),
+        ""
+    );
+    let mut slow: Vec<(i64, &serde_json::Value)> = raised
+        .iter()
+        .filter_map(|(at, a)| Some((*at, ts(a["reading_time"].as_str()?)?, a)))
+        .filter(|(_, t, _)| *t >= live_from)
+        .map(|(at, t, a)| (at - t, a))
+        .collect();
+    slow.sort_by_key(|(l, _)| std::cmp::Reverse(*l));
+    for (l, a) in slow.iter().take(3) {
+        println!(
+            "  slowest: {l} ms  {} {} reading {} raised {}",
+            a["patient"], a["rule"], a["reading_time"], a["raised_at"]
+        );
+    }
+    for a in unexplained.iter().take(5) {
+        println!("  unexplained: {a}");
+    }
+    if args.data.is_none() {
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    Ok(())
+}
