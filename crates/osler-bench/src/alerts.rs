@@ -24,6 +24,9 @@ pub struct AlertBenchArgs {
     /// `quick`: 200 patients at 2,000 readings/s for 15 s with 40 events.
     #[arg(long, default_value = "standard")]
     scenario: String,
+    /// The gateway's batching wait (`osler gateway --max-wait-ms`).
+    #[arg(long, default_value_t = 20)]
+    gateway_wait_ms: u64,
     /// Data directory (default: a new temp directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,

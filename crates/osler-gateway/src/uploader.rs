@@ -142,7 +142,17 @@ pub fn run(
     let mut backoff = config.backoff_base;
     let mut max_count = config.max_count;
     let mut seen = outbox.appends();
+    let mut checkpointed = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        // Between batches: keep the WAL short (at once when idle, every two seconds under load).
+        let idle = outbox.depth().readings.load(Ordering::Relaxed) == 0;
+        let since = checkpointed.elapsed();
+        if (idle && since > Duration::from_millis(500)) || since > Duration::from_secs(2) {
+            if let Err(e) = outbox.checkpoint() {
+                tracing::warn!(error = %e, "outbox checkpoint failed; will retry");
+            }
+            checkpointed = Instant::now();
+        }
         let lane = if outbox.depth().alerts.load(Ordering::Relaxed) > 0 {
             Lane::Alerts
         } else {

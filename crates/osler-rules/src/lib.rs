@@ -351,12 +351,18 @@ impl Stream {
     }
 }
 
+/// One patient's history and open alerts.
+#[derive(Default)]
+struct PatientState {
+    streams: HashMap<Metric, Stream>,
+    /// Open alerts: rule -> the time taken of the reading that raised it.
+    open: HashMap<&'static str, i64>,
+}
+
 /// The rule engine: history per patient and metric, one open/closed state per patient and rule.
 #[derive(Default)]
 pub struct Engine {
-    streams: HashMap<(String, Metric), Stream>,
-    /// Open alerts: (patient, rule) -> the time taken of the reading that raised it.
-    open: HashMap<(String, &'static str), i64>,
+    patients: HashMap<String, PatientState>,
     /// Only rules marked `critical` (the gateway's mode).
     critical_only: bool,
 }
@@ -374,43 +380,63 @@ impl Engine {
         }
     }
 
+    fn patient(&mut self, patient: &str) -> &mut PatientState {
+        // Look up without allocating; allocate the key only for a new patient.
+        if !self.patients.contains_key(patient) {
+            self.patients
+                .insert(patient.to_owned(), PatientState::default());
+        }
+        self.patients
+            .get_mut(patient)
+            .expect("inserted just above if it was missing")
+    }
+
     /// Marks an alert as open (restoring persisted state after a restart).
     pub fn restore_open(&mut self, patient: &str, rule: &str, since_ms: i64) {
         if let Some(r) = Rule::by_id(rule) {
-            self.open.insert((patient.to_owned(), r.id), since_ms);
+            self.patient(patient).open.insert(r.id, since_ms);
         }
     }
 
     /// Keeps only the open alerts for which `keep(patient, rule)` is true.
     pub fn retain_open(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
-        self.open.retain(|(p, r), _| keep(p, r));
+        for (p, state) in &mut self.patients {
+            state.open.retain(|r, _| keep(p, r));
+        }
     }
 
     /// Whether an alert is open for this patient and rule.
     pub fn is_open(&self, patient: &str, rule: &str) -> bool {
-        self.open.keys().any(|(p, r)| p == patient && *r == rule)
+        self.patients
+            .get(patient)
+            .is_some_and(|p| p.open.contains_key(rule))
     }
 
     /// Adds a reading at its own time and evaluates the metric's rules there.
     pub fn observe(&mut self, r: &Reading, overrides: Option<&Overrides>) -> Vec<AlertEvent> {
-        let key = (r.patient.to_string(), r.metric);
+        let critical_only = self.critical_only;
+        let applies = move |rule: &&'static Rule| {
+            rule.metric == r.metric && (!critical_only || rule.critical)
+        };
+        // Keep what the longest rule needs.
+        let Some(keep) = RULES
+            .iter()
+            .filter(applies)
+            .map(|rule| rule.window_ms())
+            .max()
+        else {
+            return Vec::new();
+        };
         let t = r.taken.utc_ms;
         let values = match r.value {
             Value::Scalar(v) => [v, v],
             Value::Pair(a, b) => [a, b],
         };
-        let rules: Vec<&'static Rule> = RULES
-            .iter()
-            .filter(|rule| rule.metric == r.metric && (!self.critical_only || rule.critical))
-            .collect();
-        if rules.is_empty() {
-            return Vec::new();
-        }
-        let stream = self.streams.entry(key.clone()).or_default();
+        let state = self.patient(r.patient.as_str());
+        let stream = state.streams.entry(r.metric).or_default();
         stream.insert(t, values);
-        // Keep what the longest rule needs, measured from the newest reading, or from this one
-        // when it is older: a backlog arriving after newer readings still builds its history.
-        let keep = rules.iter().map(|rule| rule.window_ms()).max().unwrap_or(0);
+        // Measured from the newest reading, or from this one when it is older: a backlog
+        // arriving after newer readings still builds its history.
         if let Some(&(newest, _)) = stream.points.back() {
             let cutoff = (newest - keep).min(t - keep);
             while stream
@@ -423,7 +449,7 @@ impl Engine {
         }
         let late = r.received_ms - t > LATE_AFTER_MS;
         let mut events = Vec::new();
-        for rule in rules {
+        for rule in RULES.iter().filter(applies) {
             let threshold = overrides
                 .and_then(|o| o.get(rule.id))
                 .copied()
@@ -431,28 +457,26 @@ impl Engine {
             // History up to the reading's own time, newest first (walked lazily: most rules look
             // at a handful of readings, and a long window is only walked while it breaches).
             let hist = stream.up_to(t, rule.part);
-            let value = rule.part_value(&r.value);
-            let open_key = (key.0.clone(), rule.id);
-            let is_open = self.open.contains_key(&open_key);
-            let event = |change| AlertEvent {
+            let is_open = state.open.contains_key(rule.id);
+            let change = if !is_open && fires(rule, threshold, hist.clone()) {
+                state.open.insert(rule.id, t);
+                Change::Raised
+            } else if is_open && clears(rule, threshold, hist) {
+                state.open.remove(rule.id);
+                Change::Resolved
+            } else {
+                continue;
+            };
+            events.push(AlertEvent {
                 change,
-                patient: key.0.clone(),
+                patient: r.patient.to_string(),
                 rule: rule.id,
                 severity: rule.severity,
                 reading_ms: t,
-                value,
+                value: rule.part_value(&r.value),
                 threshold,
                 late,
-            };
-            if !is_open {
-                if fires(rule, threshold, hist) {
-                    self.open.insert(open_key, t);
-                    events.push(event(Change::Raised));
-                }
-            } else if clears(rule, threshold, hist) {
-                self.open.remove(&open_key);
-                events.push(event(Change::Resolved));
-            }
+            });
         }
         events
     }

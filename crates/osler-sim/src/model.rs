@@ -291,6 +291,9 @@ impl Cohort {
                 });
             };
             let kind = event.as_ref().map(|e| e.kind);
+            // Devices are not synchronised: each patient's minute and five-minute schedules
+            // start at their own offset (a whole number of ticks).
+            let phase = (p as i64 * 7919 % (MIN / self.tick_ms)) * self.tick_ms;
             // The watch: heart rate every tick, SpO2 and steps every minute, unless it is off.
             if kind.is_some() {
                 // Ground truth must be visible: an event puts the watch back on.
@@ -320,7 +323,7 @@ impl Cohort {
                     SimValue::One(hr.round()),
                     "/min",
                 );
-                if (t - self.start_ms) % MIN == 0 {
+                if (t - self.start_ms + phase) % MIN == 0 {
                     let spo2 = match kind {
                         Some(EventKind::Desaturation) => pat.rng.range(85.0, 89.0),
                         _ => (97.0 + pat.rng.noise(1.0)).min(100.0),
@@ -370,7 +373,7 @@ impl Cohort {
                 );
             }
             // The CGM: every 5 minutes, meals at 08:00, 13:00 and 19:00.
-            if pat.cgm && (t - self.start_ms) % (5 * MIN) == 0 {
+            if pat.cgm && (t - self.start_ms + phase) % (5 * MIN) == 0 {
                 let mut g = 100.0 + pat.rng.noise(4.0);
                 for meal in [8 * HOUR, 13 * HOUR, 19 * HOUR] {
                     let since = (local - meal) as f64 / MIN as f64;
@@ -482,11 +485,11 @@ mod tests {
             let range = info.parts.map_or(info.range, |p| p[0].range);
             assert!((range.0..=range.1).contains(&v), "{r:?}");
         }
-        // A watch sends about 17,280 heart rates a day; dropouts take some away.
+        // A watch sends 17,280 heart rates a day; dropouts (charging) take up to a fifth away.
         let hr = readings
             .iter()
             .filter(|r| r.patient == 1 && r.metric == "heart-rate")
             .count();
-        assert!((30_000..=34_560).contains(&hr), "{hr}");
+        assert!((27_000..=34_560).contains(&hr), "{hr}");
     }
 }

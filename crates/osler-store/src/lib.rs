@@ -224,6 +224,9 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     stats: Arc<StoreStats>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Copies the WAL into the database file off the writer's path (see `schema`).
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+    checkpoint_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -248,7 +251,20 @@ impl Store {
                 path: dir.to_owned(),
                 source,
             })?;
+        let checkpoint_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpointer = {
+            let (path, stop) = (path.clone(), checkpoint_stop.clone());
+            std::thread::Builder::new()
+                .name("osler-store-checkpoint".into())
+                .spawn(move || schema::checkpoint_loop(&path, &stop))
+                .map_err(|source| StoreError::Dir {
+                    path: dir.to_owned(),
+                    source,
+                })?
+        };
         Ok(Store {
+            checkpointer: Some(checkpointer),
+            checkpoint_stop,
             path,
             jobs: Some(tx),
             readers: Mutex::new(Vec::new()),
@@ -463,6 +479,10 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.jobs.take();
         if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        self.checkpoint_stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.checkpointer.take() {
             let _ = h.join();
         }
     }

@@ -246,7 +246,35 @@ impl Writer {
             series,
             t_ms: r.taken.utc_ms,
         };
-        if let Some(existing) = load_reading_row(&self.conn, id, r)? {
+        let (v, v2) = match r.value {
+            Value::Scalar(v) => (v, None),
+            Value::Pair(a, b) => (a, Some(b)),
+        };
+        let ident = r.identifier.as_ref().map(ident_text);
+        // Insert first and look only when the identity was taken: new readings, the common
+        // case, cost one B-tree descent instead of two.
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO reading(series, t, v, v2, tz, rx, status, ident)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(series, t) DO NOTHING",
+            )?
+            .execute(params![
+                series,
+                r.taken.utc_ms,
+                v,
+                v2,
+                r.taken.offset_min,
+                r.received_ms - r.taken.utc_ms,
+                r.status as u8,
+                ident
+            ])?;
+        if inserted == 0 {
+            let existing = load_reading_row(&self.conn, id, r)?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "reading {id} conflicted on insert but cannot be read"
+                ))
+            })?;
             let same = existing.value == r.value
                 && existing.status == r.status
                 && existing.taken.offset_min == r.taken.offset_min
@@ -261,26 +289,6 @@ impl Writer {
                 WriteOutcome::Conflict { existing: stored }
             });
         }
-        let (v, v2) = match r.value {
-            Value::Scalar(v) => (v, None),
-            Value::Pair(a, b) => (a, Some(b)),
-        };
-        let ident = r.identifier.as_ref().map(ident_text);
-        self.conn
-            .prepare_cached(
-                "INSERT INTO reading(series, t, v, v2, tz, rx, status, ident)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                series,
-                r.taken.utc_ms,
-                v,
-                v2,
-                r.taken.offset_min,
-                r.received_ms - r.taken.utc_ms,
-                r.status as u8,
-                ident
-            ])?;
         if let Some(i) = &r.identifier {
             self.conn
                 .prepare_cached("INSERT INTO ident(h, series, t) VALUES (?1, ?2, ?3)")?
