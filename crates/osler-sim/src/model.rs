@@ -356,11 +356,12 @@ impl Cohort {
                     "mm[Hg]",
                 );
             }
-            // The scale: 07:30 daily; weight gain adds 0.8 kg a day during the event.
+            // The scale: 07:30 daily; weight gain adds 1 kg a day during the event
+            // (3 kg in 3 days: well past the 2 kg rule, whatever the scale's 0.1 kg noise).
             if local == 7 * HOUR + 30 * MIN {
                 let gain = match &event {
                     Some(e) if e.kind == EventKind::WeightGain => {
-                        0.8 * ((t - e.start_ms) as f64 / DAY as f64)
+                        1.0 * ((t - e.start_ms) as f64 / DAY as f64)
                     }
                     _ => 0.0,
                 };
@@ -368,7 +369,7 @@ impl Cohort {
                     out,
                     "scale",
                     "body-weight",
-                    SimValue::One(round1(pat.weight + gain + pat.rng.noise(0.2))),
+                    SimValue::One(round1(pat.weight + gain + pat.rng.noise(0.1))),
                     "kg",
                 );
             }
