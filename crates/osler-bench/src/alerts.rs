@@ -73,18 +73,7 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
         Duration::from_secs(30),
     )?;
     let root = hub.base.trim_end_matches("/fhir").to_owned();
-    let ok = Command::new(&osler)
-        .args([
-            "hub",
-            "enrol",
-            "--data",
-            &hub_dir,
-            "--from-gateway",
-            &gw_dir,
-        ])
-        .stdout(Stdio::null())
-        .status()?;
-    ensure!(ok.success(), "osler hub enrol failed");
+    crate::process::enrol(&osler, &hub_dir, &gw_dir)?;
     // A short batching wait: readings leave the gateway within 20 ms.
     let gw = Server::spawn(
         &osler,

@@ -116,18 +116,7 @@ pub fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
     ];
     let hub = Server::spawn(&osler, &hub_args, Duration::from_secs(30))?;
     let hub_root = hub.base.trim_end_matches("/fhir").to_owned();
-    let ok = Command::new(&osler)
-        .args([
-            "hub",
-            "enrol",
-            "--data",
-            &hub_dir_s,
-            "--from-gateway",
-            &gw_dir_s,
-        ])
-        .stdout(Stdio::null())
-        .status()?;
-    ensure!(ok.success(), "osler hub enrol failed");
+    crate::process::enrol(&osler, &hub_dir_s, &gw_dir_s)?;
     let gw = Server::spawn(
         &osler,
         &[

@@ -111,6 +111,20 @@ impl Drop for Server {
     }
 }
 
+/// Enrols the gateway whose data is in `gw_dir` at the hub whose data is in `hub_dir`
+/// (`osler hub enrol --from-gateway`).
+pub fn enrol(osler: &Path, hub_dir: &str, gw_dir: &str) -> anyhow::Result<()> {
+    let ok = Command::new(osler)
+        .args(["hub", "enrol", "--data", hub_dir, "--from-gateway", gw_dir])
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run osler hub enrol")?;
+    if !ok.success() {
+        bail!("osler hub enrol failed");
+    }
+    Ok(())
+}
+
 /// Resident memory (VmRSS) of a process, in bytes, from /proc.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -179,6 +179,74 @@ fn send_http(
     }
 }
 
+/// What the simulator has generated but not yet sent, and where it goes.
+struct Outbox {
+    sink: Sink,
+    pending: Vec<(SimReading, serde_json::Value)>,
+    acked: u64,
+    rejected: u64,
+    sent_file: Option<std::io::BufWriter<std::fs::File>>,
+    retry_for: Duration,
+    mqtt_prefix: String,
+    patient_prefix: String,
+}
+
+impl Outbox {
+    /// Sends everything pending and records what was acknowledged.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let ok: Vec<bool> = match &mut self.sink {
+            Sink::Http { agent, url } => {
+                let batch: Vec<serde_json::Value> =
+                    self.pending.iter().map(|(_, j)| j.clone()).collect();
+                send_http(agent, url, &batch, self.retry_for)?
+            }
+            Sink::Mqtt {
+                client, acked: rx, ..
+            } => {
+                // One message per patient and device, as a device would publish.
+                let mut groups: std::collections::BTreeMap<(usize, &str), Vec<serde_json::Value>> =
+                    Default::default();
+                for (r, j) in &self.pending {
+                    groups
+                        .entry((r.patient, r.device))
+                        .or_default()
+                        .push(j.clone());
+                }
+                let n = groups.len();
+                for ((p, _), items) in groups {
+                    let topic = format!("{}/{}{p}/readings", self.mqtt_prefix, self.patient_prefix);
+                    client.publish(
+                        topic,
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&items)?,
+                    )?;
+                }
+                for _ in 0..n {
+                    rx.recv_timeout(Duration::from_secs(60))
+                        .context("the broker did not acknowledge a publish")?;
+                }
+                vec![true; self.pending.len()]
+            }
+        };
+        for ((_, j), ok) in self.pending.iter().zip(ok) {
+            if ok {
+                self.acked += 1;
+                if let Some(f) = self.sent_file.as_mut() {
+                    writeln!(f, "{j}")?;
+                }
+            } else {
+                self.rejected += 1;
+            }
+        }
+        self.pending.clear();
+        Ok(())
+    }
+}
+
 /// Runs the simulation. Prints one summary line (JSON) on standard output at the end.
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let speed = match args.speed.as_str() {
@@ -240,13 +308,13 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         }
         f.sync_all()?;
     }
-    let mut sent_file = match &args.sent {
+    let sent_file = match &args.sent {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         )),
         None => None,
     };
-    let mut sink = if let Some(url) = &args.gateway {
+    let sink = if let Some(url) = &args.gateway {
         Sink::Http {
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(30))
@@ -291,76 +359,22 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
 
     let began = Instant::now();
     let mut readings = Vec::new();
-    let mut pending: Vec<(SimReading, serde_json::Value)> = Vec::new();
-    let (mut sent, mut acked, mut rejected) = (0u64, 0u64, 0u64);
-    let flush = |pending: &mut Vec<(SimReading, serde_json::Value)>,
-                 sink: &mut Sink,
-                 acked: &mut u64,
-                 rejected: &mut u64,
-                 sent_file: &mut Option<std::io::BufWriter<std::fs::File>>|
-     -> anyhow::Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let ok: Vec<bool> = match sink {
-            Sink::Http { agent, url } => {
-                let batch: Vec<serde_json::Value> =
-                    pending.iter().map(|(_, j)| j.clone()).collect();
-                send_http(agent, url, &batch, Duration::from_secs(args.retry_for))?
-            }
-            Sink::Mqtt {
-                client, acked: rx, ..
-            } => {
-                // One message per patient and device, as a device would publish.
-                let mut groups: std::collections::BTreeMap<(usize, &str), Vec<serde_json::Value>> =
-                    Default::default();
-                for (r, j) in pending.iter() {
-                    groups
-                        .entry((r.patient, r.device))
-                        .or_default()
-                        .push(j.clone());
-                }
-                let n = groups.len();
-                for ((p, _), items) in groups {
-                    let topic = format!("{}/{}{p}/readings", args.mqtt_prefix, args.patient_prefix);
-                    client.publish(
-                        topic,
-                        rumqttc::QoS::AtLeastOnce,
-                        false,
-                        serde_json::to_vec(&items)?,
-                    )?;
-                }
-                for _ in 0..n {
-                    rx.recv_timeout(Duration::from_secs(60))
-                        .context("the broker did not acknowledge a publish")?;
-                }
-                vec![true; pending.len()]
-            }
-        };
-        for ((_, j), ok) in pending.iter().zip(ok) {
-            if ok {
-                *acked += 1;
-                if let Some(f) = sent_file.as_mut() {
-                    writeln!(f, "{j}")?;
-                }
-            } else {
-                *rejected += 1;
-            }
-        }
-        pending.clear();
-        Ok(())
+    let mut sent = 0u64;
+    let mut out = Outbox {
+        sink,
+        pending: Vec::new(),
+        acked: 0,
+        rejected: 0,
+        sent_file,
+        retry_for: Duration::from_secs(args.retry_for),
+        mqtt_prefix: args.mqtt_prefix.clone(),
+        patient_prefix: args.patient_prefix.clone(),
     };
     while let Some(t) = cohort.next_tick_ms() {
         // Never ahead of real time: a reading is not sent before it was taken.
         let ahead = t - now_ms();
         if ahead > 0 {
-            flush(
-                &mut pending,
-                &mut sink,
-                &mut acked,
-                &mut rejected,
-                &mut sent_file,
-            )?;
+            out.flush()?;
             std::thread::sleep(Duration::from_millis(ahead as u64));
         }
         if let Some(speed) = speed {
@@ -369,13 +383,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 began + Duration::from_secs_f64((t - cohort.start_ms) as f64 / 1000.0 / speed);
             let now = Instant::now();
             if due > now {
-                flush(
-                    &mut pending,
-                    &mut sink,
-                    &mut acked,
-                    &mut rejected,
-                    &mut sent_file,
-                )?;
+                out.flush()?;
                 std::thread::sleep(due - now);
             }
         }
@@ -389,41 +397,24 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 let due = began + Duration::from_secs_f64(sent as f64 / rate);
                 let now = Instant::now();
                 if due > now + Duration::from_millis(20) {
-                    flush(
-                        &mut pending,
-                        &mut sink,
-                        &mut acked,
-                        &mut rejected,
-                        &mut sent_file,
-                    )?;
+                    out.flush()?;
                     std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 }
             }
             let j = device_json(&r, &args.patient_prefix);
-            pending.push((r, j));
+            out.pending.push((r, j));
             sent += 1;
-            if pending.len() >= args.batch {
-                flush(
-                    &mut pending,
-                    &mut sink,
-                    &mut acked,
-                    &mut rejected,
-                    &mut sent_file,
-                )?;
+            if out.pending.len() >= args.batch {
+                out.flush()?;
             }
         }
     }
-    flush(
-        &mut pending,
-        &mut sink,
-        &mut acked,
-        &mut rejected,
-        &mut sent_file,
-    )?;
-    if let Some(f) = sent_file.as_mut() {
+    out.flush()?;
+    if let Some(f) = out.sent_file.as_mut() {
         f.flush()?;
     }
-    if let Sink::Mqtt { client, thread, .. } = sink {
+    let (acked, rejected) = (out.acked, out.rejected);
+    if let Sink::Mqtt { client, thread, .. } = out.sink {
         client.disconnect().context("MQTT disconnect")?;
         drop(client);
         let _ = thread.join();

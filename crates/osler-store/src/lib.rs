@@ -288,13 +288,24 @@ impl Store {
     /// Stores `ops` and resolves once they are durable. With `atomic`, either every op
     /// succeeds and all are stored, or nothing is.
     pub async fn write(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<WriteResult, StoreError> {
+        self.submit(ops, atomic, None, Vec::new()).await
+    }
+
+    /// Queues one job for the writer and waits for its commit.
+    async fn submit(
+        &self,
+        ops: Vec<WriteOp>,
+        atomic: bool,
+        batch: Option<BatchMark>,
+        alerts: Vec<alerts::AlertWrite>,
+    ) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .send(Job {
                 ops,
                 atomic,
-                batch: None,
-                alerts: Vec::new(),
+                batch,
+                alerts,
                 reply,
             })
             .await
@@ -334,20 +345,7 @@ impl Store {
         mark: BatchMark,
         alerts: Vec<alerts::AlertWrite>,
     ) -> Result<WriteResult, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Job {
-                ops,
-                atomic: false,
-                batch: Some(mark),
-                alerts,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Corrupt)
+        self.submit(ops, false, Some(mark), alerts).await
     }
 
     /// Records alert changes (and threshold overrides) durably; the result says, for each, the
@@ -356,20 +354,7 @@ impl Store {
         &self,
         writes: Vec<alerts::AlertWrite>,
     ) -> Result<WriteResult, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Job {
-                ops: Vec::new(),
-                atomic: false,
-                batch: None,
-                alerts: writes,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Corrupt)
+        self.submit(Vec::new(), false, None, writes).await
     }
 
     /// Alerts, newest first.

@@ -3,10 +3,9 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use osler_bench::process::Server;
 
 #[derive(clap::Args)]
@@ -92,18 +91,6 @@ fn watch(stream_url: String) {
     }
 }
 
-fn enrol(osler: &Path, hub: &str, gw: &str) -> anyhow::Result<()> {
-    let ok = Command::new(osler)
-        .args(["hub", "enrol", "--data", hub, "--from-gateway", gw])
-        .stdout(Stdio::null())
-        .status()
-        .context("cannot run osler hub enrol")?;
-    if !ok.success() {
-        bail!("osler hub enrol failed");
-    }
-    Ok(())
-}
-
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let osler = std::env::current_exe().context("cannot find the osler binary")?;
     let (data, temporary) = match &args.data {
@@ -129,7 +116,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         Duration::from_secs(30),
     )?;
     let root = hub.base.trim_end_matches("/fhir").to_owned();
-    enrol(&osler, &hub_s, &gw_s)?;
+    osler_bench::process::enrol(&osler, &hub_s, &gw_s)?;
     let gw = Server::spawn(
         &osler,
         &[
