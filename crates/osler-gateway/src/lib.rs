@@ -101,7 +101,7 @@ pub struct Gateway {
     shared: Arc<Shared>,
     mqtt: Option<MqttConfig>,
     stop: Arc<AtomicBool>,
-    uploader: Option<std::thread::JoinHandle<()>>,
+    uploaders: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -137,14 +137,19 @@ impl Gateway {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let uploader = {
-            let (outbox, status, stop) =
-                (shared.outbox.clone(), shared.status.clone(), stop.clone());
-            let upload = config.upload.clone();
-            let key = identity.key;
-            std::thread::Builder::new()
-                .name("osler-uploader".into())
-                .spawn(move || uploader::run(upload, key, outbox, status, stop))
-                .map_err(GatewayError::Serve)?
+            let mut threads = Vec::new();
+            for lane in [osler_wire::Lane::Alerts, osler_wire::Lane::Readings] {
+                let (outbox, status, stop) =
+                    (shared.outbox.clone(), shared.status.clone(), stop.clone());
+                let (upload, key) = (config.upload.clone(), identity.key.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("osler-uploader-{lane:?}").to_lowercase())
+                        .spawn(move || uploader::run(upload, lane, key, outbox, status, stop))
+                        .map_err(GatewayError::Serve)?,
+                );
+            }
+            threads
         };
         tracing::info!(gateway = %shared.gateway, hub = %config.upload.hub, outbox = %shared.outbox.path().display(), "gateway started");
         Ok(Gateway {
@@ -152,7 +157,7 @@ impl Gateway {
             shared,
             mqtt: config.mqtt,
             stop,
-            uploader: Some(uploader),
+            uploaders: uploader,
         })
     }
 
@@ -186,7 +191,7 @@ impl Gateway {
             m.abort();
         }
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(h) = self.uploader.take() {
+        for h in std::mem::take(&mut self.uploaders) {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         served

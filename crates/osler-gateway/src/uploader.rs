@@ -120,8 +120,11 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Outcome {
 }
 
 /// Runs until `stop` is set. Blocking: give it its own thread.
+/// Uploads one lane. The gateway runs one of these per lane, so that an alert never waits
+/// behind a batch of readings (nor readings behind alerts); order is kept within each lane.
 pub fn run(
     config: UploadConfig,
+    lane: Lane,
     key: GatewayKey,
     outbox: Arc<Outbox>,
     status: Arc<Status>,
@@ -144,20 +147,18 @@ pub fn run(
     let mut seen = outbox.appends();
     let mut checkpointed = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        // Between batches: keep the WAL short (at once when idle, every two seconds under load).
+        // Between batches, in the readings uploader only: keep the WAL short (at once when
+        // idle, every two seconds under load).
         let idle = outbox.depth().readings.load(Ordering::Relaxed) == 0;
         let since = checkpointed.elapsed();
-        if (idle && since > Duration::from_millis(500)) || since > Duration::from_secs(2) {
+        if lane == Lane::Readings
+            && ((idle && since > Duration::from_millis(500)) || since > Duration::from_secs(2))
+        {
             if let Err(e) = outbox.checkpoint() {
                 tracing::warn!(error = %e, "outbox checkpoint failed; will retry");
             }
             checkpointed = Instant::now();
         }
-        let lane = if outbox.depth().alerts.load(Ordering::Relaxed) > 0 {
-            Lane::Alerts
-        } else {
-            Lane::Readings
-        };
         let rows = match outbox.peek(lane, max_count, config.max_bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -187,7 +188,10 @@ pub fn run(
             tracing::error!(lane = ?lane, first, "outbox rows are not contiguous; sending the contiguous prefix");
         }
         let rows = &rows[..n];
-        bucket.take(rows.len(), &stop);
+        // The catch-up bound applies to readings; alerts are few and never wait.
+        if lane == Lane::Readings {
+            bucket.take(rows.len(), &stop);
+        }
         let header = BatchHeader {
             gateway: config.gateway.clone(),
             lane,

@@ -215,6 +215,7 @@ impl AlertEntry {
 }
 
 /// A gateway's Ed25519 signing key.
+#[derive(Clone)]
 pub struct GatewayKey(SigningKey);
 
 fn hex(bytes: &[u8]) -> String {
