@@ -121,7 +121,8 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Outcome {
 
 /// Runs until `stop` is set. Blocking: give it its own thread.
 /// Uploads one lane. The gateway runs one of these per lane, so that an alert never waits
-/// behind a batch of readings (nor readings behind alerts); order is kept within each lane.
+/// behind a batch of readings in flight; readings wait while alerts are pending, so alerts
+/// still reach the hub first. Order is kept within each lane.
 pub fn run(
     config: UploadConfig,
     lane: Lane,
@@ -158,6 +159,12 @@ pub fn run(
                 tracing::warn!(error = %e, "outbox checkpoint failed; will retry");
             }
             checkpointed = Instant::now();
+        }
+        // Alerts go first: readings wait while alerts are pending (after an outage, the hub
+        // learns of every alert before the readings behind it). Alerts never wait for readings.
+        if lane == Lane::Readings && outbox.depth().alerts.load(Ordering::Relaxed) > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
         }
         let rows = match outbox.peek(lane, max_count, config.max_bytes) {
             Ok(r) => r,
