@@ -52,19 +52,8 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
         "quick" => (200, 15, 40),
         other => anyhow::bail!("unknown scenario {other:?}: standard or quick"),
     };
-    let osler = match &args.osler {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("cannot find the osler binary")?,
-    };
-    let data = match &args.data {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("osler-bench-alerts-{}", std::process::id())),
-    };
-    ensure!(
-        !data.join("hub").exists(),
-        "{} already holds a hub; use an empty directory",
-        data.display()
-    );
+    let (osler, data) =
+        crate::process::setup(args.osler.as_deref(), args.data.as_deref(), "alerts")?;
     let hub_dir = data.join("hub").to_str().context("UTF-8 paths")?.to_owned();
     let gw_dir = data.join("gw").to_str().context("UTF-8 paths")?.to_owned();
     let hub = Server::spawn(

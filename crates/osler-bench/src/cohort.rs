@@ -8,24 +8,8 @@
 
 use osler_core::{Id, Metric, Reading, Status, Timestamp, Value};
 
-/// A small, fast, deterministic generator (xorshift64*).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// The simulator's deterministic generator, shared so that there is one.
+pub use osler_sim::model::Rng;
 
 /// Readings per patient per simulated day: 8,640 heart rates + 1,440 SpO2 + 1,440 steps +
 /// 4 BP + 4 temperatures + 1 weight (+ 288 CGM for one patient in five).

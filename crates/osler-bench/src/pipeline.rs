@@ -86,19 +86,8 @@ fn wait_until(
 }
 
 pub fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
-    let osler = match &args.osler {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().context("cannot find the osler binary")?,
-    };
-    let data = match &args.data {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("osler-bench-pipeline-{}", std::process::id())),
-    };
-    ensure!(
-        !data.join("hub").exists(),
-        "{} already holds a hub; use an empty directory",
-        data.display()
-    );
+    let (osler, data) =
+        crate::process::setup(args.osler.as_deref(), args.data.as_deref(), "pipeline")?;
     let (hub_dir, gw_dir) = (data.join("hub"), data.join("gw"));
     let s = |p: &Path| p.to_str().map(str::to_owned).context("paths must be UTF-8");
     let (hub_dir_s, gw_dir_s) = (s(&hub_dir)?, s(&gw_dir)?);

@@ -111,6 +111,30 @@ impl Drop for Server {
     }
 }
 
+/// The osler binary to benchmark (`given`, or the running one) and an empty data directory
+/// (`data`, or a new one under the system temp dir named after `bench`).
+pub fn setup(
+    given: Option<&Path>,
+    data: Option<&Path>,
+    bench: &str,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let osler = match given {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe().context("cannot find the osler binary")?,
+    };
+    let data = match data {
+        Some(d) => d.to_owned(),
+        None => std::env::temp_dir().join(format!("osler-bench-{bench}-{}", std::process::id())),
+    };
+    if data.join("hub").exists() {
+        bail!(
+            "{} already holds a hub; use an empty directory",
+            data.display()
+        );
+    }
+    Ok((osler, data))
+}
+
 /// Enrols the gateway whose data is in `gw_dir` at the hub whose data is in `hub_dir`
 /// (`osler hub enrol --from-gateway`).
 pub fn enrol(osler: &Path, hub_dir: &str, gw_dir: &str) -> anyhow::Result<()> {
