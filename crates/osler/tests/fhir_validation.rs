@@ -106,6 +106,19 @@ fn everything_served_is_valid_fhir_r4() {
         ))
         .json(),
     );
+    // An alert as a FHIR Flag (a hypertensive crisis raises one), alone and in a searchset.
+    let crisis = post(
+        &format!("{}/Observation", hub.base),
+        &blood_pressure("val", 196.0, 110.0, &t(10)).to_string(),
+    );
+    assert_eq!(crisis.status, 201);
+    let flags = get(&format!("{}/Flag?patient=val", hub.base)).json();
+    let flag_id = flags["entry"][0]["resource"]["id"]
+        .as_str()
+        .expect("a Flag for the crisis")
+        .to_owned();
+    served.push(flags);
+    served.push(get(&format!("{}/Flag/{flag_id}", hub.base)).json());
     // The other resources.
     served.push(get(&format!("{}/metadata", hub.base)).json());
     served.push(get(&format!("{}/Patient/val", hub.base)).json());
