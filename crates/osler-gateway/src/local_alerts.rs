@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use osler_core::{Reading, Timestamp};
-use osler_rules::{Change, Engine, Rule};
+use osler_rules::{Engine, Rule};
 use osler_wire::AlertEntry;
 use serde_json::{Value, json};
 
@@ -45,10 +45,7 @@ impl LocalAlerts {
         let mut out = Vec::with_capacity(events.len());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
-            let change = match e.change {
-                Change::Resolved => "resolved",
-                Change::Raised | Change::Updated => "raised",
-            };
+            let change = e.change.as_str();
             tracing::warn!(patient = %e.patient, rule = e.rule, severity = e.severity.as_str(), change, "edge alert");
             recent.push_back(json!({
                 "patient": e.patient,

@@ -70,7 +70,7 @@ impl Alerts {
             open.iter().any(|a| a.patient == patient && a.rule == rule)
         });
         for a in &open {
-            engine.restore_open(&a.patient, &a.rule, a.raised_reading_ms);
+            engine.restore_open(&a.patient, &a.rule, a.value);
         }
         let (stream, _) = broadcast::channel(16_384);
         Ok(Alerts {
@@ -109,21 +109,23 @@ impl Alerts {
             return Ok(());
         }
         let result = store.write_alerts(writes(&events, source)).await?;
-        self.publish(result.alerts);
+        self.publish(&events, result.alerts);
         Ok(())
     }
 
-    /// Publishes the alerts a write changed, on the stream and in the log.
-    pub(crate) fn publish(&self, changed: Vec<Option<AlertRecord>>) {
-        for record in changed.into_iter().flatten() {
-            let change = if record.state == "raised" {
-                "raised"
-            } else {
-                "resolved"
-            };
+    /// Publishes the alerts a write changed (`changed[i]` is the outcome of `events[i]`), on the
+    /// stream and in the log.
+    pub(crate) fn publish(&self, events: &[AlertEvent], changed: Vec<Option<AlertRecord>>) {
+        for (event, record) in events.iter().zip(changed) {
+            let Some(record) = record else { continue };
+            let change = event.change.as_str();
             tracing::info!(patient = %record.patient, rule = %record.rule, severity = %record.severity, change, late = record.late, source = %record.source, "alert");
+            let mut json = alert_json(&record, change);
+            if event.change == Change::Updated {
+                json["updated_reading_time"] = json!(time(event.reading_ms));
+            }
             // No subscriber is not an error: the alert is stored either way.
-            let _ = self.stream.send(alert_json(&record, change).to_string());
+            let _ = self.stream.send(json.to_string());
         }
     }
 
@@ -150,7 +152,12 @@ pub(crate) fn writes(events: &[AlertEvent], source: &str) -> Vec<AlertWrite> {
     events
         .iter()
         .map(|e| match e.change {
-            Change::Raised | Change::Updated => AlertWrite::Raise {
+            Change::Updated => AlertWrite::Update {
+                patient: e.patient.clone(),
+                rule: e.rule.to_owned(),
+                value: e.value,
+            },
+            Change::Raised => AlertWrite::Raise {
                 patient: e.patient.clone(),
                 rule: e.rule.to_owned(),
                 severity: e.severity.as_str().to_owned(),

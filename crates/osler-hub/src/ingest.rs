@@ -201,6 +201,7 @@ async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Res
         let seq = env.header.first_seq + i as u64;
         let change = match a.change.as_str() {
             "raised" => Some(osler_rules::Change::Raised),
+            "updated" => Some(osler_rules::Change::Updated),
             "resolved" => Some(osler_rules::Change::Resolved),
             _ => None,
         };
@@ -252,7 +253,7 @@ async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Res
         }
     };
     let changed = result.alerts.iter().filter(|a| a.is_some()).count();
-    state.alerts.publish(result.alerts);
+    state.alerts.publish(&events, result.alerts);
     (
         StatusCode::OK,
         axum::Json(json!({

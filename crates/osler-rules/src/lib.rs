@@ -269,6 +269,20 @@ impl Rule {
         }
     }
 
+    /// Whether an open alert got worse: a reading still past the threshold and further past the
+    /// worst value so far by at least the hysteresis margin (1 unit at least), so that a
+    /// drifting value does not flood the stream. Trends report no updates.
+    fn worsened(&self, v: f64, worst: f64, threshold: f64) -> bool {
+        if matches!(self.condition, Condition::RiseWithin(_)) || !self.breaches(v, threshold) {
+            return false;
+        }
+        let step = self.clear_margin.max(1.0);
+        match self.direction {
+            Direction::Above => v >= worst + step,
+            Direction::Below => v <= worst - step,
+        }
+    }
+
     /// How far back the rule needs history.
     fn window_ms(&self) -> i64 {
         match self.condition {
@@ -355,8 +369,8 @@ impl Stream {
 #[derive(Default)]
 struct PatientState {
     streams: HashMap<Metric, Stream>,
-    /// Open alerts: rule -> the time taken of the reading that raised it.
-    open: HashMap<&'static str, i64>,
+    /// Open alerts: rule -> the worst value seen while open (for `Updated` events).
+    open: HashMap<&'static str, f64>,
 }
 
 /// The rule engine: history per patient and metric, one open/closed state per patient and rule.
@@ -391,10 +405,11 @@ impl Engine {
             .expect("inserted just above if it was missing")
     }
 
-    /// Marks an alert as open (restoring persisted state after a restart).
-    pub fn restore_open(&mut self, patient: &str, rule: &str, since_ms: i64) {
+    /// Marks an alert as open with the worst value seen so far (restoring persisted state
+    /// after a restart).
+    pub fn restore_open(&mut self, patient: &str, rule: &str, worst: f64) {
         if let Some(r) = Rule::by_id(rule) {
-            self.patient(patient).open.insert(r.id, since_ms);
+            self.patient(patient).open.insert(r.id, worst);
         }
     }
 
@@ -457,15 +472,23 @@ impl Engine {
             // History up to the reading's own time, newest first (walked lazily: most rules look
             // at a handful of readings, and a long window is only walked while it breaches).
             let hist = stream.up_to(t, rule.part);
-            let is_open = state.open.contains_key(rule.id);
-            let change = if !is_open && fires(rule, threshold, hist.clone()) {
-                state.open.insert(rule.id, t);
-                Change::Raised
-            } else if is_open && clears(rule, threshold, hist) {
-                state.open.remove(rule.id);
-                Change::Resolved
-            } else {
-                continue;
+            let value = rule.part_value(&r.value);
+            let worst = state.open.get(rule.id).copied();
+            let change = match worst {
+                None if fires(rule, threshold, hist.clone()) => {
+                    state.open.insert(rule.id, value);
+                    Change::Raised
+                }
+                None => continue,
+                Some(_) if clears(rule, threshold, hist) => {
+                    state.open.remove(rule.id);
+                    Change::Resolved
+                }
+                Some(w) if rule.worsened(value, w, threshold) => {
+                    state.open.insert(rule.id, value);
+                    Change::Updated
+                }
+                Some(_) => continue,
             };
             events.push(AlertEvent {
                 change,
@@ -473,7 +496,7 @@ impl Engine {
                 rule: rule.id,
                 severity: rule.severity,
                 reading_ms: t,
-                value: rule.part_value(&r.value),
+                value,
                 threshold,
                 late,
             });

@@ -241,3 +241,28 @@ fn every_rule_cites_a_source_and_matches_the_reference() {
         assert_eq!(Rule::by_id(id).unwrap().threshold, v, "{id}");
     }
 }
+
+#[test]
+fn an_open_alert_that_worsens_is_updated_not_raised_again() {
+    let mut e = Engine::new();
+    let bp = |e: &mut Engine, h: i64, s: f64| {
+        e.observe(
+            &reading(
+                Metric::BloodPressure,
+                T0 + h * 3_600_000,
+                Value::Pair(s, 100.0),
+            ),
+            None,
+        )
+    };
+    assert_eq!(bp(&mut e, 0, 185.0)[0].change, Change::Raised);
+    // Slightly worse: within the margin (20), nothing.
+    assert!(bp(&mut e, 1, 195.0).is_empty());
+    // Much worse: updated, with the new value.
+    let ev = bp(&mut e, 2, 210.0);
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].change, ev[0].value), (Change::Updated, 210.0));
+    // Better but still in crisis: nothing; back to normal: resolved.
+    assert!(bp(&mut e, 3, 190.0).is_empty());
+    assert_eq!(bp(&mut e, 4, 150.0)[0].change, Change::Resolved);
+}

@@ -54,6 +54,12 @@ pub enum AlertWrite {
         reading_ms: i64,
         at_ms: i64,
     },
+    /// The open alert got worse: record its new worst value.
+    Update {
+        patient: String,
+        rule: String,
+        value: f64,
+    },
     /// Set (`Some`) or remove (`None`) a patient's threshold for a rule.
     Override {
         patient: String,
@@ -145,6 +151,18 @@ pub(crate) fn apply(conn: &Connection, w: &AlertWrite) -> Result<Option<AlertRec
                 "UPDATE alert SET state='resolved', resolved_reading_ms=?2, resolved_at_ms=?3 WHERE id=?1",
             )?
             .execute(params![open.id, reading_ms, at_ms])?;
+            get(conn, open.id)
+        }
+        AlertWrite::Update {
+            patient,
+            rule,
+            value,
+        } => {
+            let Some(open) = open_alert(conn, patient, rule)? else {
+                return Ok(None);
+            };
+            conn.prepare_cached("UPDATE alert SET value=?2 WHERE id=?1")?
+                .execute(params![open.id, value])?;
             get(conn, open.id)
         }
         AlertWrite::Override {

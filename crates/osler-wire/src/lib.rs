@@ -194,7 +194,7 @@ pub struct AlertEntry {
     pub p: String,
     /// Rule id (`hr-high`).
     pub rule: String,
-    /// `raised` or `resolved`.
+    /// `raised`, `updated` or `resolved`.
     pub change: String,
     /// Time the deciding reading was taken, UTC ms.
     pub t: i64,

@@ -214,6 +214,29 @@ fn alerts_survive_a_restart_and_are_not_raised_twice() {
         .status,
         201
     );
+    // Much worse (beyond the 20 mmHg margin): the open alert is updated, not raised again.
+    assert_eq!(
+        post(
+            &url,
+            &blood_pressure("rs", 221.0, 100.0, &minutes_ago(15)).to_string()
+        )
+        .status,
+        201
+    );
+    let updated = wait_for(Duration::from_secs(10), || {
+        stream
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "updated")
+            .cloned()
+    })
+    .expect("an update on the stream");
+    assert_eq!(
+        (updated["rule"].as_str(), updated["value"].as_f64()),
+        (Some("bp-crisis-systolic"), Some(221.0))
+    );
+    assert!(updated["updated_reading_time"].is_string());
     // A normal reading resolves it (hysteresis: 20 below the threshold).
     assert_eq!(
         post(
