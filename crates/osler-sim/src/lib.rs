@@ -143,7 +143,7 @@ enum Sink {
 fn send_http(
     agent: &ureq::Agent,
     url: &str,
-    batch: &[serde_json::Value],
+    batch: &[&serde_json::Value],
     retry_for: Duration,
 ) -> anyhow::Result<Vec<bool>> {
     let body = serde_json::to_string(batch)?;
@@ -199,8 +199,9 @@ impl Outbox {
         }
         let ok: Vec<bool> = match &mut self.sink {
             Sink::Http { agent, url } => {
-                let batch: Vec<serde_json::Value> =
-                    self.pending.iter().map(|(_, j)| j.clone()).collect();
+                // Borrowed, not cloned: at 10,000 readings/s the simulator shares the machine
+                // with what it measures.
+                let batch: Vec<&serde_json::Value> = self.pending.iter().map(|(_, j)| j).collect();
                 send_http(agent, url, &batch, self.retry_for)?
             }
             Sink::Mqtt {
