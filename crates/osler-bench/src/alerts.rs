@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 
 use crate::percentile;
-use crate::process::{Server, cpu_seconds, rss_bytes};
+use crate::process::{Server, cpu_seconds, rss_bytes, sim_summary, stored_readings};
 
 #[derive(clap::Args, Debug)]
 pub struct AlertBenchArgs {
@@ -151,14 +151,7 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
         gw_rss = gw_rss.max(rss_bytes(gw.pid()).unwrap_or(0));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = sim.wait_with_output()?;
-    ensure!(out.status.success(), "osler sim failed");
-    let summary: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or("{}"),
-    )?;
+    let summary = sim_summary(&sim.wait_with_output()?)?;
     let sent = summary["acknowledged"].as_u64().context("sim summary")?;
     let run_secs = started.elapsed().as_secs_f64();
     let cpu1 = (
@@ -168,18 +161,7 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     // Let the last readings and alerts through.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let text = ureq::get(&format!("{root}/metrics"))
-            .call()?
-            .into_string()?;
-        let stored = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("osler_readings_stored ")?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or(0);
+        let stored = stored_readings(&root).unwrap_or(0);
         if stored >= sent || Instant::now() > deadline {
             break;
         }

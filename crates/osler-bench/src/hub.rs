@@ -19,7 +19,7 @@ use osler_store::{Store, StoreOptions, WriteOp};
 
 use crate::cohort::{Cohort, observation_text, readings_per_patient_day, transaction_text};
 use crate::percentile;
-use crate::process::Server;
+use crate::process::{Server, metric_value};
 
 #[derive(clap::Args, Debug)]
 pub struct HubBenchArgs {
@@ -105,12 +105,6 @@ fn get(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("GET {url}")),
     }
-}
-
-/// A gauge or counter's value from Prometheus text.
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn dir_bytes(db: &std::path::Path) -> u64 {

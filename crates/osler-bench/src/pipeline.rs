@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 
-use crate::process::{Server, cpu_seconds, rss_bytes};
+use crate::process::{Server, cpu_seconds, rss_bytes, sim_summary, stored_readings};
 
 #[derive(clap::Args, Debug)]
 pub struct PipelineBenchArgs {
@@ -42,18 +42,6 @@ fn get(url: &str) -> anyhow::Result<String> {
         .timeout(Duration::from_secs(10))
         .call()?
         .into_string()?)
-}
-
-fn stored(hub_root: &str) -> anyhow::Result<u64> {
-    let text = get(&format!("{hub_root}/metrics"))?;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("osler_readings_stored ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .context("osler_readings_stored missing from /metrics")
 }
 
 fn status(gw: &str) -> anyhow::Result<serde_json::Value> {
@@ -143,17 +131,12 @@ pub fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
             "0",
         ],
     )?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "osler sim failed");
-    let summary: serde_json::Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or("{}"),
-    )?;
+    let summary = sim_summary(&child.wait_with_output()?)?;
     let sent = summary["acknowledged"].as_u64().context("sim summary")?;
     let accepted_secs = t.elapsed().as_secs_f64();
-    wait_until(Duration::from_secs(600), || Ok(stored(&hub_root)? >= sent))?;
+    wait_until(Duration::from_secs(600), || {
+        Ok(stored_readings(&hub_root)? >= sent)
+    })?;
     let e2e_secs = t.elapsed().as_secs_f64();
     let cpu1 = (
         cpu_seconds(hub.pid()).unwrap_or(0.0),
@@ -186,13 +169,13 @@ pub fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(3)); // let it settle
     let (c0, w0) = (cpu_seconds(gw.pid()).unwrap_or(0.0), Instant::now());
     let mut rss_max = 0u64;
-    let r0 = stored(&hub_root)?;
+    let r0 = stored_readings(&hub_root)?;
     while w0.elapsed() < Duration::from_secs(args.steady_secs) {
         rss_max = rss_max.max(rss_bytes(gw.pid()).unwrap_or(0));
         std::thread::sleep(Duration::from_millis(200));
     }
     let gw_cpu = (cpu_seconds(gw.pid()).unwrap_or(0.0) - c0) / w0.elapsed().as_secs_f64();
-    let steady_rate = (stored(&hub_root)? - r0) as f64 / w0.elapsed().as_secs_f64();
+    let steady_rate = (stored_readings(&hub_root)? - r0) as f64 / w0.elapsed().as_secs_f64();
 
     // 3. Catch-up after an outage, the simulator still sending 1,000 readings/s.
     hub.stop()?;

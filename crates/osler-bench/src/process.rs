@@ -135,6 +135,32 @@ pub fn setup(
     Ok((osler, data))
 }
 
+/// A gauge or counter's value from Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The number of readings the hub at `root` (without `/fhir`) reports stored.
+pub fn stored_readings(root: &str) -> anyhow::Result<u64> {
+    let text = ureq::get(&format!("{root}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .call()?
+        .into_string()?;
+    metric_value(&text, "osler_readings_stored")
+        .map(|v| v as u64)
+        .context("osler_readings_stored missing from /metrics")
+}
+
+/// The summary `osler sim` prints as its last line, once it has exited successfully.
+pub fn sim_summary(out: &std::process::Output) -> anyhow::Result<serde_json::Value> {
+    if !out.status.success() {
+        bail!("osler sim failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(text.lines().last().unwrap_or("{}"))?)
+}
+
 /// Enrols the gateway whose data is in `gw_dir` at the hub whose data is in `hub_dir`
 /// (`osler hub enrol --from-gateway`).
 pub fn enrol(osler: &Path, hub_dir: &str, gw_dir: &str) -> anyhow::Result<()> {
