@@ -61,6 +61,10 @@ def check_quantity(q, unit, where, problems):
         problems.append(f"{where}: valueQuantity.code is {q.get('code')!r}, expected {unit!r}")
 
 
+STATISTICS = "http://hl7.org/fhir/observation-statistics"
+OSLER_SUMMARY = "https://osler.dev/fhir/CodeSystem/edge-summary"
+
+
 def check_observation(o, where, problems):
     if o.get("status") not in ("registered", "preliminary", "final", "amended", "corrected"):
         problems.append(f"{where}: status {o.get('status')!r}")
@@ -84,9 +88,43 @@ def check_observation(o, where, problems):
     subject = o.get("subject", {}).get("reference", "")
     if not subject.startswith("Patient/"):
         problems.append(f"{where}: subject {subject!r} is not a Patient reference")
-    when = o.get("effectiveDateTime")
-    if not isinstance(when, str) or not DATETIME.match(when):
-        problems.append(f"{where}: effectiveDateTime {o.get('effectiveDateTime')!r} is not a full date-time")
+    tags = [t.get("code") for t in o.get("meta", {}).get("tag", []) if t.get("system") == OSLER_SUMMARY]
+    summary = tags == ["edge-summary"]
+    if summary:
+        # A gateway's window summary: a period, not an instant, and its statistics as
+        # components (min, max from FHIR's statistics codes, last from Osler's, count).
+        period = o.get("effectivePeriod", {})
+        start, end = period.get("start"), period.get("end")
+        if not all(isinstance(x, str) and DATETIME.match(x) for x in (start, end)):
+            problems.append(f"{where}: effectivePeriod {period!r} needs full start and end date-times")
+        if "effectiveDateTime" in o:
+            problems.append(f"{where}: a summary with an effectiveDateTime")
+        stats = {}
+        for i, comp in enumerate(o.get("component", [])):
+            for c in comp.get("code", {}).get("coding", []):
+                if c.get("system") in (STATISTICS, OSLER_SUMMARY):
+                    stats.setdefault(c.get("code"), []).append(comp)
+        for needed in ("minimum", "maximum", "last", "count"):
+            if needed not in stats:
+                problems.append(f"{where}: summary without its {needed} component")
+        for comp in stats.get("count", []):
+            if not isinstance(comp.get("valueInteger"), int) or comp["valueInteger"] < 1:
+                problems.append(f"{where}: count {comp.get('valueInteger')!r} is not a positive integer")
+        for code in ("minimum", "maximum", "last"):
+            for comp in stats.get(code, []):
+                check_quantity(comp.get("valueQuantity"), unit if loinc[0] != "85354-9" else "mm[Hg]", f"{where}.{code}", problems)
+        # The statistics are checked; the rest is checked as for a single reading.
+        o = dict(o)
+        o["component"] = [
+            c for c in o.get("component", [])
+            if not any(x.get("system") in (STATISTICS, OSLER_SUMMARY) for x in c.get("code", {}).get("coding", []))
+        ]
+        if not o["component"]:
+            del o["component"]
+    else:
+        when = o.get("effectiveDateTime")
+        if not isinstance(when, str) or not DATETIME.match(when):
+            problems.append(f"{where}: effectiveDateTime {o.get('effectiveDateTime')!r} is not a full date-time")
     if "device" in o and not o["device"].get("reference", "").startswith("Device/"):
         problems.append(f"{where}: device is not a Device reference")
     if loinc[0] == "85354-9":

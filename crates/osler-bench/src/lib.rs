@@ -6,11 +6,14 @@
 //! - [`pipeline`]: sim → gateway → hub end to end, the gateway's footprint, catch-up after an
 //!   outage.
 //! - [`alerts`]: alert latency under live load, from a reading's time to an SSE subscriber.
+//! - [`edge`]: the edge's upload saving against per-reading JSON and compressed raw batches,
+//!   its fidelity (no alert lost, every reading counted, the trend kept) and decision time.
 //! - [`cohort`]: a deterministic synthetic cohort that the hub benchmark feeds in.
 //! - [`process`]: starting and stopping an `osler` child process.
 
 pub mod alerts;
 pub mod cohort;
+pub mod edge;
 pub mod hub;
 pub mod pipeline;
 pub mod process;

@@ -12,7 +12,7 @@
 //! near = 5               # send everything this close to an alert threshold (or past it)
 //! heartbeat = 300        # seconds: send a reading at least this often
 //! window = 60            # seconds: length of a summary of the readings not sent
-//! max_hold = 60          # seconds a reading may wait for its filter window before it is decided
+//! max_hold = 15          # seconds a quiet stream's readings wait for their filter window
 //!
 //! [blood-pressure]
 //! forward_all = true     # every reading is sent (sparse, deliberate measurements)
@@ -98,15 +98,16 @@ impl Policy {
         }
     }
 
-    fn dense(filter: Filter, deadband: f64, heartbeat_s: i64, window_s: i64) -> Policy {
+    fn dense(filter: Filter, deadband: f64, near: f64, heartbeat_s: i64, window_s: i64) -> Policy {
         Policy {
             forward_all: false,
             filter,
             deadband,
-            near: deadband,
+            near,
             heartbeat_ms: heartbeat_s * S,
             window_ms: window_s * S,
-            max_hold_ms: 60 * S,
+            // Three intervals of a watch that samples every 5 s.
+            max_hold_ms: 15 * S,
         }
     }
 
@@ -114,14 +115,17 @@ impl Policy {
     pub fn default_for(metric: Metric) -> Policy {
         let median = Filter::Median { half: 2 };
         match metric {
-            Metric::HeartRate => Policy::dense(median, 5.0, 300, 60),
-            Metric::Spo2 => Policy::dense(median, 2.0, 600, 300),
-            Metric::RespiratoryRate => Policy::dense(median, 2.0, 300, 60),
+            // The zone already spans each rule's hysteresis band (10 /min for heart rate, 2 %
+            // for SpO2: at least the clinical resolution), so no extra margin by default.
+            Metric::HeartRate => Policy::dense(median, 5.0, 0.0, 300, 60),
+            Metric::Spo2 => Policy::dense(median, 2.0, 0.0, 600, 300),
+            Metric::RespiratoryRate => Policy::dense(median, 2.0, 2.0, 300, 60),
             // CGM sensors smooth their own output; a 5-minute series has no spikes to remove
-            // that the 15-minute glucose rules do not already ignore.
-            Metric::CgmGlucose => Policy::dense(Filter::None, 10.0, 900, 900),
-            Metric::Steps => Policy::dense(Filter::None, 100.0, 3600, 900),
-            Metric::HrvSdnn => Policy::dense(Filter::None, 10.0, 3600, 3600),
+            // that the 15-minute glucose rules do not already ignore. glucose-low has no
+            // hysteresis band, hence a margin of one resolution.
+            Metric::CgmGlucose => Policy::dense(Filter::None, 10.0, 10.0, 900, 900),
+            Metric::Steps => Policy::dense(Filter::None, 100.0, 0.0, 3600, 900),
+            Metric::HrvSdnn => Policy::dense(Filter::None, 10.0, 0.0, 3600, 3600),
             Metric::RestingHeartRate
             | Metric::BloodPressure
             | Metric::BodyWeight

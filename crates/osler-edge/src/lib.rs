@@ -20,7 +20,9 @@
 //! 3. **Change or heartbeat:** it is sent when its filtered value moved more than the deadband
 //!    from the filtered value at the last send, or when `heartbeat` passed since the last send.
 //! 4. **Fold:** otherwise it goes into the open summary (count, min, max, mean, last of the raw
-//!    values), which is sent when it spans `window` or when the stream has been idle that long.
+//!    values) of its window (windows are aligned to multiples of `window` in reading time),
+//!    which is sent when a reading of a later window arrives, or when the stream has been quiet
+//!    for `window` on the gateway's clock.
 //!
 //! Every raw reading is therefore either sent or counted in exactly one summary, and readings
 //! of a stream are sent in the order they were taken.
@@ -129,8 +131,8 @@ pub struct Summary {
     /// Readings the spike filter judged artefacts (their raw values are in min/max/mean).
     #[serde(default)]
     pub spikes: u32,
-    /// Gateway clock when the first reading was folded (closes an idle window).
-    pub opened_ms: i64,
+    /// Gateway clock when the latest reading was folded in (a quiet stream's summary closes).
+    pub touched_ms: i64,
 }
 
 impl Summary {
@@ -148,6 +150,7 @@ impl Summary {
         }
         self.last = s.v.clone();
         self.spikes += u32::from(spike);
+        self.touched_ms = self.touched_ms.max(s.a);
     }
 }
 
@@ -182,7 +185,17 @@ pub struct Stream {
     /// Readings still to send after a zone reading.
     context_left: usize,
     summary: Option<Summary>,
+    /// Times taken of the latest readings (newest last): a device that resends a request the
+    /// gateway committed but could not acknowledge (a crash) is recognised, not counted twice.
+    #[serde(default)]
+    seen: VecDeque<i64>,
+    /// Gateway clock at the two latest arrivals (older, newer): the stream's own pace.
+    #[serde(default)]
+    arrived: [i64; 2],
 }
+
+/// How many recent reading times a stream remembers to recognise resends.
+const SEEN: usize = 32;
 
 /// Counters of one call, for the gateway's status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -194,6 +207,10 @@ pub struct Tally {
     pub all: u64,
     pub folded: u64,
     pub spikes: u64,
+    /// Readings sent because they arrived out of order.
+    pub late: u64,
+    /// Resent readings recognised and dropped (decided before).
+    pub duplicates: u64,
 }
 
 impl Tally {
@@ -205,9 +222,11 @@ impl Tally {
         self.all += o.all;
         self.folded += o.folded;
         self.spikes += o.spikes;
+        self.late += o.late;
+        self.duplicates += o.duplicates;
     }
     pub fn sent(&self) -> u64 {
-        self.zone + self.context + self.change + self.heartbeat + self.all
+        self.zone + self.context + self.change + self.heartbeat + self.all + self.late
     }
     fn count(&mut self, r: Reason) {
         *match r {
@@ -229,6 +248,11 @@ fn median(v: &mut [f64]) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
+
+/// How long a stream must be quiet before its summary is sent on the gateway's clock: long
+/// enough for a device's next reading of the same window to arrive (a replay or a burst), short
+/// enough that the hub sees a stopped stream's last summary within seconds.
+pub const QUIET_MS: i64 = 5_000;
 
 /// The MAD-to-standard-deviation factor for normal data (Hampel's scale estimate).
 const MAD_SCALE: f64 = 1.4826;
@@ -252,6 +276,8 @@ impl Stream {
             last_sent: None,
             context_left: 0,
             summary: None,
+            seen: VecDeque::new(),
+            arrived: [i64::MIN; 2],
         }
     }
 
@@ -274,8 +300,21 @@ impl Stream {
             Value::Scalar(a) => vec![a],
             Value::Pair(a, b) => vec![a, b],
         };
+        let t = r.taken.utc_ms;
+        if self.seen.contains(&t) {
+            // The same reading again (a device resending after the gateway crashed between its
+            // commit and its answer): decided already.
+            tally.duplicates += 1;
+            return;
+        }
+        let late = self.seen.back().is_some_and(|newest| t < *newest);
+        self.arrived = [self.arrived[1], now_ms];
+        self.seen.push_back(t);
+        if self.seen.len() > SEEN {
+            self.seen.pop_front();
+        }
         let sample = Sample {
-            t: r.taken.utc_ms,
+            t,
             o: r.taken.offset_min,
             r: r.received_ms,
             v,
@@ -284,6 +323,13 @@ impl Stream {
         };
         if policy.forward_all {
             self.send(&sample, sample.v.clone(), Reason::All, out, tally);
+            return;
+        }
+        if late {
+            // Out of order: sent as it is, outside the stream's filter and summary, which move
+            // forward in time; the hub judges it at its own time.
+            tally.late += 1;
+            out.push(Output::Forward(self.reading(&sample)));
             return;
         }
         let in_zone = zone.contains(&sample.v);
@@ -306,6 +352,7 @@ impl Stream {
                 let s = self.recent[last].clone();
                 self.decide(policy, &s, s.v.clone(), false, out, tally);
                 self.mark_done(last);
+                self.trim(policy);
                 return;
             };
             let s = self.recent[last].clone();
@@ -430,10 +477,13 @@ impl Stream {
         tally: &mut Tally,
     ) {
         tally.folded += 1;
+        // Windows are aligned to multiples of `window` (10:05:00-10:06:00), so that summaries
+        // line up across streams and a trend bucket holds whole summaries.
+        let window = |t: i64| t.div_euclid(policy.window_ms.max(1));
         if self
             .summary
             .as_ref()
-            .is_some_and(|sum| s.t - sum.t0 >= policy.window_ms)
+            .is_some_and(|sum| window(s.t) != window(sum.t0))
             && let Some(done) = self.summary.take()
         {
             out.push(Output::Summary(done));
@@ -453,7 +503,7 @@ impl Stream {
             spikes: 0,
             // The sample's arrival, not the decision's time: a reading decided late (after
             // max_hold) must not keep its window open longer.
-            opened_ms: s.a,
+            touched_ms: s.a,
         });
         summary.add(s, spike);
     }
@@ -469,24 +519,27 @@ impl Stream {
         }
     }
 
-    /// Time-driven work at gateway time `now_ms`: readings that waited `max_hold` for their
-    /// filter window are decided with what there is; a summary whose window passed on the
-    /// gateway's clock while the stream stayed quiet is closed.
+    /// Time-driven work at gateway time `now_ms`, for a stream that went quiet: readings still
+    /// waiting for their filter window are decided with what there is once nothing arrived for
+    /// `max_hold`; the open summary is sent once its window has ended in reading time and
+    /// nothing arrived for [`QUIET_MS`], or once the stream stopped (nothing for three of its
+    /// own intervals, at least [`QUIET_MS`]: the end of a replay or of a device's session). A
+    /// stream that keeps sending needs neither: its next readings decide and close.
     pub fn tick(&mut self, policy: &Policy, now_ms: i64, out: &mut Vec<Output>, tally: &mut Tally) {
-        let waited = self
-            .recent
-            .iter()
-            .any(|s| !s.done && now_ms - s.a >= policy.max_hold_ms);
-        if waited {
+        let quiet = now_ms.saturating_sub(self.arrived[1]);
+        // Stopped: nothing arrived for three of the stream's own intervals (at least QUIET_MS).
+        let pace = self.arrived[1].saturating_sub(self.arrived[0]).max(0);
+        let stopped = quiet >= pace.saturating_mul(3).max(QUIET_MS);
+        if self.waiting() > 0 && (stopped || quiet >= policy.max_hold_ms) {
             let end = self.recent.len();
             self.decide_waiting(policy, end, out, tally);
             self.trim(policy);
         }
-        if self
-            .summary
-            .as_ref()
-            .is_some_and(|s| now_ms - s.opened_ms >= policy.window_ms)
-            && let Some(done) = self.summary.take()
+        let window = policy.window_ms.max(1);
+        if self.summary.as_ref().is_some_and(|s| {
+            let ends = (s.t0.div_euclid(window) + 1) * window;
+            stopped || (now_ms >= ends && quiet >= QUIET_MS.min(window))
+        }) && let Some(done) = self.summary.take()
         {
             out.push(Output::Summary(done));
         }

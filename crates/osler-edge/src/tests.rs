@@ -103,8 +103,11 @@ fn a_step_is_sent_heartbeats_keep_coming() {
             .any(|r| r.value == Value::Scalar(90.0) && r.taken.utc_ms == T0 + 300 * 1000)
     );
     assert_eq!(tally.heartbeat, 1, "the first reading only: {tally:?}");
-    // Summaries span at most the window.
-    assert!(sums.iter().all(|s| s.t1 - s.t0 < policy.window_ms));
+    // Summaries lie within one aligned window.
+    assert!(
+        sums.iter()
+            .all(|s| s.t0 / policy.window_ms == s.t1 / policy.window_ms)
+    );
     let n: u32 = sums.iter().map(|s| s.n).sum();
     assert_eq!(n as usize + fwd.len(), 600);
 }
@@ -113,9 +116,9 @@ fn a_step_is_sent_heartbeats_keep_coming() {
 fn near_a_threshold_everything_is_sent_and_context_follows() {
     let policy = Policy::default_for(Metric::HeartRate);
     let zone = Zone::for_metric(Metric::HeartRate, policy.near, None);
-    // hr-high: 120, hysteresis 10, near 5 -> zone from 105; context 3 (clear_count).
+    // hr-high: 120, hysteresis 10, no extra margin -> zone from 110; context 3 (clear_count).
     let mut v = vec![80.0; 20];
-    v[10] = 106.0;
+    v[10] = 111.0;
     let (fwd, _, tally) = run(Metric::HeartRate, &policy, &zone, &scalars(&v), 1000);
     assert_eq!(tally.zone, 1);
     assert_eq!(tally.context, 3);
@@ -139,29 +142,26 @@ fn overrides_widen_the_zone() {
 }
 
 #[test]
-fn waiting_readings_are_decided_after_max_hold() {
+fn a_quiet_stream_is_decided_and_its_summary_sent() {
     let policy = Policy::default_for(Metric::HeartRate);
     let zone = Zone::for_metric(Metric::HeartRate, policy.near, None);
-    let r = reading(Metric::HeartRate, T0, Value::Scalar(70.0));
-    let mut s = Stream::new(&r);
+    let at = |i: i64| reading(Metric::HeartRate, T0 + i * 1000, Value::Scalar(70.0));
+    let mut s = Stream::new(&at(0));
     let (mut out, mut tally) = (Vec::new(), Tally::default());
-    s.observe(&policy, &zone, &r, T0, &mut out, &mut tally);
-    assert_eq!(s.waiting(), 1);
-    s.tick(&policy, T0 + policy.max_hold_ms - 1, &mut out, &mut tally);
-    assert_eq!(s.waiting(), 1);
-    s.tick(&policy, T0 + policy.max_hold_ms, &mut out, &mut tally);
+    // Arrivals on the gateway's clock track reading time here.
+    for i in 0..5 {
+        s.observe(&policy, &zone, &at(i), T0 + i * 1000, &mut out, &mut tally);
+    }
+    assert_eq!(s.waiting(), 2, "the last two wait for their filter window");
+    s.tick(&policy, T0 + 4000 + QUIET_MS - 1, &mut out, &mut tally);
+    assert_eq!(s.waiting(), 2, "not stopped yet");
+    assert_eq!(out.len(), 1, "the first reading was sent");
+    // Stopped (quiet for three of its intervals, at least QUIET_MS): the waiting readings are
+    // decided and the summary sent, though its window has not ended.
+    s.tick(&policy, T0 + 4000 + QUIET_MS, &mut out, &mut tally);
     assert_eq!(s.waiting(), 0);
-    assert_eq!(out.len(), 1);
-    // A folded reading's summary closes after a quiet window on the gateway's clock.
-    let r2 = reading(Metric::HeartRate, T0 + 1000, Value::Scalar(70.0));
-    s.observe(&policy, &zone, &r2, T0 + 70_000, &mut out, &mut tally);
-    s.tick(
-        &policy,
-        T0 + 70_000 + 2 * policy.max_hold_ms,
-        &mut out,
-        &mut tally,
-    );
-    assert!(matches!(out.last(), Some(Output::Summary(x)) if x.n == 1));
+    assert!(matches!(out.last(), Some(Output::Summary(x)) if x.n == 4));
+    assert_eq!(out.len(), 2);
     assert!(s.is_idle());
 }
 
@@ -186,6 +186,24 @@ fn state_survives_a_round_trip_through_json() {
     }
     assert_eq!(a, b);
     assert_eq!(a_out, b_out);
+}
+
+#[test]
+fn a_stream_state_stays_small() {
+    // What the gateway writes at every commit must not grow with the stream's history.
+    for metric in [Metric::HeartRate, Metric::CgmGlucose, Metric::Steps] {
+        let policy = Policy::default_for(metric);
+        let zone = Zone::for_metric(metric, policy.near, None);
+        let first = reading(metric, T0, Value::Scalar(100.0));
+        let mut s = Stream::new(&first);
+        let (mut out, mut tally) = (Vec::new(), Tally::default());
+        for i in 0..5000 {
+            let r = reading(metric, T0 + i * 1000, Value::Scalar(100.0 + (i % 7) as f64));
+            s.observe(&policy, &zone, &r, T0 + i * 1000, &mut out, &mut tally);
+        }
+        let size = serde_json::to_string(&s).unwrap().len();
+        assert!(size < 2000, "{metric:?}: state of {size} bytes");
+    }
 }
 
 /// A heart-rate series with noise, artefacts and excursions into both alert ranges.
@@ -231,4 +249,32 @@ proptest! {
             prop_assert!(fwd.windows(2).all(|w| w[0].taken.utc_ms < w[1].taken.utc_ms));
         }
     }
+}
+
+#[test]
+fn resends_are_recognised_and_late_readings_sent() {
+    let policy = Policy::default_for(Metric::HeartRate);
+    let zone = Zone::for_metric(Metric::HeartRate, policy.near, None);
+    let at = |i: i64| reading(Metric::HeartRate, T0 + i * 1000, Value::Scalar(70.0));
+    let mut s = Stream::new(&at(0));
+    let (mut out, mut tally) = (Vec::new(), Tally::default());
+    for i in [0, 1, 2, 3, 1, 2, 3, 4] {
+        s.observe(&policy, &zone, &at(i), T0, &mut out, &mut tally);
+    }
+    assert_eq!(tally.duplicates, 3);
+    // A reading older than the newest that was never seen: sent as it is.
+    let mut late = at(0);
+    late.taken.utc_ms = T0 - 500;
+    s.observe(&policy, &zone, &late, T0, &mut out, &mut tally);
+    assert_eq!(tally.late, 1);
+    assert!(matches!(out.last(), Some(Output::Forward(r)) if r.taken.utc_ms == T0 - 500));
+    s.flush(&policy, &mut out, &mut tally);
+    let n: u32 = out
+        .iter()
+        .map(|o| match o {
+            Output::Forward(_) => 1,
+            Output::Summary(x) => x.n,
+        })
+        .sum();
+    assert_eq!(n, 6, "five distinct readings and the late one, once each");
 }

@@ -16,6 +16,6 @@ pub mod resources;
 pub mod search;
 
 pub use bundle::{BundleKind, EntryRequest, RequestBundle, parse_bundle, parse_if_none_exist};
-pub use observation::{observation_json, parse_observation};
+pub use observation::{SummaryView, observation_json, parse_observation, summary_json};
 pub use outcome::{ErrorKind, FhirError};
 pub use search::{ObservationSearch, encode_query, parse_observation_search, parse_query};

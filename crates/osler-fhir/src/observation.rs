@@ -406,6 +406,96 @@ fn quantity_json(v: f64, info: &osler_core::MetricInfo) -> Json {
     })
 }
 
+/// FHIR's statistics code system (R4 `StatisticsCode`: average, maximum, minimum, count...).
+pub const STATISTICS: &str = "http://hl7.org/fhir/observation-statistics";
+/// Osler's own codes for what FHIR's statistics codes lack (`last`) and for the summary tag.
+pub const OSLER_SUMMARY: &str = "https://osler.dev/fhir/CodeSystem/edge-summary";
+
+/// What a window summary adds to its Observation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SummaryView {
+    pub end_ms: i64,
+    pub count: u32,
+    pub min: Value,
+    pub max: Value,
+    pub last: Value,
+    pub spikes: u32,
+}
+
+/// The FHIR Observation for a gateway's window summary: the same code, subject and device as
+/// the readings it summarises, `effectivePeriod` from the first to the last of them, the mean
+/// as the value (for a panel, in its usual components), and one component per statistic:
+/// minimum, maximum and count from FHIR's statistics codes, last from Osler's. Tagged
+/// `edge-summary` in `meta.tag` so that a client can tell it from a single reading.
+pub fn summary_json(id: &str, r: &Reading, s: &SummaryView) -> Json {
+    let info = r.metric.info();
+    let mut o = observation_json(id, r);
+    if let Some(map) = o.as_object_mut() {
+        map.remove("effectiveDateTime");
+    }
+    o["effectivePeriod"] = json!({
+        "start": r.taken.to_string(),
+        "end": Timestamp { utc_ms: s.end_ms, offset_min: r.taken.offset_min }.to_string(),
+    });
+    o["meta"]["tag"] = json!([{
+        "system": OSLER_SUMMARY,
+        "code": "edge-summary",
+        "display": "Summary of readings the gateway did not send one by one",
+    }]);
+    let stat = |system: &str, code: &str, display: &str| json!({"system": system, "code": code, "display": display});
+    let stats = [
+        (stat(STATISTICS, "minimum", "Minimum"), s.min),
+        (stat(STATISTICS, "maximum", "Maximum"), s.max),
+        (stat(OSLER_SUMMARY, "last", "Last value"), s.last),
+    ];
+    let mut components: Vec<Json> = o["component"].as_array().cloned().unwrap_or_default();
+    for (code, value) in stats {
+        match (value, info.parts) {
+            (Value::Pair(a, b), Some(parts)) => {
+                for (part, v) in [(parts[0], a), (parts[1], b)] {
+                    components.push(json!({
+                        "code": {
+                            "coding": [
+                                {"system": LOINC, "code": part.loinc.code, "display": part.loinc.display},
+                                code.clone(),
+                            ],
+                            "text": format!("{} {}", part.loinc.display, code["display"].as_str().unwrap_or("")),
+                        },
+                        "valueQuantity": quantity_json(v, info),
+                    }));
+                }
+            }
+            (Value::Scalar(v), _) | (Value::Pair(v, _), None) => {
+                components.push(json!({
+                    "code": {
+                        "coding": [code.clone()],
+                        "text": code["display"].clone(),
+                    },
+                    "valueQuantity": quantity_json(v, info),
+                }));
+            }
+        }
+    }
+    components.push(json!({
+        "code": {
+            "coding": [stat(STATISTICS, "count", "Count")],
+            "text": "Readings summarised",
+        },
+        "valueInteger": s.count,
+    }));
+    if s.spikes > 0 {
+        components.push(json!({
+            "code": {
+                "coding": [stat(OSLER_SUMMARY, "spikes", "Readings judged artefacts by the gateway's spike filter")],
+                "text": "Readings judged artefacts",
+            },
+            "valueInteger": s.spikes,
+        }));
+    }
+    o["component"] = json!(components);
+    o
+}
+
 /// The FHIR Observation for a stored reading with id `id`.
 pub fn observation_json(id: &str, r: &Reading) -> Json {
     let info = r.metric.info();

@@ -14,7 +14,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use osler_wire::{Entry, Lane};
 use serde_json::json;
 
 use crate::outbox::OutboxError;
@@ -46,49 +45,37 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             );
         }
     };
-    let mut entries = Vec::with_capacity(items.len());
     let mut readings = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
-            Ok(reading) => {
-                entries.push(Entry::from_reading(&reading).to_json());
-                readings.push(reading);
-            }
+            Ok(reading) => readings.push(reading),
             Err(reason) => rejected.push(json!({ "index": index, "reason": reason })),
         }
     }
     shared
         .status
         .received
-        .fetch_add((entries.len() + rejected.len()) as u64, Ordering::Relaxed);
+        .fetch_add((readings.len() + rejected.len()) as u64, Ordering::Relaxed);
     shared
         .status
         .rejected
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-    let accepted = entries.len();
-    if let Err(response) = crate::store_alerts(&shared, &readings, now).await {
-        return answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": response, "accepted": 0 }),
-        );
-    }
-    if accepted > 0 {
-        match shared.outbox.append(Lane::Readings, entries, now).await {
-            Ok(_) => {}
-            Err(e @ OutboxError::Full { .. }) => {
-                return answer(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    json!({ "error": e.to_string(), "accepted": 0 }),
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "outbox append failed");
-                return answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({ "error": e.to_string(), "accepted": 0 }),
-                );
-            }
+    let accepted = readings.len();
+    match crate::ingest(&shared, readings, now).await {
+        Ok(()) => {}
+        Err(e @ OutboxError::Full { .. }) => {
+            return answer(
+                StatusCode::INSUFFICIENT_STORAGE,
+                json!({ "error": e.to_string(), "accepted": 0 }),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "outbox ingest failed");
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": e.to_string(), "accepted": 0 }),
+            );
         }
     }
     let status = if accepted == 0 && !rejected.is_empty() {
@@ -104,8 +91,10 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let s = shared.clone();
-    match tokio::task::spawn_blocking(move || s.status.report(&s.gateway, &s.outbox, now_ms()))
-        .await
+    match tokio::task::spawn_blocking(move || {
+        s.status.report(&s.gateway, &s.outbox, &s.edge, now_ms())
+    })
+    .await
     {
         Ok(report) => answer(StatusCode::OK, report),
         Err(_) => answer(

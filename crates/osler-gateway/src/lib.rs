@@ -5,8 +5,10 @@
 //! [`Gateway::run`]), [`outbox::Outbox`] (the durable queue).
 //!
 //! Layout: one file per source (`http_source`, `mqtt_source`), the device reading format in
-//! `input`, the queue in `outbox`, the sender in `uploader`, `/status` in `status`, the gateway's
-//! identity (id and Ed25519 key, kept in the data directory) in `identity`.
+//! `input`, the queue and the edge processing it commits with in `outbox` (decisions from
+//! `osler-edge`), the sender in `uploader`, `/status` in `status`, the critical rules in
+//! `local_alerts`, the hub's per-patient thresholds in `overrides`, the gateway's identity (id
+//! and Ed25519 key, kept in the data directory) in `identity`.
 //!
 //! **Invariant:** a reading is acknowledged to its device only after it is committed to the
 //! outbox with fsync, and leaves the outbox only after the hub confirms its commit.
@@ -15,6 +17,7 @@ pub mod identity;
 pub mod input;
 pub mod local_alerts;
 pub mod outbox;
+pub mod overrides;
 pub mod status;
 pub mod uploader;
 
@@ -49,6 +52,10 @@ pub struct GatewayConfig {
     pub upload: UploadConfig,
     pub mqtt: Option<MqttConfig>,
     pub outbox_limit: u64,
+    /// Edge policies per metric (`EdgeConfig::forward_everything()` sends every raw reading).
+    pub edge: osler_edge::EdgeConfig,
+    /// How often the hub's per-patient thresholds are fetched.
+    pub overrides_every: std::time::Duration,
 }
 
 /// Errors that stop the gateway from starting.
@@ -68,23 +75,22 @@ pub enum GatewayError {
     Serve(std::io::Error),
 }
 
-/// Evaluates readings with the edge rules and puts any alert events in the alerts lane, before
-/// the readings themselves are stored: an alert is never behind its readings.
-pub(crate) async fn store_alerts(
+/// Takes in validated readings: the critical rules evaluate them (with the patients'
+/// thresholds), then the outbox commits the alert events, the edge's decisions and the streams'
+/// states together. Resolves once durable: only then may a source acknowledge its device.
+pub(crate) async fn ingest(
     shared: &Shared,
-    readings: &[osler_core::Reading],
+    readings: Vec<osler_core::Reading>,
     now: i64,
-) -> Result<(), String> {
-    let alerts = shared.alerts.evaluate(readings);
-    if alerts.is_empty() {
+) -> Result<(), outbox::OutboxError> {
+    if readings.is_empty() {
         return Ok(());
     }
-    shared
-        .outbox
-        .append(osler_wire::Lane::Alerts, alerts, now)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let alerts = {
+        let overrides = shared.overrides.read().unwrap_or_else(|p| p.into_inner());
+        shared.alerts.evaluate(&readings, &overrides)
+    };
+    shared.outbox.ingest(readings, alerts, now).await
 }
 
 /// State shared by the sources, the uploader and `/status`.
@@ -93,6 +99,8 @@ pub(crate) struct Shared {
     pub outbox: Arc<outbox::Outbox>,
     pub status: Arc<status::Status>,
     pub alerts: local_alerts::LocalAlerts,
+    pub overrides: outbox::OverrideCache,
+    pub edge: Arc<outbox::EdgeStats>,
 }
 
 /// A started gateway: outbox open, uploader running, listener bound.
@@ -101,7 +109,17 @@ pub struct Gateway {
     shared: Arc<Shared>,
     mqtt: Option<MqttConfig>,
     stop: Arc<AtomicBool>,
-    uploaders: Vec<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, GatewayError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(GatewayError::Serve)
 }
 
 impl Gateway {
@@ -111,10 +129,17 @@ impl Gateway {
     pub async fn start(mut config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let data = config.data.clone();
         let limit = config.outbox_limit;
+        let overrides = overrides::load(&config.data);
+        let edge = Arc::new(outbox::EdgeStats::default());
+        let setup = outbox::EdgeSetup {
+            config: config.edge.clone(),
+            overrides: overrides.clone(),
+            stats: edge.clone(),
+        };
         let (outbox, identity) = tokio::task::spawn_blocking(move || {
             let identity =
                 identity::Identity::load_or_create(&data).map_err(GatewayError::Identity)?;
-            let outbox = outbox::Outbox::open(&data, limit)?;
+            let outbox = outbox::Outbox::open_with(&data, limit, setup)?;
             Ok::<_, GatewayError>((outbox, identity))
         })
         .await
@@ -134,30 +159,47 @@ impl Gateway {
             outbox: Arc::new(outbox),
             status: Arc::new(status::Status::default()),
             alerts: local_alerts::LocalAlerts::default(),
+            overrides: overrides.clone(),
+            edge,
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let uploader = {
-            let mut threads = Vec::new();
-            for lane in [osler_wire::Lane::Alerts, osler_wire::Lane::Readings] {
-                let (outbox, status, stop) =
-                    (shared.outbox.clone(), shared.status.clone(), stop.clone());
-                let (upload, key) = (config.upload.clone(), identity.key.clone());
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("osler-uploader-{lane:?}").to_lowercase())
-                        .spawn(move || uploader::run(upload, lane, key, outbox, status, stop))
-                        .map_err(GatewayError::Serve)?,
-                );
-            }
-            threads
-        };
+        let mut threads = Vec::new();
+        for lane in osler_wire::Lane::ALL {
+            let (outbox, status, stop) =
+                (shared.outbox.clone(), shared.status.clone(), stop.clone());
+            let (upload, key) = (config.upload.clone(), identity.key.clone());
+            threads.push(spawn(
+                &format!("osler-uploader-{lane:?}").to_lowercase(),
+                move || uploader::run(upload, lane, key, outbox, status, stop),
+            )?);
+        }
+        {
+            // The edge's clock: readings that waited long enough for their filter window are
+            // decided, idle summaries closed.
+            let (outbox, stop) = (shared.outbox.clone(), stop.clone());
+            threads.push(spawn("osler-edge-tick", move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                    if let Err(e) = outbox.tick_blocking(now_ms()) {
+                        tracing::error!(error = %e, "edge tick failed");
+                    }
+                }
+            })?);
+        }
+        {
+            let (hub, data, stop) = (config.upload.hub.clone(), config.data.clone(), stop.clone());
+            let every = config.overrides_every;
+            threads.push(spawn("osler-overrides", move || {
+                overrides::poll(&hub, &data, &overrides, every, &stop)
+            })?);
+        }
         tracing::info!(gateway = %shared.gateway, hub = %config.upload.hub, outbox = %shared.outbox.path().display(), "gateway started");
         Ok(Gateway {
             listener,
             shared,
             mqtt: config.mqtt,
             stop,
-            uploaders: uploader,
+            threads,
         })
     }
 
@@ -191,7 +233,7 @@ impl Gateway {
             m.abort();
         }
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for h in std::mem::take(&mut self.uploaders) {
+        for h in std::mem::take(&mut self.threads) {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         served

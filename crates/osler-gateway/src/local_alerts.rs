@@ -3,15 +3,14 @@
 //! events travel in the outbox's alerts lane, which the uploader sends before any reading; the
 //! hub merges them with its own evaluation (one open alert per patient and rule).
 //!
-//! Thresholds here are the defaults: per-patient overrides live at the hub (the gateway does not
-//! fetch them yet), so an override that raises a threshold can make the edge alert where the
-//! hub would not; one that lowers it is honoured by the hub alone.
+//! Thresholds are the patient's overrides as last fetched from the hub (see `overrides`), else
+//! the defaults.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use osler_core::{Reading, Timestamp};
-use osler_rules::{Engine, Rule};
+use osler_rules::{Engine, Overrides, Rule};
 use osler_wire::AlertEntry;
 use serde_json::{Value, json};
 
@@ -34,12 +33,16 @@ impl Default for LocalAlerts {
 
 impl LocalAlerts {
     /// Runs readings through the critical rules; returns alert entries for the alerts lane.
-    pub fn evaluate(&self, readings: &[Reading]) -> Vec<String> {
+    pub fn evaluate(
+        &self,
+        readings: &[Reading],
+        overrides: &HashMap<String, Overrides>,
+    ) -> Vec<String> {
         let events: Vec<_> = {
             let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
             readings
                 .iter()
-                .flat_map(|r| engine.observe(r, None))
+                .flat_map(|r| engine.observe(r, overrides.get(r.patient.as_str())))
                 .collect()
         };
         let mut out = Vec::with_capacity(events.len());

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use osler_wire::{Entry, Lane};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::outbox::Quarantined;
@@ -89,22 +88,18 @@ async fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> bool {
         Ok(v) => vec![v.to_string()],
         Err(_) => Vec::new(),
     };
-    let mut entries = Vec::with_capacity(items.len());
     let mut readings = Vec::with_capacity(items.len());
     let mut bad = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
-            Ok(reading) => {
-                entries.push(Entry::from_reading(&reading).to_json());
-                readings.push(reading);
-            }
+            Ok(reading) => readings.push(reading),
             Err(reason) => bad.push(quarantine(raw.get(i).cloned().unwrap_or_default(), reason)),
         }
     }
     shared
         .status
         .received
-        .fetch_add((entries.len() + bad.len()) as u64, Ordering::Relaxed);
+        .fetch_add((readings.len() + bad.len()) as u64, Ordering::Relaxed);
     shared
         .status
         .quarantined
@@ -115,15 +110,8 @@ async fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> bool {
             return false;
         }
     }
-    if let Err(e) = crate::store_alerts(shared, &readings, now).await {
-        tracing::error!(error = %e, "cannot store edge alerts; leaving the message unacknowledged");
-        return false;
-    }
-    if entries.is_empty() {
-        return true;
-    }
-    match shared.outbox.append(Lane::Readings, entries, now).await {
-        Ok(_) => true,
+    match crate::ingest(shared, readings, now).await {
+        Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, "cannot store an MQTT message; leaving it unacknowledged");
             false

@@ -8,11 +8,21 @@
 //! ```text
 //! outbox(lane, seq, entry, enqueued_ms)   -- WITHOUT ROWID, PRIMARY KEY (lane, seq)
 //! quarantine(id, received_ms, source, payload, reason)
-//! meta(key, value)                        -- 'next_seq.0', 'next_seq.1': the next sequence per lane
+//! meta(key, value)                        -- 'next_seq.N': the next sequence of lane N
+//! edge_stream(patient, metric, device, state)  -- WITHOUT ROWID: each stream's edge state (JSON)
 //! ```
 //!
-//! `entry` is the reading as wire JSON (`osler_wire::Entry`), ready to batch. `lane` 0 is alerts,
-//! 1 readings; the uploader empties lane 0 first.
+//! `entry` is wire JSON ready to batch: `lane` 0 alerts (`AlertEntry`), 1 readings (`Entry`),
+//! 2 summaries (`SummaryEntry`); the uploader empties lane 0 first.
+//!
+//! # Edge processing happens here
+//! [`Outbox::ingest`] runs each reading through its stream's edge processing (`osler-edge`) in
+//! the writer thread, and commits in one transaction: the alert events, the readings sent, the
+//! summaries closed and every touched stream's state (which holds the readings still waiting for
+//! their filter window and the open summary). A reading acknowledged to its device is therefore
+//! on disk either as an entry to send, inside a stream's state, or counted in a summary; a
+//! crash at any point leaves the outbox at the previous commit, and the device resends what was
+//! not acknowledged. A failed commit puts the in-memory states back as they were.
 //!
 //! # Invariants
 //! - [`Outbox::append`] returns only after the entries are committed with fsync: a source
@@ -37,7 +47,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use osler_wire::Lane;
+use std::collections::HashMap;
+
+use osler_core::{Metric, Reading};
+use osler_edge::{EdgeConfig, Output, Stream, Tally, Zone};
+use osler_rules::Overrides;
+use osler_wire::{Entry, Lane, SummaryEntry};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -98,6 +113,77 @@ enum Job {
         through: u64,
         reply: oneshot::Sender<Result<usize, OutboxError>>,
     },
+    Ingest {
+        readings: Vec<Reading>,
+        alerts: Vec<String>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<(), OutboxError>>,
+    },
+    Tick {
+        now_ms: i64,
+    },
+}
+
+/// Per-patient threshold overrides as the gateway last fetched them from the hub.
+pub type OverrideCache = Arc<std::sync::RwLock<HashMap<String, Overrides>>>;
+
+/// The edge's counters (for `/status` and the benchmarks).
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    pub tally: Mutex<Tally>,
+    pub summaries: AtomicU64,
+    pub streams: AtomicU64,
+    /// Streams holding readings not yet decided or an open summary.
+    pub open: AtomicU64,
+    /// Decision time per reading (zone, filter, decision; not the commit), log2 buckets of ns.
+    pub decision_ns: [AtomicU64; 32],
+}
+
+impl EdgeStats {
+    fn record(&self, ns: u64) {
+        let bucket = (64 - ns.max(1).leading_zeros() as usize - 1).min(31);
+        self.decision_ns[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The `q` quantile of decision time in microseconds (the upper edge of its bucket, so an
+    /// overestimate by at most 2x).
+    pub fn decision_quantile_us(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .decision_ns
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let target = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= target {
+                return Some((1u64 << (i + 1)) as f64 / 1000.0);
+            }
+        }
+        None
+    }
+}
+
+/// How the writer processes readings at the edge.
+pub struct EdgeSetup {
+    pub config: EdgeConfig,
+    pub overrides: OverrideCache,
+    pub stats: Arc<EdgeStats>,
+}
+
+impl Default for EdgeSetup {
+    fn default() -> Self {
+        EdgeSetup {
+            config: EdgeConfig::default(),
+            overrides: OverrideCache::default(),
+            stats: Arc::new(EdgeStats::default()),
+        }
+    }
 }
 
 /// Counts the uploader and `/status` read without touching the disk.
@@ -105,6 +191,17 @@ enum Job {
 pub struct Depth {
     pub alerts: AtomicU64,
     pub readings: AtomicU64,
+    pub summaries: AtomicU64,
+}
+
+impl Depth {
+    pub fn lane(&self, lane: Lane) -> &AtomicU64 {
+        match lane {
+            Lane::Alerts => &self.alerts,
+            Lane::Readings => &self.readings,
+            Lane::Summaries => &self.summaries,
+        }
+    }
 }
 
 /// The outbox. Cheap to share behind an `Arc`.
@@ -141,7 +238,14 @@ fn prepare(conn: &Connection) -> Result<(), OutboxError> {
              source TEXT NOT NULL,
              payload TEXT NOT NULL,
              reason TEXT NOT NULL
-         );",
+         );
+         CREATE TABLE IF NOT EXISTS edge_stream(
+             patient TEXT NOT NULL,
+             metric TEXT NOT NULL,
+             device TEXT NOT NULL,
+             state TEXT NOT NULL,
+             PRIMARY KEY(patient, metric, device)
+         ) WITHOUT ROWID;",
     )?;
     // A damaged file can open fine and fail later; check it now, while moving it aside is safe.
     let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
@@ -169,6 +273,11 @@ impl Outbox {
     /// Opens the outbox in `dir`, recovering from a damaged file by moving it aside.
     /// `limit_bytes` is the size at which new readings are refused.
     pub fn open(dir: &Path, limit_bytes: u64) -> Result<Outbox, OutboxError> {
+        Outbox::open_with(dir, limit_bytes, EdgeSetup::default())
+    }
+
+    /// [`Outbox::open`] with the edge processing that [`Outbox::ingest`] applies.
+    pub fn open_with(dir: &Path, limit_bytes: u64, edge: EdgeSetup) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io {
             path: dir.to_owned(),
             source,
@@ -202,17 +311,20 @@ impl Outbox {
             Err(e) => return Err(e),
         };
         let depth = Arc::new(Depth::default());
-        for (lane, slot) in [
-            (Lane::Alerts, &depth.alerts),
-            (Lane::Readings, &depth.readings),
-        ] {
+        for lane in Lane::ALL {
             let n: i64 = conn.query_row(
                 "SELECT count(*) FROM outbox WHERE lane=?1",
                 [lane.as_u8()],
                 |r| r.get(0),
             )?;
-            slot.store(n as u64, Ordering::Relaxed);
+            depth.lane(lane).store(n as u64, Ordering::Relaxed);
         }
+        let streams = load_streams(&conn)?;
+        edge.stats
+            .streams
+            .store(streams.len() as u64, Ordering::Relaxed);
+        let holding = streams.values().filter(|s| !s.is_idle()).count() as u64;
+        edge.stats.open.store(holding, Ordering::Relaxed);
         let reader = Connection::open(&path)?;
         reader.busy_timeout(std::time::Duration::from_secs(10))?;
         let wake = Arc::new((Mutex::new(0u64), Condvar::new()));
@@ -222,6 +334,9 @@ impl Outbox {
             limit: limit_bytes,
             depth: depth.clone(),
             wake: wake.clone(),
+            holding,
+            edge,
+            streams,
         };
         let handle = std::thread::Builder::new()
             .name("osler-outbox-writer".into())
@@ -271,6 +386,36 @@ impl Outbox {
             .await
             .map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Takes in validated readings and the alert events they raised: the edge decides what to
+    /// send and what to summarise, and everything (alerts, entries, stream states) is committed
+    /// together. Resolves once durable.
+    pub async fn ingest(
+        &self,
+        readings: Vec<Reading>,
+        alerts: Vec<String>,
+        now_ms: i64,
+    ) -> Result<(), OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Job::Ingest {
+                readings,
+                alerts,
+                now_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Time-driven edge work: readings that waited long enough for their filter window are
+    /// decided, idle summaries closed. The gateway calls this every second.
+    pub fn tick_blocking(&self, now_ms: i64) -> Result<(), OutboxError> {
+        self.sender()?
+            .blocking_send(Job::Tick { now_ms })
+            .map_err(|_| OutboxError::Closed)
     }
 
     /// Keeps an invalid item with the reason, durably.
@@ -421,6 +566,7 @@ enum Reply {
     Append(oneshot::Sender<Result<Vec<u64>, OutboxError>>, Vec<u64>),
     Quarantine(oneshot::Sender<Result<(), OutboxError>>),
     Ack(oneshot::Sender<Result<usize, OutboxError>>, usize),
+    Ingest(oneshot::Sender<Result<(), OutboxError>>),
 }
 
 impl Reply {
@@ -446,15 +592,70 @@ impl Reply {
             Reply::Ack(tx, n) => {
                 let _ = tx.send(if failure.is_none() { Ok(n) } else { Err(err()) });
             }
+            Reply::Ingest(tx) => {
+                let _ = tx.send(if failure.is_none() {
+                    Ok(())
+                } else {
+                    Err(err())
+                });
+            }
         }
     }
 }
+
+type StreamKey = (String, Metric, Option<String>);
 
 struct Writer {
     conn: Connection,
     limit: u64,
     depth: Arc<Depth>,
     wake: Arc<(Mutex<u64>, Condvar)>,
+    edge: EdgeSetup,
+    /// Every stream's edge state; the same as `edge_stream` after each commit.
+    streams: HashMap<StreamKey, Stream>,
+    /// How many of them hold readings to decide or an open summary.
+    holding: u64,
+}
+
+/// Loads every stream's edge state. A state that does not parse (written by another version)
+/// is logged and started afresh: it held at most a filter window of readings.
+fn load_streams(conn: &Connection) -> Result<HashMap<StreamKey, Stream>, OutboxError> {
+    let mut stmt = conn.prepare("SELECT patient, metric, device, state FROM edge_stream")?;
+    let mut rows = stmt.query([])?;
+    let mut out = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let (patient, metric, device, state): (String, String, String, String) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        let Some(m) = Metric::from_key(&metric) else {
+            continue;
+        };
+        match serde_json::from_str::<Stream>(&state) {
+            Ok(s) => {
+                out.insert((patient, m, (!device.is_empty()).then_some(device)), s);
+            }
+            Err(e) => {
+                tracing::error!(%patient, %metric, error = %e, "an edge stream state does not parse; starting it afresh")
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn summary_entry(s: &osler_edge::Summary) -> SummaryEntry {
+    SummaryEntry {
+        p: s.patient.clone(),
+        d: s.device.clone(),
+        m: s.metric.clone(),
+        t0: s.t0,
+        t1: s.t1,
+        o: s.o,
+        n: s.n,
+        min: s.min.clone(),
+        max: s.max.clone(),
+        mean: s.mean(),
+        last: s.last.clone(),
+        spikes: s.spikes,
+    }
 }
 
 /// Bytes the outbox's data occupies: pages in use, not the file's size, because SQLite reuses
@@ -484,8 +685,12 @@ impl Writer {
         // Size is checked once per group: the outbox grows by at most one group past the limit.
         let bytes = used_bytes(&self.conn).unwrap_or(0);
         let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
-        let mut appended = [0u64; 2];
-        let mut acked = [0u64; 2];
+        let mut appended = [0u64; 3];
+        let mut acked = [0u64; 3];
+        // Streams as they were before this group, to put back if the commit fails.
+        let mut undo: HashMap<StreamKey, Option<Stream>> = HashMap::new();
+        let mut tally = Tally::default();
+        let mut summaries = 0u64;
         let result = (|| -> Result<(), OutboxError> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             for job in jobs {
@@ -528,17 +733,91 @@ impl Writer {
                         acked[lane.as_u8() as usize] += n as u64;
                         replies.push(Reply::Ack(reply, n));
                     }
+                    Job::Ingest {
+                        readings,
+                        alerts,
+                        now_ms,
+                        reply,
+                    } => {
+                        if bytes >= self.limit && !readings.is_empty() {
+                            let _ = reply.send(Err(OutboxError::Full {
+                                bytes,
+                                limit: self.limit,
+                            }));
+                            continue;
+                        }
+                        if !alerts.is_empty() {
+                            let seqs = self.append(Lane::Alerts, &alerts, now_ms)?;
+                            appended[0] += seqs.len() as u64;
+                        }
+                        let mut out = Vec::new();
+                        self.run_edge(&readings, now_ms, &mut undo, &mut tally, &mut out);
+                        let (a, b) = self.append_outputs(out, now_ms)?;
+                        appended[1] += a;
+                        appended[2] += b;
+                        summaries += b;
+                        replies.push(Reply::Ingest(reply));
+                    }
+                    Job::Tick { now_ms } => {
+                        let mut out = Vec::new();
+                        for (key, stream) in self.streams.iter_mut() {
+                            let policy = self.edge.config.policy(key.1);
+                            if stream.is_idle() {
+                                continue;
+                            }
+                            let before = stream.clone();
+                            let n = out.len();
+                            stream.tick(policy, now_ms, &mut out, &mut tally);
+                            if *stream != before {
+                                undo.entry(key.clone()).or_insert(Some(before));
+                            }
+                            debug_assert!(out.len() >= n);
+                        }
+                        let (a, b) = self.append_outputs(out, now_ms)?;
+                        appended[1] += a;
+                        appended[2] += b;
+                        summaries += b;
+                    }
                 }
             }
+            self.save_streams(undo.keys())?;
             self.conn.execute_batch("COMMIT")?;
             Ok(())
         })();
         match result {
             Ok(()) => {
-                for (i, slot) in [&self.depth.alerts, &self.depth.readings]
-                    .into_iter()
-                    .enumerate()
+                // Streams holding something, kept current from the streams this group touched
+                // (a test or an operator waiting for "everything sent" must not see a stale 0).
+                for (key, before) in &undo {
+                    let was = before.as_ref().is_some_and(|s| !s.is_idle());
+                    let is = self.streams.get(key).is_some_and(|s| !s.is_idle());
+                    match (was, is) {
+                        (false, true) => self.holding += 1,
+                        (true, false) => self.holding = self.holding.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+                self.edge.stats.open.store(self.holding, Ordering::Relaxed);
                 {
+                    let mut t = self
+                        .edge
+                        .stats
+                        .tally
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    t.add(&tally);
+                }
+                self.edge
+                    .stats
+                    .summaries
+                    .fetch_add(summaries, Ordering::Relaxed);
+                self.edge
+                    .stats
+                    .streams
+                    .store(self.streams.len() as u64, Ordering::Relaxed);
+                for lane in Lane::ALL {
+                    let i = lane.as_u8() as usize;
+                    let slot = self.depth.lane(lane);
                     slot.fetch_add(appended[i], Ordering::Relaxed);
                     slot.fetch_sub(
                         acked[i].min(slot.load(Ordering::Relaxed)),
@@ -556,6 +835,12 @@ impl Writer {
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
+                for (key, before) in undo {
+                    match before {
+                        Some(s) => self.streams.insert(key, s),
+                        None => self.streams.remove(&key),
+                    };
+                }
                 let full = matches!(&e, OutboxError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == ErrorCode::DiskFull);
                 let msg = if full {
                     "the disk is full".to_owned()
@@ -568,6 +853,94 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Runs readings through their streams' edge processing; remembers each touched stream's
+    /// previous state in `undo` (the first time it is touched in this group).
+    fn run_edge(
+        &mut self,
+        readings: &[Reading],
+        now_ms: i64,
+        undo: &mut HashMap<StreamKey, Option<Stream>>,
+        tally: &mut Tally,
+        out: &mut Vec<Output>,
+    ) {
+        let overrides = self
+            .edge
+            .overrides
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        for r in readings {
+            let started = std::time::Instant::now();
+            let policy = self.edge.config.policy(r.metric);
+            if policy.forward_all {
+                // Nothing to remember: sent as it is.
+                tally.all += 1;
+                out.push(Output::Forward(r.clone()));
+                self.edge.stats.record(started.elapsed().as_nanos() as u64);
+                continue;
+            }
+            let zone = Zone::for_metric(r.metric, policy.near, overrides.get(r.patient.as_str()));
+            let key = Stream::key(r);
+            let stream = match self.streams.get_mut(&key) {
+                Some(s) => {
+                    if !undo.contains_key(&key) {
+                        undo.insert(key.clone(), Some(s.clone()));
+                    }
+                    s
+                }
+                None => {
+                    undo.entry(key.clone()).or_insert(None);
+                    self.streams.entry(key).or_insert_with(|| Stream::new(r))
+                }
+            };
+            stream.observe(policy, &zone, r, now_ms, out, tally);
+            self.edge.stats.record(started.elapsed().as_nanos() as u64);
+        }
+    }
+
+    /// Appends the edge's outputs: readings to lane 1, summaries to lane 2. Returns the counts.
+    fn append_outputs(&mut self, out: Vec<Output>, now_ms: i64) -> Result<(u64, u64), OutboxError> {
+        let mut readings = Vec::new();
+        let mut summaries = Vec::new();
+        for o in out {
+            match o {
+                Output::Forward(r) => readings.push(Entry::from_reading(&r).to_json()),
+                Output::Summary(s) => summaries.push(summary_entry(&s).to_json()),
+            }
+        }
+        if !readings.is_empty() {
+            self.append(Lane::Readings, &readings, now_ms)?;
+        }
+        if !summaries.is_empty() {
+            self.append(Lane::Summaries, &summaries, now_ms)?;
+        }
+        Ok((readings.len() as u64, summaries.len() as u64))
+    }
+
+    /// Writes the state of the given streams (those touched in this group).
+    fn save_streams<'a>(
+        &mut self,
+        keys: impl Iterator<Item = &'a StreamKey>,
+    ) -> Result<(), OutboxError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO edge_stream(patient, metric, device, state) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(patient, metric, device) DO UPDATE SET state=excluded.state",
+        )?;
+        for key in keys {
+            let Some(stream) = self.streams.get(key) else {
+                continue;
+            };
+            // Plain data: serializing it cannot fail.
+            let state = serde_json::to_string(stream).expect("a stream state serializes");
+            stmt.execute(params![
+                key.0,
+                key.1.info().key,
+                key.2.as_deref().unwrap_or(""),
+                state
+            ])?;
+        }
+        Ok(())
     }
 
     fn append(

@@ -1,4 +1,5 @@
-//! What `/status` reports: the outbox's depth and age, the last upload, the hub's reachability.
+//! What `/status` reports: the outbox's depth and age, the last upload, the hub's reachability,
+//! and what the edge sent, summarised and filtered.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -6,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use osler_wire::Lane;
 use serde_json::{Value, json};
 
-use crate::outbox::Outbox;
+use crate::outbox::{EdgeStats, Outbox};
 
 #[derive(Debug, Default)]
 pub struct Status {
@@ -16,6 +17,7 @@ pub struct Status {
     last_error: Mutex<Option<String>>,
     uploaded_entries: AtomicU64,
     uploaded_alerts: AtomicU64,
+    uploaded_summaries: AtomicU64,
     uploaded_batches: AtomicU64,
     uploaded_bytes: AtomicU64,
     pub received: AtomicU64,
@@ -33,6 +35,9 @@ impl Status {
         match lane {
             Lane::Readings => self.uploaded_entries.fetch_add(entries, Ordering::Relaxed),
             Lane::Alerts => self.uploaded_alerts.fetch_add(entries, Ordering::Relaxed),
+            Lane::Summaries => self
+                .uploaded_summaries
+                .fetch_add(entries, Ordering::Relaxed),
         };
         self.uploaded_batches.fetch_add(1, Ordering::Relaxed);
         self.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -44,23 +49,23 @@ impl Status {
     }
 
     /// The `/status` document.
-    pub fn report(&self, gateway: &str, outbox: &Outbox, now_ms: i64) -> Value {
+    pub fn report(&self, gateway: &str, outbox: &Outbox, edge: &EdgeStats, now_ms: i64) -> Value {
         let ms = |a: &AtomicI64| {
             let v = a.load(Ordering::Relaxed);
             (v > 0).then_some(v)
         };
-        let oldest = outbox.oldest_ms(Lane::Readings).ok().flatten();
-        let oldest_alert = outbox.oldest_ms(Lane::Alerts).ok().flatten();
-        let oldest_any = match (oldest, oldest_alert) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let oldest_any = Lane::ALL
+            .into_iter()
+            .filter_map(|l| outbox.oldest_ms(l).ok().flatten())
+            .min();
+        let tally = *edge.tally.lock().unwrap_or_else(|p| p.into_inner());
         let last_success = ms(&self.last_success_ms);
         json!({
             "gateway": gateway,
             "outbox": {
                 "readings": outbox.depth().readings.load(Ordering::Relaxed),
                 "alerts": outbox.depth().alerts.load(Ordering::Relaxed),
+                "summaries": outbox.depth().summaries.load(Ordering::Relaxed),
                 "oldest_unsent_age_s": oldest_any.map(|t| (now_ms - t).max(0) as f64 / 1000.0),
                 "recovered_from_damaged_file": outbox.recovered_from.as_ref().map(|p| p.display().to_string()),
             },
@@ -72,8 +77,28 @@ impl Status {
                 "last_error": self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 "entries": self.uploaded_entries.load(Ordering::Relaxed),
                 "alerts": self.uploaded_alerts.load(Ordering::Relaxed),
+                "summaries": self.uploaded_summaries.load(Ordering::Relaxed),
                 "batches": self.uploaded_batches.load(Ordering::Relaxed),
                 "bytes": self.uploaded_bytes.load(Ordering::Relaxed),
+            },
+            "edge": {
+                "streams": edge.streams.load(Ordering::Relaxed),
+                "streams_holding": edge.open.load(Ordering::Relaxed),
+                "sent": {
+                    "total": tally.sent(),
+                    "near_threshold": tally.zone,
+                    "after_threshold": tally.context,
+                    "change": tally.change,
+                    "heartbeat": tally.heartbeat,
+                    "every_reading_metric": tally.all,
+                    "late": tally.late,
+                },
+                "duplicates_dropped": tally.duplicates,
+                "summarised": tally.folded,
+                "spikes": tally.spikes,
+                "summaries": edge.summaries.load(Ordering::Relaxed),
+                "decision_p50_us": edge.decision_quantile_us(0.5),
+                "decision_p99_us": edge.decision_quantile_us(0.99),
             },
             "ingest": {
                 "received": self.received.load(Ordering::Relaxed),

@@ -162,7 +162,7 @@ pub fn run(
         }
         // Alerts go first: readings wait while alerts are pending (after an outage, the hub
         // learns of every alert before the readings behind it). Alerts never wait for readings.
-        if lane == Lane::Readings && outbox.depth().alerts.load(Ordering::Relaxed) > 0 {
+        if lane != Lane::Alerts && outbox.depth().alerts.load(Ordering::Relaxed) > 0 {
             std::thread::sleep(Duration::from_millis(2));
             continue;
         }
@@ -179,7 +179,7 @@ pub fn run(
             continue;
         }
         let age = Duration::from_millis((now_ms() - rows[0].enqueued_ms).max(0) as u64);
-        if lane == Lane::Readings && rows.len() < max_count && age < config.max_wait {
+        if lane != Lane::Alerts && rows.len() < max_count && age < config.max_wait {
             seen = outbox.wait_for_append(seen, config.max_wait - age);
             continue;
         }
@@ -195,8 +195,8 @@ pub fn run(
             tracing::error!(lane = ?lane, first, "outbox rows are not contiguous; sending the contiguous prefix");
         }
         let rows = &rows[..n];
-        // The catch-up bound applies to readings; alerts are few and never wait.
-        if lane == Lane::Readings {
+        // The catch-up bound applies to readings and summaries; alerts are few and never wait.
+        if lane != Lane::Alerts {
             bucket.take(rows.len(), &stop);
         }
         let header = BatchHeader {
@@ -233,7 +233,7 @@ pub fn run(
                     max_count = (max_count / 2).max(1);
                 }
                 let wait = backoff.mul_f64(0.5 + jitter.unit());
-                tracing::warn!(%reason, retry_in_ms = wait.as_millis() as u64, pending = outbox.depth().readings.load(Ordering::Relaxed), "upload failed; keeping the batch");
+                tracing::warn!(%reason, ?lane, retry_in_ms = wait.as_millis() as u64, pending = outbox.depth().lane(lane).load(Ordering::Relaxed), "upload failed; keeping the batch");
                 status.failure(reason);
                 let deadline = Instant::now() + wait;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {

@@ -45,10 +45,7 @@ fn check(outbox: &Outbox, model: &Model) {
             .map(|s| (s.seq, s.entry))
             .collect();
         assert_eq!(got, want, "lane {lane:?}");
-        let depth = match lane {
-            Lane::Alerts => outbox.depth().alerts.load(Ordering::Relaxed),
-            Lane::Readings => outbox.depth().readings.load(Ordering::Relaxed),
-        };
+        let depth = outbox.depth().lane(lane).load(Ordering::Relaxed);
         assert_eq!(depth as usize, want.len());
     }
 }

@@ -224,6 +224,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/alerts", get(list))
         .route("/alerts/stream", get(stream))
+        .route("/alerts/overrides", get(all_overrides))
         .route("/alerts/overrides/{patient}", get(get_overrides))
         .route(
             "/alerts/overrides/{patient}/{rule}",
@@ -309,6 +310,26 @@ async fn stream(
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// Every per-patient threshold, for gateways (they send what is near a patient's own threshold
+/// and evaluate their critical rules with it).
+async fn all_overrides(State(state): State<Arc<AppState>>) -> Response {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.overrides()).await {
+        Ok(Ok(list)) => axum::Json(json!({
+            "overrides": list
+                .into_iter()
+                .map(|(patient, rule, threshold)| json!({"patient": patient, "rule": rule, "threshold": threshold}))
+                .collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "the store failed; retry"})),
+        )
+            .into_response(),
+    }
 }
 
 async fn get_overrides(

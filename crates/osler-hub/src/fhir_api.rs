@@ -15,8 +15,9 @@ use axum::routing::{get, post};
 use osler_core::{Id, ReadingError};
 use osler_fhir::bundle::{response_bundle, response_entry, searchset};
 use osler_fhir::{
-    BundleKind, ErrorKind, FhirError, ObservationSearch, encode_query, observation_json,
-    parse_bundle, parse_if_none_exist, parse_observation, parse_observation_search, parse_query,
+    BundleKind, ErrorKind, FhirError, ObservationSearch, SummaryView, encode_query,
+    observation_json, parse_bundle, parse_if_none_exist, parse_observation,
+    parse_observation_search, parse_query, summary_json,
 };
 use osler_store::{Cursor, Query, ReadingId, StoredReading, WriteOp, WriteOutcome};
 use serde_json::Value;
@@ -378,10 +379,7 @@ async fn read(State(state): St, Path(id): Path<String>) -> Result<Response, ApiE
     let store = state.store.clone();
     let found = tokio::task::spawn_blocking(move || store.get(rid)).await??;
     match found {
-        Some(s) => Ok(fhir(
-            StatusCode::OK,
-            &observation_json(&s.id.to_string(), &s.reading),
-        )),
+        Some(s) => Ok(fhir(StatusCode::OK, &stored_json(&s))),
         None => Err(not_found().into()),
     }
 }
@@ -444,12 +442,7 @@ fn store_query(s: &ObservationSearch, patient: Id) -> Query {
 fn entries(base: &str, readings: &[StoredReading]) -> Vec<(String, Value)> {
     readings
         .iter()
-        .map(|s| {
-            (
-                location(base, s),
-                observation_json(&s.id.to_string(), &s.reading),
-            )
-        })
+        .map(|s| (location(base, s), stored_json(s)))
         .collect()
 }
 
@@ -583,4 +576,24 @@ async fn last_n(
             entries(&base, &found),
         ),
     ))
+}
+
+/// A stored reading as FHIR: an Observation, or for a gateway's window summary an Observation
+/// over a period with its statistics (see `osler_fhir::summary_json`).
+fn stored_json(s: &StoredReading) -> serde_json::Value {
+    match &s.summary {
+        None => observation_json(&s.id.to_string(), &s.reading),
+        Some(st) => summary_json(
+            &s.id.to_string(),
+            &s.reading,
+            &SummaryView {
+                end_ms: st.end_ms,
+                count: st.count,
+                min: st.min,
+                max: st.max,
+                last: st.last,
+                spikes: st.spikes,
+            },
+        ),
+    }
 }

@@ -80,8 +80,10 @@ async fn batch(
         tracing::warn!(%peer, gateway = %gw, reason = %e, "batch refused: signature");
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
-    if env.header.lane == osler_wire::Lane::Alerts {
-        return alert_batch(&state, &env, received).await;
+    match env.header.lane {
+        osler_wire::Lane::Alerts => return alert_batch(&state, &env, received).await,
+        osler_wire::Lane::Summaries => return summary_batch(&state, &env, received).await,
+        osler_wire::Lane::Readings => {}
     }
     let entries = match env.entries() {
         Ok(e) => e,
@@ -122,6 +124,7 @@ async fn batch(
         op_seqs,
         op_raw,
         rejected: rejected.clone(),
+        summaries: Vec::new(),
     };
     let ops_readings: Vec<osler_core::Reading> = ops.iter().map(|o| o.reading.clone()).collect();
     let result = match state.store.write_batch(ops, mark, Vec::new()).await {
@@ -237,6 +240,7 @@ async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Res
         op_seqs: Vec::new(),
         op_raw: Vec::new(),
         rejected: rejected.clone(),
+        summaries: Vec::new(),
     };
     let result = match state
         .store
@@ -266,4 +270,97 @@ async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Res
         })),
     )
         .into_response()
+}
+
+/// A summaries-lane batch: the gateway's window summaries of readings it did not send one by
+/// one. Stored with the batch's high-water mark in one commit (a resend stores nothing twice);
+/// an entry that does not make sense is dead-lettered with the reason.
+async fn summary_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Response {
+    let gw = env.header.gateway.clone();
+    let entries = match env.summary_entries() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(gateway = %gw, reason = %e, "summary batch refused: signed but garbled");
+            return refuse(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let mut summaries = Vec::with_capacity(entries.len());
+    let mut rejected = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let seq = env.header.first_seq + i as u64;
+        match summary(e) {
+            Ok(s) => summaries.push((seq, s)),
+            Err(reason) => rejected.push((seq, e.to_json(), reason)),
+        }
+    }
+    let stored = summaries.len();
+    let mark = BatchMark {
+        gateway: gw.clone(),
+        received_ms: received,
+        first_seq: env.header.first_seq,
+        lane: env.header.lane.as_u8(),
+        last_seq: env.header.last_seq(),
+        op_seqs: Vec::new(),
+        op_raw: Vec::new(),
+        rejected: rejected.clone(),
+        summaries,
+    };
+    if let Err(e) = state.store.write_batch(Vec::new(), mark, Vec::new()).await {
+        tracing::error!(gateway = %gw, error = %e, "summary batch not committed");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store failed; nothing was acknowledged, retry",
+        );
+    }
+    if !rejected.is_empty() {
+        state
+            .metrics
+            .rejected("dead-lettered", rejected.len() as u64);
+        tracing::warn!(gateway = %gw, dead = rejected.len(), "summary entries dead-lettered");
+    }
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "gateway": gw,
+            "lane": env.header.lane,
+            "committed_through": env.header.last_seq(),
+            "summaries": stored,
+            "dead_lettered": rejected.len(),
+        })),
+    )
+        .into_response()
+}
+
+fn summary(e: &osler_wire::SummaryEntry) -> Result<osler_store::Summary, String> {
+    let metric = e.check()?;
+    let value = |v: &[f64]| match v {
+        [a, b] => osler_core::Value::Pair(*a, *b),
+        [a, ..] => osler_core::Value::Scalar(*a),
+        // check() refused an empty statistic.
+        [] => osler_core::Value::Scalar(f64::NAN),
+    };
+    // check() parsed both ids already.
+    let patient = osler_core::Id::parse(&e.p).ok_or("invalid patient id")?;
+    let device = match &e.d {
+        Some(d) => Some(osler_core::Id::parse(d).ok_or("invalid device id")?),
+        None => None,
+    };
+    Ok(osler_store::Summary {
+        patient,
+        metric,
+        device,
+        start: osler_core::Timestamp {
+            utc_ms: e.t0,
+            offset_min: e.o,
+        },
+        mean: value(&e.mean),
+        stats: osler_store::SummaryStats {
+            end_ms: e.t1,
+            count: e.n,
+            min: value(&e.min),
+            max: value(&e.max),
+            last: value(&e.last),
+            spikes: e.spikes,
+        },
+    })
 }

@@ -24,9 +24,13 @@ pub struct SimArgs {
     /// Patients in the cohort.
     #[arg(long, default_value_t = 20)]
     pub patients: usize,
-    /// Simulated time to cover, ending now: e.g. 30m, 6h, 2d.
+    /// Simulated time to cover, ending now (or at --end): e.g. 30m, 6h, 2d.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub duration: Duration,
+    /// End the simulated past here instead of now (RFC 3339, not in the future): with --seed,
+    /// every run sends the same readings at the same times (to compare two gateways).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub end: Option<i64>,
     /// Simulated seconds per real second, or "max" for as fast as the gateway takes them.
     #[arg(long, default_value = "max")]
     pub speed: String,
@@ -101,6 +105,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?}: must be positive"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    osler_core::Timestamp::parse(text)
+        .map(|t| t.utc_ms)
+        .map_err(|e| format!("{text:?}: {e}"))
 }
 
 fn now_ms() -> i64 {
@@ -262,7 +272,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     if args.gateway.is_none() && args.mqtt.is_none() {
         bail!("say where to send: --gateway URL or --mqtt HOST:PORT");
     }
-    let now = now_ms();
+    let now = match args.end {
+        Some(end) if end > now_ms() => {
+            bail!(
+                "--end {} is in the future: the simulator never sends a reading before its time",
+                osler_core::Timestamp::utc(end)
+            );
+        }
+        Some(end) => end,
+        None => now_ms(),
+    };
     let start = now - args.duration.as_millis() as i64;
     let end = now + args.follow.map_or(0, |f| f.as_millis() as i64);
     let events = args.events.unwrap_or((args.patients / 4).max(1));

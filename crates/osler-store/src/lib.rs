@@ -10,6 +10,8 @@
 //! series(id INTEGER PRIMARY KEY, patient, metric, device)  -- one row per patient × metric × device
 //! reading(series, t, v, v2, tz, rx, status, ident)          -- WITHOUT ROWID, PRIMARY KEY (series, t)
 //! ident(h, series, t)                                       -- WITHOUT ROWID, only for sender identifiers
+//! summary(series, t, t1, n, v, v2, mn, mn2, mx, mx2, last, last2, tz, spikes)
+//!                                                           -- WITHOUT ROWID, PRIMARY KEY (series, t): edge window summaries
 //! patient(id), device(id), meta(key, value)
 //! ```
 //!
@@ -66,7 +68,8 @@ pub enum StoreError {
 }
 
 /// The stable identity of a stored reading: its series and its time taken. Written as
-/// `{series}-{t}` it is a valid FHIR id.
+/// `{series}-{t}` it is a valid FHIR id. Summaries have the negated series and are written
+/// `s{series}-{t}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReadingId {
     pub series: i64,
@@ -75,12 +78,27 @@ pub struct ReadingId {
 
 impl std::fmt::Display for ReadingId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.series, self.t_ms)
+        if self.series < 0 {
+            write!(f, "s{}-{}", -self.series, self.t_ms)
+        } else {
+            write!(f, "{}-{}", self.series, self.t_ms)
+        }
     }
 }
 
 impl ReadingId {
+    pub fn is_summary(&self) -> bool {
+        self.series < 0
+    }
+
     pub fn parse(text: &str) -> Option<ReadingId> {
+        if let Some(rest) = text.strip_prefix('s') {
+            let id = ReadingId::parse(rest)?;
+            return (id.series > 0).then_some(ReadingId {
+                series: -id.series,
+                t_ms: id.t_ms,
+            });
+        }
         let (s, t) = text.split_once('-')?;
         let digits =
             |x: &str| !x.is_empty() && x.len() <= 19 && x.bytes().all(|b| b.is_ascii_digit());
@@ -94,11 +112,14 @@ impl ReadingId {
     }
 }
 
-/// A reading as stored, with its identity.
+/// A reading as stored, with its identity. A gateway's window summary is stored and served
+/// like a reading (its mean as the value, its first reading's time as the time taken) with
+/// `summary` set; its id has a negative series (written `s{series}-{t}`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredReading {
     pub id: ReadingId,
     pub reading: Reading,
+    pub summary: Option<SummaryStats>,
 }
 
 /// One reading to store.
@@ -158,6 +179,32 @@ pub struct BatchMark {
     pub op_raw: Vec<String>,
     /// (sequence number, raw entry, reason) of entries refused before reaching the store.
     pub rejected: Vec<(u64, String, String)>,
+    /// (sequence number, summary) of a summaries-lane batch.
+    pub summaries: Vec<(u64, Summary)>,
+}
+
+/// A window summary from a gateway's edge: readings of one stream that were not sent one by
+/// one, as count and per-part min, max, mean and last of their raw values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub patient: osler_core::Id,
+    pub metric: osler_core::Metric,
+    pub device: Option<osler_core::Id>,
+    /// First reading summarised (time taken, with the sender's offset).
+    pub start: osler_core::Timestamp,
+    pub mean: osler_core::Value,
+    pub stats: SummaryStats,
+}
+
+/// A summary's statistics; `mean` is carried as the stored reading's value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SummaryStats {
+    pub end_ms: i64,
+    pub count: u32,
+    pub min: osler_core::Value,
+    pub max: osler_core::Value,
+    pub last: osler_core::Value,
+    pub spikes: u32,
 }
 
 /// An item the hub accepted from a gateway but could not store as a reading, kept with why.

@@ -111,6 +111,61 @@ fn decode(
             status: Status::from_u8(status).ok_or_else(|| corrupt("unknown status"))?,
             identifier,
         },
+        summary: None,
+    })
+}
+
+const SUMMARY_COLUMNS: &str = "t, t1, n, v, v2, mn, mn2, mx, mx2, last, last2, tz, spikes";
+
+/// Decodes a summary row of series `series` (positive); its id carries the negated series.
+fn decode_summary(
+    key: &SeriesKey,
+    series: i64,
+    row: &rusqlite::Row<'_>,
+) -> Result<StoredReading, StoreError> {
+    let t: i64 = row.get(0)?;
+    let id = ReadingId {
+        series: -series,
+        t_ms: t,
+    };
+    let (patient, metric, device) = key.clone();
+    let pair = metric.info().parts.is_some();
+    let value = |a: usize| -> Result<Value, StoreError> {
+        let v: f64 = row.get(a)?;
+        let v2: Option<f64> = row.get(a + 1)?;
+        match (pair, v2) {
+            (false, None) => Ok(Value::Scalar(v)),
+            (true, Some(v2)) => Ok(Value::Pair(v, v2)),
+            _ => Err(StoreError::Corrupt(format!(
+                "summary {id}: value shape does not match its metric"
+            ))),
+        }
+    };
+    let end_ms: i64 = row.get(1)?;
+    let count: i64 = row.get(2)?;
+    Ok(StoredReading {
+        id,
+        reading: Reading {
+            patient,
+            device,
+            metric,
+            value: value(3)?,
+            taken: Timestamp {
+                utc_ms: t,
+                offset_min: row.get(11)?,
+            },
+            received_ms: end_ms,
+            status: Status::Final,
+            identifier: None,
+        },
+        summary: Some(crate::SummaryStats {
+            end_ms,
+            count: count.clamp(0, u32::MAX as i64) as u32,
+            min: value(5)?,
+            max: value(7)?,
+            last: value(9)?,
+            spikes: row.get::<_, i64>(12)?.clamp(0, u32::MAX as i64) as u32,
+        }),
     })
 }
 
@@ -139,6 +194,16 @@ fn load(
     id: ReadingId,
     key: &SeriesKey,
 ) -> Result<Option<StoredReading>, StoreError> {
+    if id.is_summary() {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM summary WHERE series=?1 AND t=?2"
+        ))?;
+        let mut rows = stmt.query(params![-id.series, id.t_ms])?;
+        return match rows.next()? {
+            Some(row) => Ok(Some(decode_summary(key, -id.series, row)?)),
+            None => Ok(None),
+        };
+    }
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t=?2"
     ))?;
@@ -150,7 +215,7 @@ fn load(
 }
 
 pub(crate) fn get(conn: &Connection, id: ReadingId) -> Result<Option<StoredReading>, StoreError> {
-    match series_by_id(conn, id.series)? {
+    match series_by_id(conn, id.series.abs())? {
         Some(key) => load(conn, id, &key),
         None => Ok(None),
     }
@@ -204,14 +269,24 @@ pub(crate) fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order} LIMIT ?4"
     ))?;
+    let mut summaries = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM summary WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order} LIMIT ?4"
+    ))?;
     for (series, key) in series_for(conn, q)? {
         let (lo, hi) = bounds(q, series);
-        if lo >= hi {
-            continue;
+        if lo < hi {
+            let mut rows = stmt.query(params![series, lo, hi, q.limit as i64 + 1])?;
+            while let Some(row) = rows.next()? {
+                found.push(decode(&key, series, row)?);
+            }
         }
-        let mut rows = stmt.query(params![series, lo, hi, q.limit as i64 + 1])?;
-        while let Some(row) = rows.next()? {
-            found.push(decode(&key, series, row)?);
+        // The series' summaries, in the same order under the negated series id.
+        let (lo, hi) = bounds(q, -series);
+        if lo < hi {
+            let mut rows = summaries.query(params![series, lo, hi, q.limit as i64 + 1])?;
+            while let Some(row) = rows.next()? {
+                found.push(decode_summary(&key, series, row)?);
+            }
         }
     }
     found.sort_by_key(|s| (s.id.t_ms, s.id.series));
@@ -236,11 +311,18 @@ pub(crate) fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
 pub(crate) fn count(conn: &Connection, q: &Query) -> Result<u64, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT count(*) FROM reading WHERE series=?1 AND t>=?2 AND t<?3")?;
+    let mut summaries =
+        conn.prepare_cached("SELECT count(*) FROM summary WHERE series=?1 AND t>=?2 AND t<?3")?;
     let mut total = 0u64;
     for (series, _) in series_for(conn, q)? {
         let (lo, hi) = bounds(q, series);
         if lo < hi {
             let n: i64 = stmt.query_row(params![series, lo, hi], |r| r.get(0))?;
+            total += n as u64;
+        }
+        let (lo, hi) = bounds(q, -series);
+        if lo < hi {
+            let n: i64 = summaries.query_row(params![series, lo, hi], |r| r.get(0))?;
             total += n as u64;
         }
     }

@@ -71,6 +71,23 @@ CREATE TABLE IF NOT EXISTS threshold_override(
     value REAL NOT NULL,
     PRIMARY KEY(patient, rule)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS summary(
+    series INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    t1 INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    v REAL NOT NULL,
+    v2 REAL,
+    mn REAL NOT NULL,
+    mn2 REAL,
+    mx REAL NOT NULL,
+    mx2 REAL,
+    last REAL NOT NULL,
+    last2 REAL,
+    tz INTEGER NOT NULL,
+    spikes INTEGER NOT NULL,
+    PRIMARY KEY(series, t)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ident(
     h INTEGER NOT NULL,
     series INTEGER NOT NULL,

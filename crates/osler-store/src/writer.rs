@@ -215,6 +215,11 @@ impl Writer {
                 dead(&self.conn, *seq, raw, reason)?;
             }
         }
+        for (seq, summary) in &batch.summaries {
+            if *seq > hwm {
+                self.insert_summary(summary, new_series)?;
+            }
+        }
         self.conn
             .prepare_cached(
                 "INSERT INTO gateway_seq(gateway, lane, committed) VALUES (?1, ?2, ?3)
@@ -241,7 +246,7 @@ impl Writer {
                 count => return Ok(WriteOutcome::MultipleMatches { count }),
             }
         }
-        let series = self.series_id(r, new_series)?;
+        let series = self.series_id_of(r, new_series)?;
         let id = ReadingId {
             series,
             t_ms: r.taken.utc_ms,
@@ -282,6 +287,7 @@ impl Writer {
             let stored = StoredReading {
                 id,
                 reading: existing,
+                summary: None,
             };
             return Ok(if same {
                 WriteOutcome::Existing(stored)
@@ -301,23 +307,77 @@ impl Writer {
         Ok(WriteOutcome::Created(StoredReading {
             id,
             reading: r.clone(),
+            summary: None,
         }))
     }
 
-    fn series_id(
+    /// Stores a summary once (a resend of the same window is ignored).
+    fn insert_summary(
+        &mut self,
+        s: &crate::Summary,
+        new_series: &mut Vec<SeriesKey>,
+    ) -> Result<(), StoreError> {
+        let key = (s.patient.clone(), s.metric, s.device.clone());
+        let series = self.series_id(key, s.stats.end_ms, new_series)?;
+        let parts = |v: &Value| match *v {
+            Value::Scalar(a) => (a, None),
+            Value::Pair(a, b) => (a, Some(b)),
+        };
+        let st = &s.stats;
+        let (mean, mean2) = parts(&s.mean);
+        let (mn, mn2) = parts(&st.min);
+        let (mx, mx2) = parts(&st.max);
+        let (last, last2) = parts(&st.last);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO summary(series, t, t1, n, v, v2, mn, mn2, mx, mx2, last, last2, tz, spikes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT(series, t) DO NOTHING",
+            )?
+            .execute(params![
+                series,
+                s.start.utc_ms,
+                st.end_ms,
+                st.count,
+                mean,
+                mean2,
+                mn,
+                mn2,
+                mx,
+                mx2,
+                last,
+                last2,
+                s.start.offset_min,
+                st.spikes
+            ])?;
+        Ok(())
+    }
+
+    fn series_id_of(
         &mut self,
         r: &Reading,
         new_series: &mut Vec<SeriesKey>,
     ) -> Result<i64, StoreError> {
         let key = (r.patient.clone(), r.metric, r.device.clone());
+        self.series_id(key, r.received_ms, new_series)
+    }
+
+    fn series_id(
+        &mut self,
+        key: SeriesKey,
+        now: i64,
+        new_series: &mut Vec<SeriesKey>,
+    ) -> Result<i64, StoreError> {
         if let Some(id) = self.series.get(&key) {
             return Ok(*id);
         }
-        let device = r.device.as_ref().map_or("", Id::as_str);
-        let now = r.received_ms;
+        let r_patient = key.0.clone();
+        let r_metric = key.1;
+        let device = key.2.as_ref().map_or("", Id::as_str).to_owned();
+        let device = device.as_str();
         self.conn
             .prepare_cached("INSERT OR IGNORE INTO patient(id, created_ms) VALUES (?1, ?2)")?
-            .execute(params![r.patient.as_str(), now])?;
+            .execute(params![r_patient.as_str(), now])?;
         if !device.is_empty() {
             self.conn
                 .prepare_cached("INSERT OR IGNORE INTO device(id, created_ms) VALUES (?1, ?2)")?
@@ -327,7 +387,7 @@ impl Writer {
             .conn
             .query_row(
                 "SELECT id FROM series WHERE patient=?1 AND metric=?2 AND device=?3",
-                params![r.patient.as_str(), r.metric as u8, device],
+                params![r_patient.as_str(), r_metric as u8, device],
                 |row| row.get(0),
             )
             .optional()?;
@@ -336,7 +396,7 @@ impl Writer {
             None => {
                 self.conn.execute(
                     "INSERT INTO series(patient, metric, device) VALUES (?1, ?2, ?3)",
-                    params![r.patient.as_str(), r.metric as u8, device],
+                    params![r_patient.as_str(), r_metric as u8, device],
                 )?;
                 self.conn.last_insert_rowid()
             }

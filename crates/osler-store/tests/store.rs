@@ -1,7 +1,9 @@
 //! The store against a real SQLite file in a temporary directory.
 
 use osler_core::{Id, Identifier, Metric, Reading, Status, Timestamp, Value};
-use osler_store::{BatchMark, Cursor, Query, Store, StoreOptions, WriteOp, WriteOutcome};
+use osler_store::{
+    BatchMark, Cursor, Query, ReadingId, Store, StoreOptions, WriteOp, WriteOutcome,
+};
 
 const T0: i64 = 1_750_000_000_000;
 
@@ -317,6 +319,7 @@ fn mark(first: u64, ops: &[WriteOp], rejected: Vec<(u64, String, String)>) -> Ba
             .map(|o| format!("{:?}", o.reading.value))
             .collect(),
         rejected,
+        summaries: Vec::new(),
     }
 }
 
@@ -412,4 +415,81 @@ fn gateways_are_enrolled_and_revoked() {
     let g2 = store.gateway("gw-2").unwrap().unwrap();
     assert_eq!((g2.public_key.as_str(), g2.revoked_ms), ("ef", None));
     assert_eq!(osler_store::admin::list(&dir.0).unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn summaries_are_stored_once_and_searched_with_readings() {
+    let dir = TempDir::new("summary");
+    let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+    let r = reading("s1", Metric::HeartRate, Some("w"), T0, 70.0);
+    let ops = vec![op(r.clone())];
+    store
+        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![])
+        .await
+        .unwrap();
+    let summary = |t0: i64| osler_store::Summary {
+        patient: r.patient.clone(),
+        metric: Metric::HeartRate,
+        device: r.device.clone(),
+        start: Timestamp::utc(t0),
+        mean: Value::Scalar(71.5),
+        stats: osler_store::SummaryStats {
+            end_ms: t0 + 59_000,
+            count: 12,
+            min: Value::Scalar(68.0),
+            max: Value::Scalar(75.0),
+            last: Value::Scalar(72.0),
+            spikes: 1,
+        },
+    };
+    let batch = |first: u64, ts: &[i64]| BatchMark {
+        gateway: "gw-1".into(),
+        received_ms: T0,
+        first_seq: first,
+        lane: 2,
+        last_seq: first + ts.len() as u64 - 1,
+        op_seqs: vec![],
+        op_raw: vec![],
+        rejected: vec![],
+        summaries: ts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (first + i as u64, summary(*t)))
+            .collect(),
+    };
+    store
+        .write_batch(vec![], batch(1, &[T0 + 1000, T0 + 61_000]), vec![])
+        .await
+        .unwrap();
+    // A resend of the same sequence numbers stores nothing twice.
+    store
+        .write_batch(vec![], batch(1, &[T0 + 1000, T0 + 61_000]), vec![])
+        .await
+        .unwrap();
+    let q = Query::patient(r.patient.clone());
+    let page = store.search(&q).unwrap();
+    assert_eq!(page.readings.len(), 3);
+    assert!(page.readings[0].summary.is_none());
+    let s = &page.readings[1];
+    assert!(s.id.is_summary() && s.id.to_string().starts_with('s'));
+    assert_eq!(s.summary.as_ref().unwrap().count, 12);
+    assert_eq!(s.reading.value, Value::Scalar(71.5));
+    assert_eq!(store.count(&q).unwrap(), 3);
+    // Found again by its id, and paging walks across readings and summaries.
+    let again = store
+        .get(ReadingId::parse(&s.id.to_string()).unwrap())
+        .unwrap();
+    assert_eq!(again.as_ref(), Some(s));
+    let mut q1 = q.clone();
+    q1.limit = 1;
+    let mut seen = Vec::new();
+    loop {
+        let p = store.search(&q1).unwrap();
+        seen.extend(p.readings.iter().map(|x| x.id));
+        match p.next {
+            Some(c) => q1.after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, page.readings.iter().map(|x| x.id).collect::<Vec<_>>());
 }

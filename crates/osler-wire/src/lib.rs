@@ -63,25 +63,31 @@ pub enum WireError {
     BadKey(String),
 }
 
-/// Which queue an entry travels in. Alerts are sent before readings and never dropped.
+/// Which queue an entry travels in. Alerts are sent before readings and never dropped;
+/// summaries (of readings the edge did not send one by one) come last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
     Alerts,
     Readings,
+    Summaries,
 }
 
 impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::Alerts, Lane::Readings, Lane::Summaries];
+
     pub fn as_u8(self) -> u8 {
         match self {
             Lane::Alerts => 0,
             Lane::Readings => 1,
+            Lane::Summaries => 2,
         }
     }
     pub fn from_u8(n: u8) -> Option<Lane> {
         match n {
             0 => Some(Lane::Alerts),
             1 => Some(Lane::Readings),
+            2 => Some(Lane::Summaries),
             _ => None,
         }
     }
@@ -211,6 +217,78 @@ impl AlertEntry {
     pub fn to_json(&self) -> String {
         // Serializing plain strings and numbers cannot fail.
         serde_json::to_string(self).expect("an alert entry serializes")
+    }
+}
+
+/// A window summary on the wire (the summaries lane): readings of one stream that the edge did
+/// not send one by one, as count, min, max, mean and last of their raw values, per part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryEntry {
+    /// Patient id.
+    pub p: String,
+    /// Device id, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d: Option<String>,
+    /// Metric key.
+    pub m: String,
+    /// First and last reading summarised (time taken, UTC ms).
+    pub t0: i64,
+    pub t1: i64,
+    /// UTC offset of the readings, minutes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub o: i16,
+    /// How many readings.
+    pub n: u32,
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub last: Vec<f64>,
+    /// How many of them the gateway's spike filter judged artefacts.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub spikes: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+impl SummaryEntry {
+    pub fn to_json(&self) -> String {
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_string(self).expect("a summary entry serializes")
+    }
+
+    /// Checks what a signed batch cannot prove: known metric, valid ids, a sane shape.
+    pub fn check(&self) -> Result<Metric, String> {
+        let metric =
+            Metric::from_key(&self.m).ok_or_else(|| format!("unknown metric {:?}", self.m))?;
+        Id::parse(&self.p).ok_or_else(|| format!("invalid patient id {:?}", self.p))?;
+        if let Some(d) = &self.d {
+            Id::parse(d).ok_or_else(|| format!("invalid device id {d:?}"))?;
+        }
+        let parts = if metric.info().parts.is_some() { 2 } else { 1 };
+        let all = [&self.min, &self.max, &self.mean, &self.last];
+        if all.iter().any(|v| v.len() != parts) {
+            return Err(format!(
+                "{metric} summaries carry {parts} value(s) per statistic"
+            ));
+        }
+        if all.iter().any(|v| v.iter().any(|x| !x.is_finite())) {
+            return Err("a statistic is not a finite number".into());
+        }
+        if self.n == 0 || self.t1 < self.t0 {
+            return Err("a summary covers at least one reading, t0 <= t1".into());
+        }
+        for i in 0..parts {
+            // The mean is a sum divided by a count: allow rounding at the last digits.
+            let eps = 1e-9 * self.max[i].abs().max(1.0);
+            let (lo, mean, hi) = (self.min[i], self.mean[i], self.max[i]);
+            if lo > hi || mean < lo - eps || mean > hi + eps {
+                return Err("min <= mean <= max does not hold".into());
+            }
+        }
+        Ok(metric)
     }
 }
 
@@ -374,6 +452,11 @@ impl<'a> Envelope<'a> {
 
     /// Decompresses and parses the alert entries of an alerts-lane batch.
     pub fn alert_entries(&self) -> Result<Vec<AlertEntry>, WireError> {
+        self.entries_as()
+    }
+
+    /// Decompresses and parses the summaries of a summaries-lane batch.
+    pub fn summary_entries(&self) -> Result<Vec<SummaryEntry>, WireError> {
         self.entries_as()
     }
 

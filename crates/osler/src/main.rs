@@ -95,7 +95,7 @@ struct GatewayArgs {
     #[arg(long)]
     identity: bool,
     /// The hub's root URL.
-    #[arg(long, value_name = "URL", required_unless_present = "identity")]
+    #[arg(long, value_name = "URL", required_unless_present_any = ["identity", "print_config"])]
     hub: Option<String>,
     /// Address for devices' HTTP readings and /status; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
@@ -121,6 +121,20 @@ struct GatewayArgs {
     /// Outbox size in bytes at which new readings are refused (alerts get 10% more).
     #[arg(long, default_value_t = osler_gateway::DEFAULT_OUTBOX_LIMIT)]
     outbox_limit: u64,
+    /// Edge policies per metric, TOML (filter, deadband, near, heartbeat, window, max_hold;
+    /// see --print-config for every key and its default). Without it the defaults apply.
+    #[arg(long, value_name = "FILE", conflicts_with = "raw")]
+    config: Option<PathBuf>,
+    /// Print the effective edge configuration (defaults, or --config applied) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Send every raw reading as it is, without edge processing (the baseline that the edge's
+    /// saving is measured against).
+    #[arg(long)]
+    raw: bool,
+    /// How often to fetch per-patient thresholds from the hub, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    overrides_every: f64,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +176,10 @@ enum Bench {
     Alerts(osler_bench::alerts::AlertBenchArgs),
     /// The whole pipeline, sim -> gateway -> hub: throughput, gateway footprint, catch-up.
     Pipeline(osler_bench::pipeline::PipelineBenchArgs),
+    /// The edge's upload saving (vs per-reading JSON and compressed raw batches), per metric;
+    /// its fidelity (no alert lost, every reading counted, the trend kept) and decision time.
+    /// `--live` adds the standard scenario through real processes, raw then edge.
+    Edge(osler_bench::edge::EdgeBenchArgs),
 }
 
 fn init_logging() -> anyhow::Result<()> {
@@ -243,6 +261,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Hub(args) => osler_bench::hub::run(args),
             Bench::Pipeline(args) => osler_bench::pipeline::run(args),
             Bench::Alerts(args) => osler_bench::alerts::run(args),
+            Bench::Edge(args) => osler_bench::edge::run(args),
         },
     }
 }
@@ -254,8 +273,32 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+fn edge_config(args: &GatewayArgs) -> anyhow::Result<osler_edge::EdgeConfig> {
+    if args.raw {
+        return Ok(osler_edge::EdgeConfig::forward_everything());
+    }
+    match &args.config {
+        None => Ok(osler_edge::EdgeConfig::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --config {}", path.display()))?;
+            osler_edge::EdgeConfig::from_toml(&text)
+                .with_context(|| format!("--config {}", path.display()))
+        }
+    }
+}
+
 fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     use osler_gateway::identity::Identity;
+    let edge = edge_config(&args)?;
+    if args.print_config {
+        print!("{}", edge.to_toml());
+        return Ok(());
+    }
+    anyhow::ensure!(
+        args.overrides_every.is_finite() && args.overrides_every >= 0.1,
+        "--overrides-every must be at least 0.1 seconds"
+    );
     if let Some(id) = &args.id {
         Identity::set_id(&args.data, id).map_err(anyhow::Error::msg)?;
     }
@@ -292,6 +335,8 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         upload,
         mqtt,
         outbox_limit: args.outbox_limit,
+        edge,
+        overrides_every: std::time::Duration::from_secs_f64(args.overrides_every),
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {

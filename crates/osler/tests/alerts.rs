@@ -87,11 +87,9 @@ fn every_injected_event_raises_its_alert_and_nothing_else_does() {
         truth.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds.len(), 8, "every kind of event is injected: {kinds:?}");
     let sent = summary["acknowledged"].as_u64().unwrap();
-    let delivered = wait_for(Duration::from_secs(120), || {
-        (metric(&hub, "osler_readings_stored") as u64 >= sent
-            && gw.status()["outbox"]["readings"] == 0)
-            .then_some(())
-    });
+    // The gateway runs its edge processing (the default): what it sends is what the rules see.
+    let delivered = wait_for(Duration::from_secs(120), || gw.drained().then_some(()));
+    assert!(sent > 0);
     assert!(delivered.is_some(), "readings not delivered");
 
     let matches = |event: &Value, alert: &Value| {

@@ -1,7 +1,9 @@
 //! sim → gateway → hub with the real binaries: exactly once, through outages and `kill -9`.
+//!
+//! The gateway runs with `--raw` here: these tests count every reading end to end (the
+//! transport's exactly-once promise). The edge's own crash and fidelity tests are in `edge.rs`.
 
 mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -81,7 +83,7 @@ fn sim_to_hub_every_reading_exactly_once() {
     let hub = Hub::start(&hub_dir);
     osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     enrol(&hub_dir, &gw_dir);
-    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &[]);
+    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw"]);
     let sent_file = dir.0.join("sent.jsonl");
     let truth = dir.0.join("truth.jsonl");
     let summary = finish_sim(spawn_sim(&[
@@ -128,7 +130,7 @@ fn sim_to_hub_every_reading_exactly_once() {
 fn gateway_rejects_invalid_readings_clearly() {
     let dir = TempDir::new("gw-invalid");
     let hub = Hub::start(&dir.0.join("hub"));
-    let gw = Gateway::start(&dir.0.join("gw"), &hub.root(), 0, &[]);
+    let gw = Gateway::start(&dir.0.join("gw"), &hub.root(), 0, &["--raw"]);
     let url = format!("{}/readings", gw.url);
     let now = minutes_ago(1);
     let body = format!(
@@ -166,7 +168,7 @@ fn hub_outage_under_load_then_everything_once() {
     let hub = Hub::start_full(&hub_dir, port, &[], None);
     osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     enrol(&hub_dir, &gw_dir);
-    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &[]);
+    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw"]);
     let sent_file = dir.0.join("sent.jsonl");
     let sim = spawn_sim(&[
         "--gateway",
@@ -226,7 +228,7 @@ fn gateway_kill_9_mid_stream_loses_and_duplicates_nothing() {
     osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     enrol(&hub_dir, &gw_dir);
     let port = free_port();
-    let mut gw = Gateway::start(&gw_dir, &hub.root(), port, &[]);
+    let mut gw = Gateway::start(&gw_dir, &hub.root(), port, &["--raw"]);
     let sent_file = dir.0.join("sent.jsonl");
     let sim = spawn_sim(&[
         "--gateway",
@@ -254,7 +256,7 @@ fn gateway_kill_9_mid_stream_loses_and_duplicates_nothing() {
             "round {round}: the load did not reach the gateway"
         );
         gw.kill9();
-        gw = Gateway::start(&gw_dir, &hub.root(), port, &[]);
+        gw = Gateway::start(&gw_dir, &hub.root(), port, &["--raw"]);
     }
     let summary = finish_sim(sim);
     let sent = read_jsonl(&sent_file);
@@ -276,7 +278,7 @@ fn hub_kill_9_between_receiving_and_acknowledging() {
     osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     enrol(&hub_dir, &gw_dir);
     // Small batches make many commits, so the kills land between receipt and answer.
-    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--max-batch", "50"]);
+    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw", "--max-batch", "50"]);
     let sent_file = dir.0.join("sent.jsonl");
     let sim = spawn_sim(&[
         "--gateway",
@@ -332,7 +334,7 @@ fn a_write_torn_by_a_crash_is_recovered_without_losing_what_was_acknowledged() {
     let dir = TempDir::new("torn-cut");
     let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
     let dead_hub = format!("http://127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&gw_dir, &dead_hub, 0, &[]);
+    let gw = Gateway::start(&gw_dir, &dead_hub, 0, &["--raw"]);
     let wal = gw_dir.join("outbox.db-wal");
     let a = post(
         &format!("{}/readings", gw.url),
@@ -359,7 +361,7 @@ fn a_write_torn_by_a_crash_is_recovered_without_losing_what_was_acknowledged() {
     drop(f);
     let hub = Hub::start(&hub_dir);
     enrol(&hub_dir, &gw_dir);
-    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &[]);
+    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw"]);
     wait_delivered(&hub, &gw, 200, Duration::from_secs(30));
     assert_eq!(count_for(&hub, "torn-a"), 200);
     assert_eq!(
@@ -376,7 +378,7 @@ fn a_torn_outbox_tail_is_recovered_and_a_damaged_file_set_aside() {
     let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
     // First the gateway has no hub (nothing listens on this port): readings pile up.
     let dead_hub = format!("http://127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&gw_dir, &dead_hub, 0, &[]);
+    let gw = Gateway::start(&gw_dir, &dead_hub, 0, &["--raw"]);
     let sent_file = dir.0.join("sent.jsonl");
     finish_sim(spawn_sim(&[
         "--gateway",
@@ -406,7 +408,7 @@ fn a_torn_outbox_tail_is_recovered_and_a_damaged_file_set_aside() {
     // Restarted with a real hub, it recovers by itself and delivers everything it acknowledged.
     let hub = Hub::start(&hub_dir);
     enrol(&hub_dir, &gw_dir);
-    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &[]);
+    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw"]);
     wait_delivered(&hub, &gw, sent.len() as u64, Duration::from_secs(60));
     assert_exactly_once(&hub, &sent, 3);
     gw.kill9();
@@ -421,7 +423,7 @@ fn a_torn_outbox_tail_is_recovered_and_a_damaged_file_set_aside() {
         *b = 0x5a;
     }
     std::fs::write(&db, &bytes).unwrap();
-    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &[]);
+    let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw"]);
     let status = gw.status();
     let aside = status["outbox"]["recovered_from_damaged_file"]
         .as_str()

@@ -174,6 +174,16 @@ impl Gateway {
         get(&format!("{}/status", self.url)).json()
     }
 
+    /// Everything received has left: every lane of the outbox is empty and no edge stream
+    /// holds a reading still to decide or an open summary.
+    pub fn drained(&self) -> bool {
+        let s = self.status();
+        ["readings", "alerts", "summaries"]
+            .iter()
+            .all(|lane| s["outbox"][lane] == 0)
+            && s["edge"]["streams_holding"] == 0
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
