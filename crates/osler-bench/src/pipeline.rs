@@ -104,6 +104,9 @@ pub fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
             &hub_root,
             "--listen",
             "127.0.0.1:0",
+            // The transport is measured: every reading travels and is counted at the hub
+            // (`osler bench edge` measures what the edge saves).
+            "--raw",
         ],
         Duration::from_secs(30),
     )?;

@@ -204,9 +204,8 @@ fn the_edge_keeps_every_alert_and_the_trend_of_the_raw_stream() {
     assert_eq!(one["id"], summary_id.as_str());
     let file = dir.0.join("summaries.json");
     std::fs::write(&file, serde_json::to_string(&[page, one]).unwrap()).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = std::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("scripts/validate_fhir.py"))
+    let out = std::process::Command::new(python())
+        .arg(workspace().join("scripts/validate_fhir.py"))
         .arg(&file)
         .output()
         .expect("run the validator (./scripts/test installs it)");

@@ -4,28 +4,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
 use serde_json::{Value, json};
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("OSLER_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = workspace().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run ./scripts/test, which installs the pinned FHIR validator",
-        venv.display()
-    );
-    venv
-}
 
 #[test]
 fn everything_served_is_valid_fhir_r4() {

@@ -468,3 +468,22 @@ pub fn count_for(hub: &Hub, patient: &str) -> u64 {
     assert_eq!(a.status, 200, "{}", a.text);
     a.json()["total"].as_u64().unwrap()
 }
+
+/// The workspace root.
+pub fn workspace() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The Python with the pinned FHIR validator (`OSLER_PYTHON`, else the venv `scripts/test` makes).
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("OSLER_PYTHON") {
+        return std::path::PathBuf::from(p);
+    }
+    let venv = workspace().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run ./scripts/test, which installs the pinned FHIR validator",
+        venv.display()
+    );
+    venv
+}
