@@ -116,8 +116,12 @@ pub struct Sample {
 /// Readings not sent one by one, summarised: per part, the raw values' statistics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    // The stream's key, filled in when the summary is sent (not repeated in the stored state).
+    #[serde(skip)]
     pub patient: String,
+    #[serde(skip)]
     pub metric: String,
+    #[serde(skip)]
     pub device: Option<String>,
     /// First and last reading folded in (times taken, UTC ms).
     pub t0: i64,
@@ -195,7 +199,7 @@ pub struct Stream {
 }
 
 /// How many recent reading times a stream remembers to recognise resends.
-const SEEN: usize = 32;
+const SEEN: usize = 16;
 
 /// Counters of one call, for the gateway's status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -484,14 +488,15 @@ impl Stream {
             .summary
             .as_ref()
             .is_some_and(|sum| window(s.t) != window(sum.t0))
-            && let Some(done) = self.summary.take()
+            && let Some(done) = self.take_summary()
         {
             out.push(Output::Summary(done));
         }
         let summary = self.summary.get_or_insert_with(|| Summary {
-            patient: self.patient.clone(),
-            metric: self.metric.clone(),
-            device: self.device.clone(),
+            // Filled in when it is sent (take_summary).
+            patient: String::new(),
+            metric: String::new(),
+            device: None,
             t0: s.t,
             t1: s.t,
             o: s.o,
@@ -539,7 +544,7 @@ impl Stream {
         if self.summary.as_ref().is_some_and(|s| {
             let ends = (s.t0.div_euclid(window) + 1) * window;
             stopped || (now_ms >= ends && quiet >= QUIET_MS.min(window))
-        }) && let Some(done) = self.summary.take()
+        }) && let Some(done) = self.take_summary()
         {
             out.push(Output::Summary(done));
         }
@@ -554,9 +559,18 @@ impl Stream {
     pub fn flush(&mut self, policy: &Policy, out: &mut Vec<Output>, tally: &mut Tally) {
         let end = self.recent.len();
         self.decide_waiting(policy, end, out, tally);
-        if let Some(done) = self.summary.take() {
+        if let Some(done) = self.take_summary() {
             out.push(Output::Summary(done));
         }
+    }
+
+    /// The open summary, with the stream's key, to send.
+    fn take_summary(&mut self) -> Option<Summary> {
+        let mut done = self.summary.take()?;
+        done.patient = self.patient.clone();
+        done.metric = self.metric.clone();
+        done.device = self.device.clone();
+        Some(done)
     }
 
     fn reading(&self, s: &Sample) -> Reading {
