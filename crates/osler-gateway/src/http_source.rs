@@ -62,7 +62,7 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         .rejected
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
     let accepted = readings.len();
-    match crate::ingest(&shared, readings, now).await {
+    match crate::ingest(&shared, readings, now, crate::request_key(&[&body])).await {
         Ok(()) => {}
         Err(e @ OutboxError::Full { .. }) => {
             return answer(

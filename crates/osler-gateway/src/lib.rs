@@ -82,6 +82,7 @@ pub(crate) async fn ingest(
     shared: &Shared,
     readings: Vec<osler_core::Reading>,
     now: i64,
+    request: u64,
 ) -> Result<(), outbox::OutboxError> {
     if readings.is_empty() {
         return Ok(());
@@ -90,7 +91,23 @@ pub(crate) async fn ingest(
         let overrides = shared.overrides.read().unwrap_or_else(|p| p.into_inner());
         shared.alerts.evaluate(&readings, &overrides)
     };
-    shared.outbox.ingest(readings, alerts, now).await
+    shared
+        .outbox
+        .ingest(readings, alerts, now, Some(request))
+        .await
+}
+
+/// A request's identity for recognising a device's resend of something the gateway committed
+/// but could not acknowledge (it crashed in between): a 64-bit hash of its bytes (SipHash with
+/// fixed keys, so the same after a restart).
+pub(crate) fn request_key(parts: &[&[u8]]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)] // SipHasher: stable keys on purpose; DefaultHasher's are unspecified.
+    let mut h = std::hash::SipHasher::new();
+    for p in parts {
+        p.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// State shared by the sources, the uploader and `/status`.

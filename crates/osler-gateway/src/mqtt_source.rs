@@ -110,7 +110,14 @@ async fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> bool {
             return false;
         }
     }
-    match crate::ingest(shared, readings, now).await {
+    match crate::ingest(
+        shared,
+        readings,
+        now,
+        crate::request_key(&[topic.as_bytes(), payload]),
+    )
+    .await
+    {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, "cannot store an MQTT message; leaving it unacknowledged");

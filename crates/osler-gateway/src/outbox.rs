@@ -10,6 +10,7 @@
 //! quarantine(id, received_ms, source, payload, reason)
 //! meta(key, value)                        -- 'next_seq.N': the next sequence of lane N
 //! edge_stream(patient, metric, device, state)  -- WITHOUT ROWID: each stream's edge state (JSON)
+//! request(h, at_ms)                       -- devices' requests committed in the last hour (resends)
 //! ```
 //!
 //! `entry` is wire JSON ready to batch: `lane` 0 alerts (`AlertEntry`), 1 readings (`Entry`),
@@ -117,6 +118,7 @@ enum Job {
         readings: Vec<Reading>,
         alerts: Vec<String>,
         now_ms: i64,
+        request: Option<u64>,
         reply: oneshot::Sender<Result<(), OutboxError>>,
     },
     Tick {
@@ -239,6 +241,8 @@ fn prepare(conn: &Connection) -> Result<(), OutboxError> {
              payload TEXT NOT NULL,
              reason TEXT NOT NULL
          );
+         CREATE TABLE IF NOT EXISTS request(h INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
+         CREATE INDEX IF NOT EXISTS request_at ON request(at_ms);
          CREATE TABLE IF NOT EXISTS edge_stream(
              patient TEXT NOT NULL,
              metric TEXT NOT NULL,
@@ -391,11 +395,14 @@ impl Outbox {
     /// Takes in validated readings and the alert events they raised: the edge decides what to
     /// send and what to summarise, and everything (alerts, entries, stream states) is committed
     /// together. Resolves once durable.
+    /// `request` identifies the device's request: one committed in the last hour is recognised
+    /// when sent again and answered without being taken in twice.
     pub async fn ingest(
         &self,
         readings: Vec<Reading>,
         alerts: Vec<String>,
         now_ms: i64,
+        request: Option<u64>,
     ) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
@@ -403,6 +410,7 @@ impl Outbox {
                 readings,
                 alerts,
                 now_ms,
+                request,
                 reply,
             })
             .await
@@ -737,8 +745,26 @@ impl Writer {
                         readings,
                         alerts,
                         now_ms,
+                        request,
                         reply,
                     } => {
+                        if let Some(key) = request {
+                            // Stored as i64: SQLite integers are signed.
+                            let seen: Option<i64> = self
+                                .conn
+                                .prepare_cached("SELECT 1 FROM request WHERE h=?1")?
+                                .query_row([key as i64], |r| r.get(0))
+                                .optional()?;
+                            if seen.is_some() {
+                                replies.push(Reply::Ingest(reply));
+                                continue;
+                            }
+                            self.conn
+                                .prepare_cached(
+                                    "INSERT OR IGNORE INTO request(h, at_ms) VALUES (?1, ?2)",
+                                )?
+                                .execute(params![key as i64, now_ms])?;
+                        }
                         if bytes >= self.limit && !readings.is_empty() {
                             let _ = reply.send(Err(OutboxError::Full {
                                 bytes,
@@ -759,6 +785,11 @@ impl Writer {
                         replies.push(Reply::Ingest(reply));
                     }
                     Job::Tick { now_ms } => {
+                        // Requests are remembered for an hour: far longer than any device waits
+                        // before resending.
+                        self.conn
+                            .prepare_cached("DELETE FROM request WHERE at_ms < ?1")?
+                            .execute([now_ms - 3_600_000])?;
                         let mut out = Vec::new();
                         for (key, stream) in self.streams.iter_mut() {
                             let policy = self.edge.config.policy(key.1);
