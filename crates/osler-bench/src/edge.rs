@@ -29,7 +29,7 @@ use osler_core::{Metric, Reading};
 use osler_edge::{EdgeConfig, Output, Stream, Tally, Zone};
 use osler_rules::{Change, Engine};
 use osler_sim::model::{Cohort, EventKind};
-use osler_wire::{BatchHeader, Entry, GatewayKey, Lane, SummaryEntry, seal};
+use osler_wire::{BatchHeader, Entry, GatewayKey, Lane, seal};
 
 use crate::percentile;
 
@@ -245,24 +245,7 @@ pub fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
             Output::Summary(s) => {
                 summaries += 1;
                 let m = Metric::from_key(&s.metric).context("a summary's metric")?;
-                let e = (
-                    *at,
-                    SummaryEntry {
-                        p: s.patient.clone(),
-                        d: s.device.clone(),
-                        m: s.metric.clone(),
-                        t0: s.t0,
-                        t1: s.t1,
-                        o: s.o,
-                        n: s.n,
-                        min: s.min.clone(),
-                        max: s.max.clone(),
-                        mean: s.mean(),
-                        last: s.last.clone(),
-                        spikes: s.spikes,
-                    }
-                    .to_json(),
-                );
+                let e = (*at, osler_gateway::outbox::summary_entry(s).to_json());
                 edge_entries
                     .entry(m.info().key)
                     .or_default()

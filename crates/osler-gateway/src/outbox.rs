@@ -649,7 +649,8 @@ fn load_streams(conn: &Connection) -> Result<HashMap<StreamKey, Stream>, OutboxE
     Ok(out)
 }
 
-fn summary_entry(s: &osler_edge::Summary) -> SummaryEntry {
+/// A closed summary as it travels (the summaries lane's entry).
+pub fn summary_entry(s: &osler_edge::Summary) -> SummaryEntry {
     SummaryEntry {
         p: s.patient.clone(),
         d: s.device.clone(),
