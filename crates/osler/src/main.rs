@@ -65,12 +65,19 @@ enum Command {
         publish them to an MQTT broker (--mqtt). Each reading is validated, written to the outbox\n\
         on disk, and only then acknowledged. The uploader sends the outbox to the hub in signed,\n\
         compressed batches and deletes entries only when the hub confirms their commit.\n\n\
+        Edge processing (default; --raw turns it off): every reading near or past an alert\n\
+        threshold (the patient's own thresholds included, fetched from the hub) is sent at once;\n\
+        otherwise a reading is sent when its spike-filtered value moved more than the metric's\n\
+        clinical resolution or a heartbeat passed, and the rest is sent as window summaries\n\
+        (count, min, max, mean, last). Tune it per metric with --config FILE (TOML);\n\
+        --print-config shows every key and its default.\n\n\
         Reading format: {\"patient\":\"p1\",\"device\":\"watch-1\",\"metric\":\"heart-rate\",\n\
         \"value\":72,\"unit\":\"/min\",\"time\":\"2025-06-01T08:30:00+02:00\"} (value [sys,dia] for BP).\n\n\
         First start creates the gateway's id and key in --data. Enrol it at the hub:\n\
           osler gateway --data GW --identity           # prints id and public key\n\
           osler hub enrol --data HUB --gateway ID --key KEY\n\
-        GET /status reports outbox depth and age, the last upload and hub reachability.")]
+        GET /status reports outbox depth and age, the last upload, hub reachability and what\n\
+        the edge sent, summarised and filtered.")]
     Gateway(GatewayArgs),
     /// Administer a hub's data directory: enrol or revoke gateways, list them.
     Hub {
