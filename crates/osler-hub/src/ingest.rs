@@ -26,6 +26,26 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new().route("/ingest/batch", post(batch))
 }
 
+/// A batch's place in its gateway's sequence with the entries refused before the store; each
+/// lane adds what it carries (ops, summaries).
+fn mark_of(
+    header: &osler_wire::BatchHeader,
+    received: i64,
+    rejected: Vec<(u64, String, String)>,
+) -> BatchMark {
+    BatchMark {
+        gateway: header.gateway.clone(),
+        received_ms: received,
+        first_seq: header.first_seq,
+        lane: header.lane.as_u8(),
+        last_seq: header.last_seq(),
+        op_seqs: Vec::new(),
+        op_raw: Vec::new(),
+        rejected,
+        summaries: Vec::new(),
+    }
+}
+
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": reason.into() }))).into_response()
 }
@@ -116,15 +136,9 @@ async fn batch(
         }
     }
     let mark = BatchMark {
-        gateway: gw.clone(),
-        received_ms: received,
-        first_seq: header.first_seq,
-        lane: header.lane.as_u8(),
-        last_seq: header.last_seq(),
         op_seqs,
         op_raw,
-        rejected: rejected.clone(),
-        summaries: Vec::new(),
+        ..mark_of(&header, received, rejected.clone())
     };
     let ops_readings: Vec<osler_core::Reading> = ops.iter().map(|o| o.reading.clone()).collect();
     let result = match state.store.write_batch(ops, mark, Vec::new()).await {
@@ -231,17 +245,7 @@ async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Res
             )),
         }
     }
-    let mark = BatchMark {
-        gateway: gw.clone(),
-        received_ms: received,
-        first_seq: env.header.first_seq,
-        lane: env.header.lane.as_u8(),
-        last_seq: env.header.last_seq(),
-        op_seqs: Vec::new(),
-        op_raw: Vec::new(),
-        rejected: rejected.clone(),
-        summaries: Vec::new(),
-    };
+    let mark = mark_of(&env.header, received, rejected.clone());
     let result = match state
         .store
         .write_batch(Vec::new(), mark, crate::alerts::writes(&events, "gateway"))
@@ -295,15 +299,8 @@ async fn summary_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> R
     }
     let stored = summaries.len();
     let mark = BatchMark {
-        gateway: gw.clone(),
-        received_ms: received,
-        first_seq: env.header.first_seq,
-        lane: env.header.lane.as_u8(),
-        last_seq: env.header.last_seq(),
-        op_seqs: Vec::new(),
-        op_raw: Vec::new(),
-        rejected: rejected.clone(),
         summaries,
+        ..mark_of(&env.header, received, rejected.clone())
     };
     if let Err(e) = state.store.write_batch(Vec::new(), mark, Vec::new()).await {
         tracing::error!(gateway = %gw, error = %e, "summary batch not committed");

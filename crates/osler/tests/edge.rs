@@ -82,6 +82,24 @@ fn first_value(o: &Value) -> f64 {
         .unwrap()
 }
 
+fn is_summary(o: &Value) -> bool {
+    o["meta"]["tag"][0]["code"] == "edge-summary"
+}
+
+/// How many device readings an Observation stands for: one, or a summary's count.
+fn readings_in(o: &Value) -> f64 {
+    if !is_summary(o) {
+        return 1.0;
+    }
+    o["component"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"]["coding"][0]["code"] == "count")
+        .and_then(|c| c["valueInteger"].as_f64())
+        .unwrap()
+}
+
 fn ms(text: &str) -> i64 {
     osler_core::Timestamp::parse(text).unwrap().utc_ms
 }
@@ -97,18 +115,10 @@ fn hub_trend(
         let patient = format!("sim-p{p}");
         for o in all_observations(&hub.base, &patient) {
             let metric = loinc_metric(&o);
-            let summary = o["meta"]["tag"][0]["code"] == "edge-summary";
-            let (t, n) = if summary {
-                let n = o["component"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|c| c["code"]["coding"][0]["code"] == "count")
-                    .and_then(|c| c["valueInteger"].as_f64())
-                    .unwrap();
-                (ms(o["effectivePeriod"]["start"].as_str().unwrap()), n)
-            } else {
-                (ms(o["effectiveDateTime"].as_str().unwrap()), 1.0)
+            let n = readings_in(&o);
+            let t = match o["effectivePeriod"]["start"].as_str() {
+                Some(start) if is_summary(&o) => ms(start),
+                _ => ms(o["effectiveDateTime"].as_str().unwrap()),
             };
             let slot = out
                 .entry((
@@ -196,7 +206,7 @@ fn the_edge_keeps_every_alert_and_the_trend_of_the_raw_stream() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["resource"]["meta"]["tag"][0]["code"] == "edge-summary")
+        .find(|e| is_summary(&e["resource"]))
         .and_then(|e| e["resource"]["id"].as_str())
         .expect("heart-rate summaries in the search")
         .to_owned();
@@ -319,17 +329,7 @@ fn kill_9_of_an_edge_gateway_loses_no_reading() {
     for (patient, n) in &per_patient {
         let mut have = 0.0;
         for o in all_observations(&hub.base, patient) {
-            have += if o["meta"]["tag"][0]["code"] == "edge-summary" {
-                o["component"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|c| c["code"]["coding"][0]["code"] == "count")
-                    .and_then(|c| c["valueInteger"].as_f64())
-                    .unwrap()
-            } else {
-                1.0
-            };
+            have += readings_in(&o);
         }
         assert_eq!(have as usize, *n, "{patient}: readings on the hub");
         counted += have;
