@@ -199,6 +199,11 @@ struct Outbox {
     retry_for: Duration,
     mqtt_prefix: String,
     patient_prefix: String,
+    /// Readings taken at or after this time are live (`--follow`), not the replayed past.
+    live_from: i64,
+    /// Per send of live readings: how long after its time the oldest of them left (ms). The
+    /// benchmarks report it, so that a simulator falling behind is not taken for a slow system.
+    send_lags: Vec<i64>,
 }
 
 impl Outbox {
@@ -206,6 +211,15 @@ impl Outbox {
     fn flush(&mut self) -> anyhow::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
+        }
+        if let Some(oldest) = self
+            .pending
+            .iter()
+            .map(|(r, _)| r.t_ms)
+            .filter(|t| *t >= self.live_from)
+            .min()
+        {
+            self.send_lags.push(now_ms() - oldest);
         }
         let ok: Vec<bool> = match &mut self.sink {
             Sink::Http { agent, url } => {
@@ -389,13 +403,20 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         retry_for: Duration::from_secs(args.retry_for),
         mqtt_prefix: args.mqtt_prefix.clone(),
         patient_prefix: args.patient_prefix.clone(),
+        live_from: now,
+        send_lags: Vec::new(),
     };
     while let Some(t) = cohort.next_tick_ms() {
         // Never ahead of real time: a reading is not sent before it was taken.
-        let ahead = t - now_ms();
-        if ahead > 0 {
+        if t > now_ms() {
             out.flush()?;
-            std::thread::sleep(Duration::from_millis(ahead as u64));
+            // Measured after the flush, which waits for the gateway's answer: sleeping for the
+            // time measured before it would send every later reading that much after it was
+            // taken, and charge the simulator's lateness to the system it measures.
+            let ahead = t - now_ms();
+            if ahead > 0 {
+                std::thread::sleep(Duration::from_millis(ahead as u64));
+            }
         }
         if let Some(speed) = speed {
             // Simulated time runs `speed` times faster than real time from the start.
@@ -404,7 +425,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             let now = Instant::now();
             if due > now {
                 out.flush()?;
-                std::thread::sleep(due - now);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
         }
         readings.clear();
@@ -434,6 +455,11 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         f.flush()?;
     }
     let (acked, rejected) = (out.acked, out.rejected);
+    let mut lags = std::mem::take(&mut out.send_lags);
+    lags.sort_unstable();
+    let lag = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+    let send_lag =
+        (!lags.is_empty()).then(|| json!({ "p50": lag(0.5), "p99": lag(0.99), "max": lag(1.0) }));
     if let Sink::Mqtt { client, thread, .. } = out.sink {
         client.disconnect().context("MQTT disconnect")?;
         drop(client);
@@ -449,6 +475,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
             "events": cohort.events.len(),
             "seconds": (secs * 1000.0).round() / 1000.0,
             "readings_per_second": (acked as f64 / secs).round(),
+            "send_lag_ms": send_lag,
         })
     );
     Ok(())
