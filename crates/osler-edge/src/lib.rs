@@ -28,6 +28,7 @@
 //! of a stream are sent in the order they were taken.
 
 pub mod config;
+mod state;
 
 use std::collections::VecDeque;
 
@@ -35,6 +36,7 @@ pub use config::{ConfigError, EdgeConfig, Filter, Policy};
 use osler_core::{Id, Metric, Reading, Status, Timestamp, Value};
 use osler_rules::{Condition, Direction, Overrides, RULES};
 use serde::{Deserialize, Serialize};
+pub use state::DecodeError;
 
 /// Where, for one metric and patient, every reading must be sent.
 #[derive(Clone, Debug, PartialEq)]
@@ -530,7 +532,15 @@ impl Stream {
     /// nothing arrived for [`QUIET_MS`], or once the stream stopped (nothing for three of its
     /// own intervals, at least [`QUIET_MS`]: the end of a replay or of a device's session). A
     /// stream that keeps sending needs neither: its next readings decide and close.
-    pub fn tick(&mut self, policy: &Policy, now_ms: i64, out: &mut Vec<Output>, tally: &mut Tally) {
+    /// Returns whether the state changed (the gateway then stores it).
+    pub fn tick(
+        &mut self,
+        policy: &Policy,
+        now_ms: i64,
+        out: &mut Vec<Output>,
+        tally: &mut Tally,
+    ) -> bool {
+        let mut changed = false;
         let quiet = now_ms.saturating_sub(self.arrived[1]);
         // Stopped: nothing arrived for three of the stream's own intervals (at least QUIET_MS).
         let pace = self.arrived[1].saturating_sub(self.arrived[0]).max(0);
@@ -539,6 +549,7 @@ impl Stream {
             let end = self.recent.len();
             self.decide_waiting(policy, end, out, tally);
             self.trim(policy);
+            changed = true;
         }
         let window = policy.window_ms.max(1);
         if self.summary.as_ref().is_some_and(|s| {
@@ -547,7 +558,9 @@ impl Stream {
         }) && let Some(done) = self.take_summary()
         {
             out.push(Output::Summary(done));
+            changed = true;
         }
+        changed
     }
 
     /// Whether the stream holds nothing that must still be sent.

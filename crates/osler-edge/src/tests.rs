@@ -153,12 +153,12 @@ fn a_quiet_stream_is_decided_and_its_summary_sent() {
         s.observe(&policy, &zone, &at(i), T0 + i * 1000, &mut out, &mut tally);
     }
     assert_eq!(s.waiting(), 2, "the last two wait for their filter window");
-    s.tick(&policy, T0 + 4000 + QUIET_MS - 1, &mut out, &mut tally);
+    assert!(!s.tick(&policy, T0 + 4000 + QUIET_MS - 1, &mut out, &mut tally));
     assert_eq!(s.waiting(), 2, "not stopped yet");
     assert_eq!(out.len(), 1, "the first reading was sent");
     // Stopped (quiet for three of its intervals, at least QUIET_MS): the waiting readings are
     // decided and the summary sent, though its window has not ended.
-    s.tick(&policy, T0 + 4000 + QUIET_MS, &mut out, &mut tally);
+    assert!(s.tick(&policy, T0 + 4000 + QUIET_MS, &mut out, &mut tally));
     assert_eq!(s.waiting(), 0);
     assert!(matches!(out.last(), Some(Output::Summary(x)) if x.n == 4));
     assert_eq!(out.len(), 2);
@@ -166,26 +166,75 @@ fn a_quiet_stream_is_decided_and_its_summary_sent() {
 }
 
 #[test]
-fn state_survives_a_round_trip_through_json() {
-    // What the gateway does at every commit: the stream restored from its JSON decides the
-    // rest exactly as the one that stayed in memory.
+fn state_survives_a_round_trip_through_its_stored_form() {
+    // What the gateway does at every commit: the stream restored from its stored bytes (or,
+    // from an outbox written before the binary form, its JSON) decides the rest exactly as the
+    // one that stayed in memory.
     let policy = Policy::default_for(Metric::HeartRate);
     let zone = Zone::for_metric(Metric::HeartRate, policy.near, None);
     let values: Vec<f64> = (0..200).map(|i| 70.0 + ((i * 37) % 23) as f64).collect();
-    let (mut a_out, mut b_out) = (Vec::new(), Vec::new());
+    let (mut a_out, mut b_out, mut c_out) = (Vec::new(), Vec::new(), Vec::new());
     let mut tally = Tally::default();
     let first = reading(Metric::HeartRate, T0, Value::Scalar(values[0]));
     let mut a = Stream::new(&first);
     let mut b = Stream::new(&first);
+    let mut c = Stream::new(&first);
     for (i, v) in values.iter().enumerate() {
         let r = reading(Metric::HeartRate, T0 + i as i64 * 1000, Value::Scalar(*v));
         a.observe(&policy, &zone, &r, r.taken.utc_ms, &mut a_out, &mut tally);
-        let text = serde_json::to_string(&b).unwrap();
-        b = serde_json::from_str(&text).unwrap();
+        let mut bytes = Vec::new();
+        b.encode(&mut bytes);
+        b = Stream::decode("p1", "heart-rate", Some("w1"), &bytes).unwrap();
         b.observe(&policy, &zone, &r, r.taken.utc_ms, &mut b_out, &mut tally);
+        let text = serde_json::to_string(&c).unwrap();
+        c = serde_json::from_str(&text).unwrap();
+        c.observe(&policy, &zone, &r, r.taken.utc_ms, &mut c_out, &mut tally);
     }
+    // Readings sent and summaries closed along the way: both halves of the state were used.
+    assert!(a_out.iter().any(|o| matches!(o, Output::Forward(_))));
+    assert!(a_out.iter().any(|o| matches!(o, Output::Summary(_))));
     assert_eq!(a, b);
     assert_eq!(a_out, b_out);
+    assert_eq!(a, c);
+    assert_eq!(a_out, c_out);
+}
+
+#[test]
+fn damaged_state_bytes_are_refused_not_misread() {
+    let policy = Policy::default_for(Metric::BloodPressure);
+    let zone = Zone::for_metric(Metric::BloodPressure, policy.near, None);
+    let mut s = Stream::new(&reading(
+        Metric::BloodPressure,
+        T0,
+        Value::Pair(120.0, 80.0),
+    ));
+    let (mut out, mut tally) = (Vec::new(), Tally::default());
+    for i in 0..20 {
+        let r = reading(
+            Metric::BloodPressure,
+            T0 + i * 60_000,
+            Value::Pair(120.5 + i as f64, 80.0),
+        );
+        s.observe(&policy, &zone, &r, T0 + i * 60_000, &mut out, &mut tally);
+    }
+    let mut bytes = Vec::new();
+    s.encode(&mut bytes);
+    for cut in 0..bytes.len() {
+        assert!(
+            Stream::decode("p1", "blood-pressure", Some("w1"), &bytes[..cut]).is_err(),
+            "a state cut at {cut} of {} bytes was accepted",
+            bytes.len()
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(Stream::decode("p1", "blood-pressure", None, &longer).is_err());
+    let mut other = bytes.clone();
+    other[0] = 9;
+    assert_eq!(
+        Stream::decode("p1", "blood-pressure", None, &other),
+        Err(DecodeError::Version(9))
+    );
 }
 
 #[test]
@@ -201,8 +250,20 @@ fn a_stream_state_stays_small() {
             let r = reading(metric, T0 + i * 1000, Value::Scalar(100.0 + (i % 7) as f64));
             s.observe(&policy, &zone, &r, T0 + i * 1000, &mut out, &mut tally);
         }
-        let size = serde_json::to_string(&s).unwrap().len();
-        assert!(size < 2000, "{metric:?}: state of {size} bytes");
+        let json = serde_json::to_string(&s).unwrap().len();
+        let mut bytes = Vec::new();
+        s.encode(&mut bytes);
+        // Heart rate holds its filter window and 16 remembered times: about 120 bytes.
+        assert!(
+            bytes.len() < 200,
+            "{metric:?}: state of {} bytes",
+            bytes.len()
+        );
+        assert!(
+            bytes.len() * 3 < json,
+            "{metric:?}: {} bytes against {json} of JSON",
+            bytes.len()
+        );
     }
 }
 
@@ -247,6 +308,34 @@ proptest! {
             let n: u32 = sums.iter().map(|s| s.n).sum();
             prop_assert_eq!(n as usize + fwd.len(), raw.len());
             prop_assert!(fwd.windows(2).all(|w| w[0].taken.utc_ms < w[1].taken.utc_ms));
+        }
+    }
+
+    /// Any state a stream reaches (pairs and fractions, out-of-order and resent readings, the
+    /// gateway's clock before or after reading time) comes back from its stored form as it was.
+    #[test]
+    fn every_state_round_trips(
+        steps in prop::collection::vec((-3i64..40, 0.0f64..300.0, 0.0f64..200.0, any::<bool>(), -5_000i64..5_000, any::<bool>()), 1..80),
+        metric in prop::sample::select(vec![Metric::HeartRate, Metric::BloodPressure, Metric::CgmGlucose, Metric::Steps]),
+    ) {
+        let policy = Policy::default_for(metric);
+        let zone = Zone::for_metric(metric, policy.near, None);
+        let mut s = Stream::new(&reading(metric, T0, Value::Scalar(1.0)));
+        let (mut out, mut tally) = (Vec::new(), Tally::default());
+        let mut t = T0;
+        for (dt, a, b, fraction, skew, tick) in steps {
+            t += dt * 1000;
+            let a = if fraction { a } else { a.round() };
+            let value = if metric == Metric::BloodPressure { Value::Pair(a, b) } else { Value::Scalar(a) };
+            let now = t + skew;
+            s.observe(&policy, &zone, &reading(metric, t, value), now, &mut out, &mut tally);
+            if tick {
+                s.tick(&policy, now + 20_000, &mut out, &mut tally);
+            }
+            let mut bytes = Vec::new();
+            s.encode(&mut bytes);
+            let back = Stream::decode("p1", metric.info().key, Some("w1"), &bytes);
+            prop_assert_eq!(back.as_ref(), Ok(&s));
         }
     }
 }

@@ -9,7 +9,8 @@
 //! outbox(lane, seq, entry, enqueued_ms)   -- WITHOUT ROWID, PRIMARY KEY (lane, seq)
 //! quarantine(id, received_ms, source, payload, reason)
 //! meta(key, value)                        -- 'next_seq.N': the next sequence of lane N
-//! edge_stream(patient, metric, device, state)  -- WITHOUT ROWID: each stream's edge state (JSON)
+//! edge_state(id, patient, metric, device, state) -- each stream's edge state (osler-edge's
+//!                                                    binary form), updated by id
 //! request(h, at_ms)                       -- devices' requests committed in the last hour (resends)
 //! ```
 //!
@@ -243,14 +244,16 @@ fn prepare(conn: &Connection) -> Result<(), OutboxError> {
          );
          CREATE TABLE IF NOT EXISTS request(h INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
          CREATE INDEX IF NOT EXISTS request_at ON request(at_ms);
-         CREATE TABLE IF NOT EXISTS edge_stream(
+         CREATE TABLE IF NOT EXISTS edge_state(
+             id INTEGER PRIMARY KEY,
              patient TEXT NOT NULL,
              metric TEXT NOT NULL,
              device TEXT NOT NULL,
-             state TEXT NOT NULL,
-             PRIMARY KEY(patient, metric, device)
-         ) WITHOUT ROWID;",
+             state BLOB NOT NULL,
+             UNIQUE(patient, metric, device)
+         );",
     )?;
+    migrate_json_states(conn)?;
     // A damaged file can open fine and fail later; check it now, while moving it aside is safe.
     let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if ok != "ok" {
@@ -326,8 +329,8 @@ impl Outbox {
         let streams = load_streams(&conn)?;
         edge.stats
             .streams
-            .store(streams.len() as u64, Ordering::Relaxed);
-        let holding = streams.values().filter(|s| !s.is_idle()).count() as u64;
+            .store(streams.slots.len() as u64, Ordering::Relaxed);
+        let holding = streams.slots.iter().filter(|s| !s.stream.is_idle()).count() as u64;
         edge.stats.open.store(holding, Ordering::Relaxed);
         let reader = Connection::open(&path)?;
         reader.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -613,38 +616,189 @@ impl Reply {
 
 type StreamKey = (String, Metric, Option<String>);
 
+/// One stream as the writer keeps it.
+struct Slot {
+    /// Its row in `edge_state`.
+    id: i64,
+    key: StreamKey,
+    stream: Stream,
+    /// Its state as last committed (`None`: not stored yet). A failed commit restores the stream
+    /// from it, and a state that encodes to the same bytes is not written again.
+    saved: Option<Vec<u8>>,
+    /// Touched in the group being committed, and whether it held anything before.
+    touched: bool,
+    was_holding: bool,
+}
+
+/// Every stream's edge state, the same as `edge_state` after each commit.
+#[derive(Default)]
+struct Streams {
+    slots: Vec<Slot>,
+    index: HashMap<StreamKey, usize>,
+    next_id: i64,
+    /// Slots touched in the group being committed.
+    touched: Vec<usize>,
+}
+
+impl Streams {
+    /// Marks slot `i` as touched by this group (its holding status is taken now, before the
+    /// change).
+    fn touch(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        if !slot.touched {
+            slot.touched = true;
+            slot.was_holding = !slot.stream.is_idle();
+            self.touched.push(i);
+        }
+    }
+
+    /// The slot of a reading's stream, created (and touched) if new.
+    fn slot_for(&mut self, r: &Reading) -> usize {
+        let key = Stream::key(r);
+        let i = match self.index.get(&key) {
+            Some(i) => *i,
+            None => {
+                let i = self.slots.len();
+                self.slots.push(Slot {
+                    id: self.next_id,
+                    key: key.clone(),
+                    stream: Stream::new(r),
+                    saved: None,
+                    touched: false,
+                    was_holding: false,
+                });
+                self.next_id += 1;
+                self.index.insert(key, i);
+                i
+            }
+        };
+        self.touch(i);
+        i
+    }
+}
+
 struct Writer {
     conn: Connection,
     limit: u64,
     depth: Arc<Depth>,
     wake: Arc<(Mutex<u64>, Condvar)>,
     edge: EdgeSetup,
-    /// Every stream's edge state; the same as `edge_stream` after each commit.
-    streams: HashMap<StreamKey, Stream>,
-    /// How many of them hold readings to decide or an open summary.
+    streams: Streams,
+    /// How many streams hold readings to decide or an open summary.
     holding: u64,
 }
 
-/// Loads every stream's edge state. A state that does not parse (written by another version)
-/// is logged and started afresh: it held at most a filter window of readings.
-fn load_streams(conn: &Connection) -> Result<HashMap<StreamKey, Stream>, OutboxError> {
-    let mut stmt = conn.prepare("SELECT patient, metric, device, state FROM edge_stream")?;
-    let mut rows = stmt.query([])?;
-    let mut out = HashMap::new();
-    while let Some(row) = rows.next()? {
-        let (patient, metric, device, state): (String, String, String, String) =
-            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-        let Some(m) = Metric::from_key(&metric) else {
-            continue;
-        };
-        match serde_json::from_str::<Stream>(&state) {
-            Ok(s) => {
-                out.insert((patient, m, (!device.is_empty()).then_some(device)), s);
-            }
-            Err(e) => {
-                tracing::error!(%patient, %metric, error = %e, "an edge stream state does not parse; starting it afresh")
+/// Outboxes written before the binary state kept it as JSON in `edge_stream`: carried over
+/// once, in one transaction, so an upgrade loses no reading waiting at the edge.
+fn migrate_json_states(conn: &Connection) -> Result<(), OutboxError> {
+    let old: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='edge_stream'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if old.is_none() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let moved = (|| -> Result<usize, OutboxError> {
+        let mut rows: Vec<(String, String, String, String)> = Vec::new();
+        {
+            let mut stmt =
+                conn.prepare("SELECT patient, metric, device, state FROM edge_stream")?;
+            let mut q = stmt.query([])?;
+            while let Some(row) = q.next()? {
+                rows.push((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?));
             }
         }
+        let mut insert = conn.prepare(
+            "INSERT INTO edge_state(patient, metric, device, state) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut moved = 0;
+        for (patient, metric, device, state) in rows {
+            match serde_json::from_str::<Stream>(&state) {
+                Ok(stream) => {
+                    let mut bytes = Vec::new();
+                    stream.encode(&mut bytes);
+                    insert.execute(params![patient, metric, device, bytes])?;
+                    moved += 1;
+                }
+                Err(e) => {
+                    tracing::error!(%patient, %metric, error = %e, "an edge stream state does not parse; starting it afresh")
+                }
+            }
+        }
+        conn.execute_batch("DROP TABLE edge_stream")?;
+        Ok(moved)
+    })();
+    match moved {
+        Ok(n) => {
+            conn.execute_batch("COMMIT")?;
+            tracing::info!(
+                streams = n,
+                "edge stream states carried over to the binary form"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Loads every stream's edge state. A state that does not decode (damage, or a future
+/// version) is logged, removed and started afresh: it held at most a filter window of readings
+/// and an open summary.
+fn load_streams(conn: &Connection) -> Result<Streams, OutboxError> {
+    let mut out = Streams {
+        next_id: 1,
+        ..Streams::default()
+    };
+    let mut bad = Vec::new();
+    {
+        let mut stmt = conn.prepare("SELECT id, patient, metric, device, state FROM edge_state")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (id, patient, metric, device, state): (i64, String, String, String, Vec<u8>) = (
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            );
+            out.next_id = out.next_id.max(id + 1);
+            let device = (!device.is_empty()).then_some(device);
+            let decoded = Metric::from_key(&metric)
+                .ok_or_else(|| format!("unknown metric {metric:?}"))
+                .and_then(|m| {
+                    Stream::decode(&patient, &metric, device.as_deref(), &state)
+                        .map(|s| (m, s))
+                        .map_err(|e| e.to_string())
+                });
+            match decoded {
+                Ok((m, stream)) => {
+                    let key = (patient, m, device);
+                    out.index.insert(key.clone(), out.slots.len());
+                    out.slots.push(Slot {
+                        id,
+                        key,
+                        stream,
+                        saved: Some(state),
+                        touched: false,
+                        was_holding: false,
+                    });
+                }
+                Err(error) => {
+                    tracing::error!(%patient, %metric, %error, "an edge stream state does not decode; starting it afresh");
+                    bad.push(id);
+                }
+            }
+        }
+    }
+    for id in bad {
+        conn.execute("DELETE FROM edge_state WHERE id=?1", [id])?;
     }
     Ok(out)
 }
@@ -696,11 +850,11 @@ impl Writer {
         let mut replies: Vec<Reply> = Vec::with_capacity(jobs.len());
         let mut appended = [0u64; 3];
         let mut acked = [0u64; 3];
-        // Streams as they were before this group, to put back if the commit fails.
-        let mut undo: HashMap<StreamKey, Option<Stream>> = HashMap::new();
+        // Streams created by this group start here (removed again if the commit fails).
+        let created_from = self.streams.slots.len();
         let mut tally = Tally::default();
         let mut summaries = 0u64;
-        let result = (|| -> Result<(), OutboxError> {
+        let result = (|| -> Result<Vec<(usize, Vec<u8>)>, OutboxError> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             for job in jobs {
                 match job {
@@ -778,7 +932,7 @@ impl Writer {
                             appended[0] += seqs.len() as u64;
                         }
                         let mut out = Vec::new();
-                        self.run_edge(&readings, now_ms, &mut undo, &mut tally, &mut out);
+                        self.run_edge(&readings, now_ms, &mut tally, &mut out);
                         let (a, b) = self.append_outputs(out, now_ms)?;
                         appended[1] += a;
                         appended[2] += b;
@@ -792,18 +946,20 @@ impl Writer {
                             .prepare_cached("DELETE FROM request WHERE at_ms < ?1")?
                             .execute([now_ms - 3_600_000])?;
                         let mut out = Vec::new();
-                        for (key, stream) in self.streams.iter_mut() {
-                            let policy = self.edge.config.policy(key.1);
-                            if stream.is_idle() {
+                        for i in 0..self.streams.slots.len() {
+                            if self.streams.slots[i].stream.is_idle() {
                                 continue;
                             }
-                            let before = stream.clone();
-                            let n = out.len();
-                            stream.tick(policy, now_ms, &mut out, &mut tally);
-                            if *stream != before {
-                                undo.entry(key.clone()).or_insert(Some(before));
+                            let policy = self.edge.config.policy(self.streams.slots[i].key.1);
+                            // Touched before the change, so that its holding status is the
+                            // one before; untouched again if the tick changed nothing.
+                            let was = self.streams.slots[i].touched;
+                            self.streams.touch(i);
+                            let slot = &mut self.streams.slots[i];
+                            if !slot.stream.tick(policy, now_ms, &mut out, &mut tally) && !was {
+                                slot.touched = false;
+                                self.streams.touched.pop();
                             }
-                            debug_assert!(out.len() >= n);
                         }
                         let (a, b) = self.append_outputs(out, now_ms)?;
                         appended[1] += a;
@@ -812,18 +968,22 @@ impl Writer {
                     }
                 }
             }
-            self.save_streams(undo.keys())?;
+            let written = self.save_streams()?;
             self.conn.execute_batch("COMMIT")?;
-            Ok(())
+            Ok(written)
         })();
+        let touched = std::mem::take(&mut self.streams.touched);
         match result {
-            Ok(()) => {
+            Ok(written) => {
+                for (i, bytes) in written {
+                    self.streams.slots[i].saved = Some(bytes);
+                }
                 // Streams holding something, kept current from the streams this group touched
                 // (a test or an operator waiting for "everything sent" must not see a stale 0).
-                for (key, before) in &undo {
-                    let was = before.as_ref().is_some_and(|s| !s.is_idle());
-                    let is = self.streams.get(key).is_some_and(|s| !s.is_idle());
-                    match (was, is) {
+                for i in touched {
+                    let slot = &mut self.streams.slots[i];
+                    slot.touched = false;
+                    match (slot.was_holding, !slot.stream.is_idle()) {
                         (false, true) => self.holding += 1,
                         (true, false) => self.holding = self.holding.saturating_sub(1),
                         _ => {}
@@ -846,7 +1006,7 @@ impl Writer {
                 self.edge
                     .stats
                     .streams
-                    .store(self.streams.len() as u64, Ordering::Relaxed);
+                    .store(self.streams.slots.len() as u64, Ordering::Relaxed);
                 for lane in Lane::ALL {
                     let i = lane.as_u8() as usize;
                     let slot = self.depth.lane(lane);
@@ -867,12 +1027,7 @@ impl Writer {
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                for (key, before) in undo {
-                    match before {
-                        Some(s) => self.streams.insert(key, s),
-                        None => self.streams.remove(&key),
-                    };
-                }
+                self.restore(&touched, created_from);
                 let full = matches!(&e, OutboxError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.code == ErrorCode::DiskFull);
                 let msg = if full {
                     "the disk is full".to_owned()
@@ -887,13 +1042,11 @@ impl Writer {
         }
     }
 
-    /// Runs readings through their streams' edge processing; remembers each touched stream's
-    /// previous state in `undo` (the first time it is touched in this group).
+    /// Runs readings through their streams' edge processing, marking each stream touched.
     fn run_edge(
         &mut self,
         readings: &[Reading],
         now_ms: i64,
-        undo: &mut HashMap<StreamKey, Option<Stream>>,
         tally: &mut Tally,
         out: &mut Vec<Output>,
     ) {
@@ -913,20 +1066,10 @@ impl Writer {
                 continue;
             }
             let zone = Zone::for_metric(r.metric, policy.near, overrides.get(r.patient.as_str()));
-            let key = Stream::key(r);
-            let stream = match self.streams.get_mut(&key) {
-                Some(s) => {
-                    if !undo.contains_key(&key) {
-                        undo.insert(key.clone(), Some(s.clone()));
-                    }
-                    s
-                }
-                None => {
-                    undo.entry(key.clone()).or_insert(None);
-                    self.streams.entry(key).or_insert_with(|| Stream::new(r))
-                }
-            };
-            stream.observe(policy, &zone, r, now_ms, out, tally);
+            let i = self.streams.slot_for(r);
+            self.streams.slots[i]
+                .stream
+                .observe(policy, &zone, r, now_ms, out, tally);
             self.edge.stats.record(started.elapsed().as_nanos() as u64);
         }
     }
@@ -950,29 +1093,60 @@ impl Writer {
         Ok((readings.len() as u64, summaries.len() as u64))
     }
 
-    /// Writes the state of the given streams (those touched in this group).
-    fn save_streams<'a>(
-        &mut self,
-        keys: impl Iterator<Item = &'a StreamKey>,
-    ) -> Result<(), OutboxError> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO edge_stream(patient, metric, device, state) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(patient, metric, device) DO UPDATE SET state=excluded.state",
+    /// Writes the state of the streams this group touched, where it changed. Returns what was
+    /// written (slot, bytes), to become their saved state once the commit succeeds.
+    fn save_streams(&mut self) -> Result<Vec<(usize, Vec<u8>)>, OutboxError> {
+        let mut update = self
+            .conn
+            .prepare_cached("UPDATE edge_state SET state=?2 WHERE id=?1")?;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO edge_state(id, patient, metric, device, state) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        for key in keys {
-            let Some(stream) = self.streams.get(key) else {
+        let mut written = Vec::with_capacity(self.streams.touched.len());
+        for &i in &self.streams.touched {
+            let slot = &self.streams.slots[i];
+            let mut bytes = Vec::with_capacity(slot.saved.as_ref().map_or(64, |b| b.len() + 16));
+            slot.stream.encode(&mut bytes);
+            match &slot.saved {
+                // A resend recognised, or a tick that changed nothing: the row already says it.
+                Some(saved) if *saved == bytes => continue,
+                Some(_) => update.execute(params![slot.id, bytes])?,
+                None => insert.execute(params![
+                    slot.id,
+                    slot.key.0,
+                    slot.key.1.info().key,
+                    slot.key.2.as_deref().unwrap_or(""),
+                    bytes
+                ])?,
+            };
+            written.push((i, bytes));
+        }
+        Ok(written)
+    }
+
+    /// After a failed commit: the streams this group touched go back to their saved state, and
+    /// the ones it created are forgotten, as the database is.
+    fn restore(&mut self, touched: &[usize], created_from: usize) {
+        for &i in touched {
+            let slot = &mut self.streams.slots[i];
+            slot.touched = false;
+            let Some(saved) = &slot.saved else {
                 continue;
             };
-            // Plain data: serializing it cannot fail.
-            let state = serde_json::to_string(stream).expect("a stream state serializes");
-            stmt.execute(params![
-                key.0,
-                key.1.info().key,
-                key.2.as_deref().unwrap_or(""),
-                state
-            ])?;
+            let (patient, metric, device) = (&slot.key.0, slot.key.1.info().key, &slot.key.2);
+            match Stream::decode(patient, metric, device.as_deref(), saved) {
+                Ok(s) => slot.stream = s,
+                // These bytes were encoded by this process; keep going with the stream as it
+                // is rather than stop taking readings.
+                Err(e) => {
+                    tracing::error!(%patient, %metric, error = %e, "cannot restore an edge stream after a failed commit")
+                }
+            }
         }
-        Ok(())
+        // Their ids are not reused: skipping a few is harmless.
+        for slot in self.streams.slots.drain(created_from..) {
+            self.streams.index.remove(&slot.key);
+        }
     }
 
     fn append(
