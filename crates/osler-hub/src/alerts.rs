@@ -156,6 +156,8 @@ pub(crate) fn writes(events: &[AlertEvent], source: &str) -> Vec<AlertWrite> {
                 patient: e.patient.clone(),
                 rule: e.rule.to_owned(),
                 value: e.value,
+                higher_is_worse: Rule::by_id(e.rule)
+                    .is_none_or(|r| r.direction == osler_rules::Direction::Above),
             },
             Change::Raised => AlertWrite::Raise {
                 patient: e.patient.clone(),

@@ -59,6 +59,9 @@ pub enum AlertWrite {
         patient: String,
         rule: String,
         value: f64,
+        /// Whether a higher value is worse (the rule breaches upwards). An update that is not
+        /// worse than the alert's stored value changes nothing.
+        higher_is_worse: bool,
     },
     /// Set (`Some`) or remove (`None`) a patient's threshold for a rule.
     Override {
@@ -157,10 +160,23 @@ pub(crate) fn apply(conn: &Connection, w: &AlertWrite) -> Result<Option<AlertRec
             patient,
             rule,
             value,
+            higher_is_worse,
         } => {
             let Some(open) = open_alert(conn, patient, rule)? else {
                 return Ok(None);
             };
+            // The gateway's engine and the hub's both report the update a reading makes (the
+            // gateway's alert, then the hub's own evaluation of the reading), and either may
+            // have seen readings the other has not: only a worse value is a change, to store
+            // and to publish once.
+            let worse = if *higher_is_worse {
+                *value > open.value
+            } else {
+                *value < open.value
+            };
+            if !worse {
+                return Ok(None);
+            }
             conn.prepare_cached("UPDATE alert SET value=?2 WHERE id=?1")?
                 .execute(params![open.id, value])?;
             get(conn, open.id)

@@ -493,3 +493,57 @@ async fn summaries_are_stored_once_and_searched_with_readings() {
     }
     assert_eq!(seen, page.readings.iter().map(|x| x.id).collect::<Vec<_>>());
 }
+
+#[test]
+fn an_alert_update_is_stored_only_when_worse() {
+    use osler_store::alerts::AlertWrite;
+    let dir = TempDir::new("alert-update");
+    let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let raise = |rule: &str, value: f64| AlertWrite::Raise {
+        patient: "p1".into(),
+        rule: rule.into(),
+        severity: "critical".into(),
+        reading_ms: T0,
+        at_ms: T0,
+        value,
+        threshold: 180.0,
+        late: false,
+        source: "hub".into(),
+    };
+    let update = |rule: &str, value: f64, higher_is_worse: bool| AlertWrite::Update {
+        patient: "p1".into(),
+        rule: rule.into(),
+        value,
+        higher_is_worse,
+    };
+    let changed = |w: Vec<AlertWrite>| -> Vec<Option<f64>> {
+        rt.block_on(store.write_alerts(w))
+            .unwrap()
+            .alerts
+            .into_iter()
+            .map(|a| a.map(|a| a.value))
+            .collect()
+    };
+    assert_eq!(
+        changed(vec![raise("bp", 195.0), raise("low", 50.0)]),
+        [Some(195.0), Some(50.0)]
+    );
+    // Worse, the same again (the gateway's report and the hub's of one reading), less bad.
+    assert_eq!(
+        changed(vec![
+            update("bp", 221.0, true),
+            update("bp", 221.0, true),
+            update("bp", 210.0, true)
+        ]),
+        [Some(221.0), None, None]
+    );
+    assert_eq!(
+        changed(vec![update("low", 45.0, false), update("low", 48.0, false)]),
+        [Some(45.0), None]
+    );
+    // No open alert: nothing to update.
+    assert_eq!(changed(vec![update("none", 300.0, true)]), [None]);
+}

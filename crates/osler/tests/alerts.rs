@@ -379,4 +379,60 @@ fn the_gateway_raises_critical_alerts_while_the_hub_is_away_and_the_hub_merges_t
     let fever: Vec<&Value> = list.iter().filter(|a| a["rule"] == "fever").collect();
     assert_eq!(fever.len(), 1);
     assert_eq!(fever[0]["source"], "hub");
+
+    // Both engines see a much worse reading (beyond the rule's 20 mmHg margin) and both report
+    // the update: the stream shows it once. Then a normal reading resolves the alert, once too;
+    // the stream is ordered, so a doubled update would be on it before that.
+    let stream = subscribe(&hub);
+    let reading = |sys: f64, dia: f64, ago: i64| {
+        format!(
+            r#"{{"patient":"edge","device":"cuff","metric":"blood-pressure","value":[{sys},{dia}],"unit":"mm[Hg]","time":"{}"}}"#,
+            seconds_ago(ago)
+        )
+    };
+    assert_eq!(
+        post(&format!("{}/readings", gw.url), &reading(221.0, 104.0, 30)).json()["accepted"],
+        1
+    );
+    // Both evaluations of it reach the hub (the gateway's alert and the reading) before the
+    // alert can resolve.
+    let drained = wait_for(Duration::from_secs(30), || {
+        let s = gw.status();
+        (s["outbox"]["alerts"] == 0 && s["outbox"]["readings"] == 0).then_some(())
+    });
+    assert!(drained.is_some(), "{}", gw.status());
+    assert_eq!(
+        post(&format!("{}/readings", gw.url), &reading(120.0, 80.0, 20)).json()["accepted"],
+        1
+    );
+    let bp_events = || -> Vec<(String, f64)> {
+        stream
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["patient"] == "edge" && e["rule"] == "bp-crisis-systolic")
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap_or("").to_owned(),
+                    e["value"].as_f64().unwrap_or(f64::NAN),
+                )
+            })
+            .collect()
+    };
+    let seen = wait_for(Duration::from_secs(30), || {
+        let events = bp_events();
+        events
+            .iter()
+            .any(|(e, _)| e == "resolved")
+            .then_some(events)
+    })
+    .unwrap_or_else(|| panic!("no resolution on the stream: {:?}", bp_events()));
+    assert_eq!(
+        seen,
+        [
+            ("updated".to_owned(), 221.0),
+            ("resolved".to_owned(), 221.0)
+        ],
+        "each change once"
+    );
 }

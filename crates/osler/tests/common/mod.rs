@@ -404,11 +404,16 @@ pub fn metric(hub: &Hub, name: &str) -> f64 {
 
 /// An ISO instant `minutes` before now, in UTC, to the second.
 pub fn minutes_ago(minutes: i64) -> String {
+    seconds_ago(minutes * 60)
+}
+
+/// An ISO instant `seconds` before now, in UTC, to the second.
+pub fn seconds_ago(seconds: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    osler_core::Timestamp::utc((now - minutes * 60) * 1000).to_string()
+    osler_core::Timestamp::utc((now - seconds) * 1000).to_string()
 }
 
 /// A vital-sign Observation with a scalar value.
