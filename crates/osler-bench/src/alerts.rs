@@ -27,6 +27,10 @@ pub struct AlertBenchArgs {
     /// The gateway's batching wait (`osler gateway --max-wait-ms`).
     #[arg(long, default_value_t = 20)]
     gateway_wait_ms: u64,
+    /// Run the gateway with `--raw` (every reading sent as received, no edge processing): the
+    /// hub then stores and evaluates all 10,000 readings a second.
+    #[arg(long)]
+    raw: bool,
     /// Data directory (default: a new temp directory, removed afterwards).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -64,21 +68,22 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     let root = hub.base.trim_end_matches("/fhir").to_owned();
     crate::process::enrol(&osler, &hub_dir, &gw_dir)?;
     // A short batching wait: readings leave the gateway within 20 ms.
-    let gw = Server::spawn(
-        &osler,
-        &[
-            "gateway",
-            "--data",
-            &gw_dir,
-            "--hub",
-            &root,
-            "--listen",
-            "127.0.0.1:0",
-            "--max-wait-ms",
-            "20",
-        ],
-        Duration::from_secs(30),
-    )?;
+    let wait = args.gateway_wait_ms.to_string();
+    let mut gw_args = vec![
+        "gateway",
+        "--data",
+        &gw_dir,
+        "--hub",
+        &root,
+        "--listen",
+        "127.0.0.1:0",
+        "--max-wait-ms",
+        &wait,
+    ];
+    if args.raw {
+        gw_args.push("--raw");
+    }
+    let gw = Server::spawn(&osler, &gw_args, Duration::from_secs(30))?;
 
     // The subscriber: every alert with the wall-clock time it was read.
     let received: Arc<Mutex<Vec<(i64, serde_json::Value)>>> = Arc::default();
@@ -239,8 +244,9 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     gw.stop()?;
     println!();
     println!(
-        "osler bench alerts --scenario {}  ({patients} patients, {secs} s live, {} injected events, {} cores)",
+        "osler bench alerts --scenario {}{}  ({patients} patients, {secs} s live, {} injected events, {} cores)",
         args.scenario,
+        if args.raw { " --raw" } else { "" },
         truth.len(),
         std::thread::available_parallelism()
             .map(|n| n.get())
