@@ -96,8 +96,8 @@ enum Command {
 #[derive(clap::Args)]
 struct GatewayArgs {
     /// Directory for the outbox, the quarantine and the gateway's identity (created if missing).
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "print_config")]
+    data: Option<PathBuf>,
     /// Print the gateway's id and public key (creating them if needed) and exit.
     #[arg(long)]
     identity: bool,
@@ -306,10 +306,12 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         args.overrides_every.is_finite() && args.overrides_every >= 0.1,
         "--overrides-every must be at least 0.1 seconds"
     );
+    // clap requires --data unless --print-config, which returned above.
+    let data = args.data.clone().context("--data is required")?;
     if let Some(id) = &args.id {
-        Identity::set_id(&args.data, id).map_err(anyhow::Error::msg)?;
+        Identity::set_id(&data, id).map_err(anyhow::Error::msg)?;
     }
-    let identity = Identity::load_or_create(&args.data).map_err(anyhow::Error::msg)?;
+    let identity = Identity::load_or_create(&data).map_err(anyhow::Error::msg)?;
     if args.identity {
         println!("id {}", identity.id);
         println!("key {}", identity.key.public_hex());
@@ -337,7 +339,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     upload.max_wait = std::time::Duration::from_millis(args.max_wait_ms);
     upload.rate = args.catchup_rate;
     let config = osler_gateway::GatewayConfig {
-        data: args.data.clone(),
+        data: data.clone(),
         listen: args.listen,
         upload,
         mqtt,
@@ -349,12 +351,7 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let gw = osler_gateway::Gateway::start(config)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot start the gateway with data in {}",
-                    args.data.display()
-                )
-            })?;
+            .with_context(|| format!("cannot start the gateway with data in {}", data.display()))?;
         // Tests and scripts read this line to learn the port when listening on port 0.
         println!("http://{}", gw.local_addr());
         gw.run(shutdown_signal())

@@ -336,3 +336,39 @@ fn kill_9_of_an_edge_gateway_loses_no_reading() {
     }
     assert_eq!(counted as usize, sent.len());
 }
+
+#[test]
+fn the_printed_configuration_reads_back_and_bad_keys_are_named() {
+    // `--print-config` needs no data directory: it is how a user starts an edge.toml.
+    let printed = osler(&["gateway", "--print-config"]);
+    assert!(printed.contains("[heart-rate]") && printed.contains("deadband"));
+    let dir = TempDir::new("edge-config");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("edge.toml");
+    let tuned = printed.replacen("deadband = 5", "deadband = 8", 1);
+    assert_ne!(
+        tuned, printed,
+        "the heart-rate deadband is in the printed file"
+    );
+    std::fs::write(&file, &tuned).unwrap();
+    let again = osler(&[
+        "gateway",
+        "--config",
+        file.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert_eq!(again, tuned, "the file reads back as written");
+    std::fs::write(&file, "[heart-rate]\ndeadbnd = 3\n").unwrap();
+    let out = std::process::Command::new(osler_bin())
+        .args([
+            "gateway",
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deadbnd"), "the bad key is named: {err}");
+}
