@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::percentile;
-use crate::process::{Server, cpu_seconds, rss_bytes, sim_summary, stored_readings};
+use crate::process::{cpu_seconds, rss_bytes, sim_summary, stored_readings};
 
 #[derive(clap::Args, Debug)]
 pub struct AlertBenchArgs {
@@ -58,32 +58,13 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     };
     let (osler, data) =
         crate::process::setup(args.osler.as_deref(), args.data.as_deref(), "alerts")?;
-    let hub_dir = data.join("hub").to_str().context("UTF-8 paths")?.to_owned();
-    let gw_dir = data.join("gw").to_str().context("UTF-8 paths")?.to_owned();
-    let hub = Server::spawn(
-        &osler,
-        &["serve", "--data", &hub_dir, "--listen", "127.0.0.1:0"],
-        Duration::from_secs(30),
-    )?;
-    let root = hub.base.trim_end_matches("/fhir").to_owned();
-    crate::process::enrol(&osler, &hub_dir, &gw_dir)?;
     // A short batching wait: readings leave the gateway within 20 ms.
     let wait = args.gateway_wait_ms.to_string();
-    let mut gw_args = vec![
-        "gateway",
-        "--data",
-        &gw_dir,
-        "--hub",
-        &root,
-        "--listen",
-        "127.0.0.1:0",
-        "--max-wait-ms",
-        &wait,
-    ];
+    let mut gw_args = vec!["--max-wait-ms", &wait];
     if args.raw {
         gw_args.push("--raw");
     }
-    let gw = Server::spawn(&osler, &gw_args, Duration::from_secs(30))?;
+    let (hub, root, gw) = crate::process::hub_and_gateway(&osler, &data, &gw_args)?;
 
     // The subscriber: every alert with the wall-clock time it was read.
     let received: Arc<Mutex<Vec<(i64, serde_json::Value)>>> = Arc::default();

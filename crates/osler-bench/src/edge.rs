@@ -457,32 +457,12 @@ pub fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
 
 /// The standard scenario through real processes: once with `--raw`, once with the edge.
 fn live(osler: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use crate::process::{Server, sim_summary};
+    use crate::process::sim_summary;
     let mut results = Vec::new();
     for raw in [true, false] {
         let (osler, data) = crate::process::setup(osler, None, "edge")?;
-        let hub_dir = data.join("hub").to_str().context("UTF-8 paths")?.to_owned();
-        let gw_dir = data.join("gw").to_str().context("UTF-8 paths")?.to_owned();
-        let hub = Server::spawn(
-            &osler,
-            &["serve", "--data", &hub_dir, "--listen", "127.0.0.1:0"],
-            Duration::from_secs(30),
-        )?;
-        let root = hub.base.trim_end_matches("/fhir").to_owned();
-        crate::process::enrol(&osler, &hub_dir, &gw_dir)?;
-        let mut gw_args = vec![
-            "gateway",
-            "--data",
-            &gw_dir,
-            "--hub",
-            &root,
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        if raw {
-            gw_args.push("--raw");
-        }
-        let gw = Server::spawn(&osler, &gw_args, Duration::from_secs(30))?;
+        let (hub, root, gw) =
+            crate::process::hub_and_gateway(&osler, &data, if raw { &["--raw"] } else { &[] })?;
         let out = std::process::Command::new(&osler)
             .args(["sim", "--gateway", &gw.base, "--duration", "1s"])
             .args(["--watch-every-ms", "100", "--patients", "1000"])

@@ -175,6 +175,37 @@ pub fn enrol(osler: &Path, hub_dir: &str, gw_dir: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A hub and a gateway enrolled at it, each its own process, with their data under `data`
+/// (`hub/`, `gw/`); `gateway_args` are added to the gateway's command line. Returns the hub, its
+/// root URL and the gateway.
+pub fn hub_and_gateway(
+    osler: &Path,
+    data: &Path,
+    gateway_args: &[&str],
+) -> anyhow::Result<(Server, String, Server)> {
+    let hub_dir = data.join("hub").to_str().context("UTF-8 paths")?.to_owned();
+    let gw_dir = data.join("gw").to_str().context("UTF-8 paths")?.to_owned();
+    let hub = Server::spawn(
+        osler,
+        &["serve", "--data", &hub_dir, "--listen", "127.0.0.1:0"],
+        Duration::from_secs(30),
+    )?;
+    let root = hub.base.trim_end_matches("/fhir").to_owned();
+    enrol(osler, &hub_dir, &gw_dir)?;
+    let mut args = vec![
+        "gateway",
+        "--data",
+        &gw_dir,
+        "--hub",
+        &root,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(gateway_args);
+    let gw = Server::spawn(osler, &args, Duration::from_secs(30))?;
+    Ok((hub, root, gw))
+}
+
 /// Resident memory (VmRSS) of a process, in bytes, from /proc.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
