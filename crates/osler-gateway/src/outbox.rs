@@ -375,6 +375,32 @@ impl Outbox {
         self.jobs.as_ref().ok_or(OutboxError::Closed)
     }
 
+    /// Sends the writer the job `make` builds around a reply channel, and waits for its answer
+    /// (given once the job's group is committed, or failed).
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, OutboxError>>) -> Job,
+    ) -> Result<T, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(make(reply))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// [`Outbox::call`] for callers outside the runtime.
+    fn call_blocking<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, OutboxError>>) -> Job,
+    ) -> Result<T, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(make(reply))
+            .map_err(|_| OutboxError::Closed)?;
+        rx.blocking_recv().map_err(|_| OutboxError::Closed)?
+    }
+
     /// Appends entries to a lane; resolves with their sequence numbers once they are durable.
     pub async fn append(
         &self,
@@ -382,17 +408,13 @@ impl Outbox {
         entries: Vec<String>,
         now_ms: i64,
     ) -> Result<Vec<u64>, OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Job::Append {
-                lane,
-                entries,
-                now_ms,
-                reply,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)?
+        self.call(|reply| Job::Append {
+            lane,
+            entries,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     /// Takes in validated readings and the alert events they raised: the edge decides what to
@@ -407,18 +429,14 @@ impl Outbox {
         now_ms: i64,
         request: Option<u64>,
     ) -> Result<(), OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Job::Ingest {
-                readings,
-                alerts,
-                now_ms,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)?
+        self.call(|reply| Job::Ingest {
+            readings,
+            alerts,
+            now_ms,
+            request,
+            reply,
+        })
+        .await
     }
 
     /// Time-driven edge work: readings that waited long enough for their filter window are
@@ -431,26 +449,17 @@ impl Outbox {
 
     /// Keeps an invalid item with the reason, durably.
     pub async fn quarantine(&self, item: Quarantined) -> Result<(), OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Job::Quarantine { item, reply })
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)?
+        self.call(|reply| Job::Quarantine { item, reply }).await
     }
 
     /// Removes a lane's entries up to and including `through` (the hub committed them).
     /// Blocking: for the uploader thread.
     pub fn ack_blocking(&self, lane: Lane, through: u64) -> Result<usize, OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .blocking_send(Job::Ack {
-                lane,
-                through,
-                reply,
-            })
-            .map_err(|_| OutboxError::Closed)?;
-        rx.blocking_recv().map_err(|_| OutboxError::Closed)?
+        self.call_blocking(|reply| Job::Ack {
+            lane,
+            through,
+            reply,
+        })
     }
 
     /// [`Outbox::append`] for callers outside the runtime.
@@ -460,16 +469,12 @@ impl Outbox {
         entries: Vec<String>,
         now_ms: i64,
     ) -> Result<Vec<u64>, OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .blocking_send(Job::Append {
-                lane,
-                entries,
-                now_ms,
-                reply,
-            })
-            .map_err(|_| OutboxError::Closed)?;
-        rx.blocking_recv().map_err(|_| OutboxError::Closed)?
+        self.call_blocking(|reply| Job::Append {
+            lane,
+            entries,
+            now_ms,
+            reply,
+        })
     }
 
     /// Copies the WAL into the database file (PASSIVE: never blocks the writer). The uploader
@@ -947,18 +952,19 @@ impl Writer {
                             .execute([now_ms - 3_600_000])?;
                         let mut out = Vec::new();
                         for i in 0..self.streams.slots.len() {
-                            if self.streams.slots[i].stream.is_idle() {
+                            let slot = &mut self.streams.slots[i];
+                            // Only a stream holding something has time-driven work, so one
+                            // the tick changed held something before it.
+                            if slot.stream.is_idle() {
                                 continue;
                             }
-                            let policy = self.edge.config.policy(self.streams.slots[i].key.1);
-                            // Touched before the change, so that its holding status is the
-                            // one before; untouched again if the tick changed nothing.
-                            let was = self.streams.slots[i].touched;
-                            self.streams.touch(i);
-                            let slot = &mut self.streams.slots[i];
-                            if !slot.stream.tick(policy, now_ms, &mut out, &mut tally) && !was {
-                                slot.touched = false;
-                                self.streams.touched.pop();
+                            let policy = self.edge.config.policy(slot.key.1);
+                            if slot.stream.tick(policy, now_ms, &mut out, &mut tally)
+                                && !slot.touched
+                            {
+                                slot.touched = true;
+                                slot.was_holding = true;
+                                self.streams.touched.push(i);
                             }
                         }
                         let (a, b) = self.append_outputs(out, now_ms)?;
