@@ -54,15 +54,7 @@ fn every_injected_event_raises_its_alert_and_nothing_else_does() {
     let dir = TempDir::new("alerts-e2e");
     let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
     let hub = Hub::start(&hub_dir);
-    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
-    osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        hub_dir.to_str().unwrap(),
-        "--from-gateway",
-        gw_dir.to_str().unwrap(),
-    ]);
+    enrol(&hub_dir, &gw_dir);
     let gw = Gateway::start(&gw_dir, &hub.root(), 0, &[]);
     let stream = subscribe(&hub);
     let truth_file = dir.0.join("truth.jsonl");
@@ -323,15 +315,7 @@ fn per_patient_overrides_are_set_over_the_api() {
 fn the_gateway_raises_critical_alerts_while_the_hub_is_away_and_the_hub_merges_them() {
     let dir = TempDir::new("alerts-edge");
     let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
-    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
-    osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        hub_dir.to_str().unwrap(),
-        "--from-gateway",
-        gw_dir.to_str().unwrap(),
-    ]);
+    enrol(&hub_dir, &gw_dir);
     let port = free_port();
     // No hub yet.
     let gw = Gateway::start(&gw_dir, &format!("http://127.0.0.1:{port}"), 0, &[]);
@@ -357,10 +341,7 @@ fn the_gateway_raises_critical_alerts_while_the_hub_is_away_and_the_hub_merges_t
     assert_eq!(gw.status()["outbox"]["alerts"], 1);
 
     let hub = Hub::start_full(&hub_dir, port, &[], None);
-    let delivered = wait_for(Duration::from_secs(30), || {
-        let s = gw.status();
-        (s["outbox"]["alerts"] == 0 && s["outbox"]["readings"] == 0).then_some(())
-    });
+    let delivered = wait_for(Duration::from_secs(30), || gw.drained().then_some(()));
     assert!(delivered.is_some(), "{}", gw.status());
     let alerts = get(&format!("{}/alerts?patient=edge", hub.root())).json();
     let list = alerts["alerts"].as_array().unwrap();
@@ -396,10 +377,7 @@ fn the_gateway_raises_critical_alerts_while_the_hub_is_away_and_the_hub_merges_t
     );
     // Both evaluations of it reach the hub (the gateway's alert and the reading) before the
     // alert can resolve.
-    let drained = wait_for(Duration::from_secs(30), || {
-        let s = gw.status();
-        (s["outbox"]["alerts"] == 0 && s["outbox"]["readings"] == 0).then_some(())
-    });
+    let drained = wait_for(Duration::from_secs(30), || gw.drained().then_some(()));
     assert!(drained.is_some(), "{}", gw.status());
     assert_eq!(
         post(&format!("{}/readings", gw.url), &reading(120.0, 80.0, 20)).json()["accepted"],

@@ -17,15 +17,7 @@ const PATIENTS: usize = 10;
 fn enrolled(dir: &Path) -> (Hub, std::path::PathBuf) {
     let (hub_dir, gw_dir) = (dir.join("hub"), dir.join("gw"));
     let hub = Hub::start(&hub_dir);
-    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
-    osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        hub_dir.to_str().unwrap(),
-        "--from-gateway",
-        gw_dir.to_str().unwrap(),
-    ]);
+    enrol(&hub_dir, &gw_dir);
     (hub, gw_dir)
 }
 

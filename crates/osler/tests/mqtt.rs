@@ -27,15 +27,7 @@ fn mqtt_readings_reach_the_hub_and_invalid_ones_are_quarantined() {
     let hub = Hub::start(&hub_dir);
     // A topic prefix of our own so that parallel runs and other users of the broker do not mix.
     let prefix = format!("osler-test-{}", std::process::id());
-    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
-    osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        hub_dir.to_str().unwrap(),
-        "--from-gateway",
-        gw_dir.to_str().unwrap(),
-    ]);
+    enrol(&hub_dir, &gw_dir);
     let gw = Gateway::start(
         &gw_dir,
         &hub.root(),

@@ -11,19 +11,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// Enrols the gateway whose data is in `gw` at the hub whose data is in `hub`.
-fn enrol(hub: &Path, gw: &Path) {
-    let out = osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        hub.to_str().unwrap(),
-        "--from-gateway",
-        gw.to_str().unwrap(),
-    ]);
-    assert!(out.starts_with("enrolled gw-"), "{out}");
-}
-
 /// Waits until the hub stores `expected` readings and the gateway's outbox is empty.
 fn wait_delivered(hub: &Hub, gw: &Gateway, expected: u64, timeout: Duration) {
     let done = wait_for(timeout, || {
@@ -81,7 +68,6 @@ fn sim_to_hub_every_reading_exactly_once() {
     let dir = TempDir::new("e2e");
     let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
     let hub = Hub::start(&hub_dir);
-    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     enrol(&hub_dir, &gw_dir);
     let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw"]);
     let sent_file = dir.0.join("sent.jsonl");
@@ -166,7 +152,6 @@ fn hub_outage_under_load_then_everything_once() {
     let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
     let port = free_port();
     let hub = Hub::start_full(&hub_dir, port, &[], None);
-    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     enrol(&hub_dir, &gw_dir);
     let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw"]);
     let sent_file = dir.0.join("sent.jsonl");
@@ -225,7 +210,6 @@ fn gateway_kill_9_mid_stream_loses_and_duplicates_nothing() {
     let dir = TempDir::new("gw-kill9");
     let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
     let hub = Hub::start(&hub_dir);
-    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     enrol(&hub_dir, &gw_dir);
     let port = free_port();
     let mut gw = Gateway::start(&gw_dir, &hub.root(), port, &["--raw"]);
@@ -275,7 +259,6 @@ fn hub_kill_9_between_receiving_and_acknowledging() {
     let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
     let port = free_port();
     let mut hub = Hub::start_full(&hub_dir, port, &[], None);
-    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     enrol(&hub_dir, &gw_dir);
     // Small batches make many commits, so the kills land between receipt and answer.
     let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw", "--max-batch", "50"]);

@@ -216,6 +216,22 @@ pub fn osler(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Gives the gateway whose data is in `gw_dir` its identity and enrols it at the hub whose data
+/// is in `hub_dir` (`osler hub enrol --from-gateway`), as an operator would. Repeating it for
+/// an enrolled gateway (after a restart) changes nothing.
+pub fn enrol(hub_dir: &Path, gw_dir: &Path) {
+    osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
+    let out = osler(&[
+        "hub",
+        "enrol",
+        "--data",
+        hub_dir.to_str().unwrap(),
+        "--from-gateway",
+        gw_dir.to_str().unwrap(),
+    ]);
+    assert!(out.starts_with("enrolled gw-"), "{out}");
+}
+
 /// Starts `osler sim` in the background.
 pub fn spawn_sim(args: &[&str]) -> Child {
     Command::new(osler_bin())
