@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use osler_core::{Metric, Reading};
-use osler_edge::{EdgeConfig, Output, Stream, Tally, Zone};
+use osler_edge::{EdgeConfig, Output, Stage, Tally};
 use osler_rules::{Change, Engine};
 use osler_sim::model::{Cohort, EventKind};
 use osler_wire::{BatchHeader, Entry, GatewayKey, Lane, seal};
@@ -168,7 +168,8 @@ pub fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
 
     let mut raw: Vec<Reading> = Vec::new();
     let mut json_cost: BTreeMap<&'static str, Cost> = BTreeMap::new();
-    let mut streams: HashMap<(String, Metric, Option<String>), Stream> = HashMap::new();
+    // The gateway's own edge stage: the same decision code its writer runs.
+    let mut stage = Stage::new(config.clone());
     let mut outputs: Vec<(i64, Output)> = Vec::new();
     let mut tally = Tally::default();
     let mut decision_ns: Vec<f64> = Vec::new();
@@ -189,30 +190,18 @@ pub fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
                 .context("one reading")?
                 .map_err(anyhow::Error::msg)?;
             let r = input.validate(now)?;
-            // The decision exactly as the gateway's outbox takes it (zone, stream, observe).
+            // The decision exactly as the gateway's writer takes it.
             let t0 = Instant::now();
-            let policy = config.policy(r.metric);
             let mut out = Vec::new();
-            if policy.forward_all {
-                tally.all += 1;
-                out.push(Output::Forward(r.clone()));
-            } else {
-                let zone = Zone::for_metric(r.metric, policy.near, None);
-                streams
-                    .entry(Stream::key(&r))
-                    .or_insert_with(|| Stream::new(&r))
-                    .observe(policy, &zone, &r, now, &mut out, &mut tally);
-            }
+            stage.observe(&r, None, now, &mut out, &mut tally);
             decision_ns.push(t0.elapsed().as_nanos() as f64);
             outputs.extend(out.into_iter().map(|o| (now, o)));
             raw.push(r);
         }
     }
-    for (key, s) in streams.iter_mut() {
-        let mut out = Vec::new();
-        s.flush(config.policy(key.1), &mut out, &mut tally);
-        outputs.extend(out.into_iter().map(|o| (end, o)));
-    }
+    let mut out = Vec::new();
+    stage.flush(&mut out, &mut tally);
+    outputs.extend(out.into_iter().map(|o| (end, o)));
     let elapsed = started.elapsed();
 
     // Upload costs per metric and overall.
@@ -245,7 +234,7 @@ pub fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
             Output::Summary(s) => {
                 summaries += 1;
                 let m = Metric::from_key(&s.metric).context("a summary's metric")?;
-                let e = (*at, osler_gateway::outbox::summary_entry(s).to_json());
+                let e = (*at, osler_gateway::intake::summary_entry(s).to_json());
                 edge_entries
                     .entry(m.info().key)
                     .or_default()

@@ -5,7 +5,8 @@
 //!
 //! Main types: [`EdgeConfig`] / [`Policy`] (per metric, TOML), [`Zone`] (where every reading
 //! must be sent: near or past an alert threshold, from the same rule definitions as the hub),
-//! [`Stream`] (the state of one stream), [`Summary`].
+//! [`Stream`] (the state of one stream), [`Summary`], [`Stage`] (every stream of a gateway, with
+//! explicit commit and rollback around the gateway's transaction).
 //!
 //! # The decision, per reading
 //! 1. **Zone:** a raw value near or past any threshold of the metric's rules (the defaults and
@@ -28,6 +29,7 @@
 //! of a stream are sent in the order they were taken.
 
 pub mod config;
+mod stage;
 mod state;
 
 use std::collections::VecDeque;
@@ -36,6 +38,7 @@ pub use config::{ConfigError, EdgeConfig, Filter, Policy};
 use osler_core::{Id, Metric, Reading, Status, Timestamp, Value};
 use osler_rules::{Condition, Direction, Overrides, RULES};
 use serde::{Deserialize, Serialize};
+pub use stage::{Stage, StateWrite, StreamKey};
 pub use state::DecodeError;
 
 /// Where, for one metric and patient, every reading must be sent.

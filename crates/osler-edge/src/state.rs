@@ -38,6 +38,8 @@ pub enum DecodeError {
     Version(u8),
     #[error("malformed state: {0}")]
     Malformed(&'static str),
+    #[error("the state names an unknown metric")]
+    Metric,
 }
 
 /// The most values a reading has (blood pressure has two); anything more is not a state this

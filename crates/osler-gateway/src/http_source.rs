@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::outbox::OutboxError;
 use crate::{Shared, now_ms};
 
 pub(crate) fn routes(shared: Arc<Shared>) -> Router {
@@ -62,9 +61,19 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         .rejected
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
     let accepted = readings.len();
-    match crate::ingest(&shared, readings, now, crate::request_key(&[&body])).await {
+    let unit = crate::intake::Unit {
+        readings,
+        quarantine: Vec::new(),
+        request: Some(crate::request_key(&[&body])),
+    };
+    let outcome = if unit.readings.is_empty() {
+        Ok(())
+    } else {
+        shared.intake.ingest_one(unit, now).await
+    };
+    match outcome {
         Ok(()) => {}
-        Err(e @ OutboxError::Full { .. }) => {
+        Err(e) if e.is_full() => {
             return answer(
                 StatusCode::INSUFFICIENT_STORAGE,
                 json!({ "error": e.to_string(), "accepted": 0 }),
@@ -92,7 +101,7 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let s = shared.clone();
     match tokio::task::spawn_blocking(move || {
-        s.status.report(&s.gateway, &s.outbox, &s.edge, now_ms())
+        s.status.report(&s.gateway, s.outbox(), &s.edge, now_ms())
     })
     .await
     {
@@ -112,7 +121,7 @@ struct Limit {
 async fn quarantine(State(shared): State<Arc<Shared>>, Query(q): Query<Limit>) -> Response {
     let s = shared.clone();
     let limit = q.limit.unwrap_or(100).min(10_000);
-    match tokio::task::spawn_blocking(move || s.outbox.quarantined(limit)).await {
+    match tokio::task::spawn_blocking(move || s.outbox().quarantined(limit)).await {
         Ok(Ok(items)) => answer(StatusCode::OK, json!({ "items": items })),
         _ => answer(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -25,16 +25,34 @@ struct DeviceReading {
     #[serde(default)]
     device: Option<String>,
     metric: String,
-    value: DeviceValue,
+    /// Checked by hand (see [`value`]) so that a wrong value gets a reason a person can act on.
+    value: serde_json::Value,
     unit: String,
     time: String,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DeviceValue {
-    One(f64),
-    Two([f64; 2]),
+/// A reading's value: a number, or two for blood pressure.
+fn value(v: &serde_json::Value) -> Result<Vec<f64>, String> {
+    let number = |x: &serde_json::Value| x.as_f64();
+    match v {
+        serde_json::Value::Array(a) if a.len() == 2 => a
+            .iter()
+            .map(number)
+            .collect::<Option<Vec<f64>>>()
+            .ok_or_else(|| format!("\"value\" must hold two numbers, got {v}")),
+        x => number(x).map(|n| vec![n]).ok_or_else(|| {
+            format!(
+                "\"value\" must be a number (or [systolic, diastolic] for blood pressure), got {x}"
+            )
+        }),
+    }
+}
+
+/// The bytes of element `i` of a message that is a JSON array, exactly as received (the
+/// quarantine keeps what the device sent, not a re-encoding).
+pub fn element(bytes: &[u8], i: usize) -> Option<Vec<u8>> {
+    let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes).ok()?;
+    items.get(i).map(|raw| raw.get().as_bytes().to_vec())
 }
 
 /// Parses a message: one reading or an array. The outer error means the message as a whole is
@@ -57,7 +75,12 @@ pub fn parse_message(
 }
 
 fn parse_one(item: serde_json::Value, received_ms: i64) -> Result<ReadingInput, String> {
-    let r: DeviceReading = serde_json::from_value(item).map_err(|e| e.to_string())?;
+    let r: DeviceReading = serde_json::from_value(item).map_err(|e| {
+        // serde's own words name the field; they only need the format's context.
+        format!(
+            "not a reading ({e}); expected patient, metric, value, unit, time and optionally device"
+        )
+    })?;
     let metric = Metric::from_key(&r.metric)
         .or_else(|| Metric::from_loinc(&r.metric))
         .ok_or_else(|| {
@@ -66,15 +89,16 @@ fn parse_one(item: serde_json::Value, received_ms: i64) -> Result<ReadingInput, 
                 r.metric
             )
         })?;
-    let value = match r.value {
-        DeviceValue::One(v) => InputValue::Scalar {
-            value: v,
+    let value = match value(&r.value)?.as_slice() {
+        [a, b] => InputValue::Pair {
+            first: (*a, r.unit.clone()),
+            second: (*b, r.unit),
+        },
+        [v, ..] => InputValue::Scalar {
+            value: *v,
             unit: r.unit,
         },
-        DeviceValue::Two([a, b]) => InputValue::Pair {
-            first: (a, r.unit.clone()),
-            second: (b, r.unit),
-        },
+        [] => return Err("\"value\" is empty".into()),
     };
     let taken = Timestamp::parse(&r.time).map_err(|e| e.to_string())?;
     Ok(ReadingInput {
@@ -114,5 +138,43 @@ mod tests {
                 .contains("not valid JSON")
         );
         assert!(parse_message(b"42", 0).is_err());
+    }
+
+    #[test]
+    fn reasons_are_written_for_people() {
+        let bad = |value: &str| {
+            let msg = format!(
+                r#"{{"patient":"p","metric":"heart-rate","value":{value},"unit":"/min","time":"2025-06-01T08:30:00Z"}}"#
+            );
+            parse_message(msg.as_bytes(), 0)
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap_err()
+        };
+        let e = bad(r#""seventy""#);
+        assert!(
+            e.contains("\"value\" must be a number") && e.contains("seventy"),
+            "{e}"
+        );
+        assert!(!e.contains("untagged"), "{e}");
+        assert!(bad("[1, \"x\"]").contains("two numbers"));
+        let missing = parse_message(br#"{"patient":"p"}"#, 0)
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            missing.contains("missing field") && missing.contains("expected patient"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn elements_are_kept_as_sent() {
+        let msg = b"[ {\"a\" :  1},\n  {\"b\":[1, 2 ]} ]";
+        assert_eq!(element(msg, 1).unwrap(), b"{\"b\":[1, 2 ]}");
+        assert_eq!(element(msg, 2), None);
+        assert_eq!(element(b"{}", 0), None);
     }
 }

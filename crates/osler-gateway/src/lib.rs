@@ -2,19 +2,23 @@
 //! in signed batches, deleted only when the hub confirms.
 //!
 //! Main types: [`GatewayConfig`], [`Gateway`] ([`Gateway::start`], [`Gateway::local_addr`],
-//! [`Gateway::run`]), [`outbox::Outbox`] (the durable queue).
+//! [`Gateway::run`]), [`intake::Intake`] (the one writer: admission, critical rules, edge stage,
+//! group commit), [`outbox::Outbox`] (the durable queue).
 //!
 //! Layout: one file per source (`http_source`, `mqtt_source`), the device reading format in
-//! `input`, the queue and the edge processing it commits with in `outbox` (decisions from
-//! `osler-edge`), the sender in `uploader`, `/status` in `status`, the critical rules in
-//! `local_alerts`, the hub's per-patient thresholds in `overrides`, the gateway's identity (id
-//! and Ed25519 key, kept in the data directory) in `identity`.
+//! `input`, the writer that turns every way in into one transaction in `intake` (decisions from
+//! `osler-edge`), the queue in `outbox` (and older outboxes carried over in `legacy`), the
+//! sender in `uploader`, `/status` in `status`, the critical rules in `local_alerts`, the hub's
+//! per-patient thresholds in `overrides`, the gateway's identity (id and Ed25519 key, kept in
+//! the data directory) in `identity`.
 //!
 //! **Invariant:** a reading is acknowledged to its device only after it is committed to the
 //! outbox with fsync, and leaves the outbox only after the hub confirms its commit.
 
 pub mod identity;
 pub mod input;
+pub mod intake;
+mod legacy;
 pub mod local_alerts;
 pub mod outbox;
 pub mod overrides;
@@ -75,28 +79,6 @@ pub enum GatewayError {
     Serve(std::io::Error),
 }
 
-/// Takes in validated readings: the critical rules evaluate them (with the patients'
-/// thresholds), then the outbox commits the alert events, the edge's decisions and the streams'
-/// states together. Resolves once durable: only then may a source acknowledge its device.
-pub(crate) async fn ingest(
-    shared: &Shared,
-    readings: Vec<osler_core::Reading>,
-    now: i64,
-    request: u64,
-) -> Result<(), outbox::OutboxError> {
-    if readings.is_empty() {
-        return Ok(());
-    }
-    let alerts = {
-        let overrides = shared.overrides.read().unwrap_or_else(|p| p.into_inner());
-        shared.alerts.evaluate(&readings, &overrides)
-    };
-    shared
-        .outbox
-        .ingest(readings, alerts, now, Some(request))
-        .await
-}
-
 /// A request's identity for recognising a device's resend of something the gateway committed
 /// but could not acknowledge (it crashed in between): a 64-bit hash of its bytes (SipHash with
 /// fixed keys, so the same after a restart).
@@ -113,11 +95,16 @@ pub(crate) fn request_key(parts: &[&[u8]]) -> u64 {
 /// State shared by the sources, the uploader and `/status`.
 pub(crate) struct Shared {
     pub gateway: String,
-    pub outbox: Arc<outbox::Outbox>,
+    pub intake: Arc<intake::Intake>,
     pub status: Arc<status::Status>,
-    pub alerts: local_alerts::LocalAlerts,
-    pub overrides: outbox::OverrideCache,
-    pub edge: Arc<outbox::EdgeStats>,
+    pub alerts: Arc<local_alerts::LocalAlerts>,
+    pub edge: Arc<intake::EdgeStats>,
+}
+
+impl Shared {
+    pub fn outbox(&self) -> &outbox::Outbox {
+        self.intake.outbox()
+    }
 }
 
 /// A started gateway: outbox open, uploader running, listener bound.
@@ -147,17 +134,20 @@ impl Gateway {
         let data = config.data.clone();
         let limit = config.outbox_limit;
         let overrides = overrides::load(&config.data);
-        let edge = Arc::new(outbox::EdgeStats::default());
-        let setup = outbox::EdgeSetup {
-            config: config.edge.clone(),
+        let edge = Arc::new(intake::EdgeStats::default());
+        let alerts = Arc::new(local_alerts::LocalAlerts::default());
+        let setup = intake::IntakeSetup {
+            limit,
+            edge: config.edge.clone(),
             overrides: overrides.clone(),
             stats: edge.clone(),
+            alerts: alerts.clone(),
         };
-        let (outbox, identity) = tokio::task::spawn_blocking(move || {
+        let (intake, identity) = tokio::task::spawn_blocking(move || {
             let identity =
                 identity::Identity::load_or_create(&data).map_err(GatewayError::Identity)?;
-            let outbox = outbox::Outbox::open_with(&data, limit, setup)?;
-            Ok::<_, GatewayError>((outbox, identity))
+            let intake = intake::Intake::open(&data, setup)?;
+            Ok::<_, GatewayError>((intake, identity))
         })
         .await
         .map_err(|e| GatewayError::Serve(std::io::Error::other(e)))??;
@@ -173,31 +163,30 @@ impl Gateway {
                 })?;
         let shared = Arc::new(Shared {
             gateway: config.upload.gateway.clone(),
-            outbox: Arc::new(outbox),
+            intake: Arc::new(intake),
             status: Arc::new(status::Status::default()),
-            alerts: local_alerts::LocalAlerts::default(),
-            overrides: overrides.clone(),
+            alerts,
             edge,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for lane in osler_wire::Lane::ALL {
-            let (outbox, status, stop) =
-                (shared.outbox.clone(), shared.status.clone(), stop.clone());
+            let (intake, status, stop) =
+                (shared.intake.clone(), shared.status.clone(), stop.clone());
             let (upload, key) = (config.upload.clone(), identity.key.clone());
             threads.push(spawn(
                 &format!("osler-uploader-{lane:?}").to_lowercase(),
-                move || uploader::run(upload, lane, key, outbox, status, stop),
+                move || uploader::run(upload, lane, key, intake, status, stop),
             )?);
         }
         {
             // The edge's clock: readings that waited long enough for their filter window are
             // decided, idle summaries closed.
-            let (outbox, stop) = (shared.outbox.clone(), stop.clone());
+            let (intake, stop) = (shared.intake.clone(), stop.clone());
             threads.push(spawn("osler-edge-tick", move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(std::time::Duration::from_millis(250));
-                    if let Err(e) = outbox.tick_blocking(now_ms()) {
+                    if let Err(e) = intake.tick_blocking(now_ms()) {
                         tracing::error!(error = %e, "edge tick failed");
                     }
                 }
@@ -210,7 +199,7 @@ impl Gateway {
                 overrides::poll(&hub, &data, &overrides, every, &stop)
             })?);
         }
-        tracing::info!(gateway = %shared.gateway, hub = %config.upload.hub, outbox = %shared.outbox.path().display(), "gateway started");
+        tracing::info!(gateway = %shared.gateway, hub = %config.upload.hub, outbox = %shared.outbox().path().display(), "gateway started");
         Ok(Gateway {
             listener,
             shared,

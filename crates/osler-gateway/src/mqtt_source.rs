@@ -1,14 +1,35 @@
-//! The MQTT source: subscribes to a topic filter on a broker (QoS 1, persistent session) and
-//! acknowledges each message only after its readings are in the outbox on disk, so a message
-//! the gateway never stored is redelivered by the broker. Invalid readings go to the
-//! quarantine with the reason; a message that is not readable at all goes there whole.
+//! The MQTT source: subscribes to a topic filter on a broker (MQTT 5, QoS 1, a session the
+//! broker keeps while the gateway is away) and acknowledges each message only after the commit
+//! that holds it, so a message the gateway never stored is redelivered by the broker.
+//!
+//! Two tasks, so that nothing the gateway does can stall the connection:
+//! - the **connection** task only polls the client (which sends pings, reconnects, reads) and
+//!   hands each message to the storer; it never waits on the disk or on an acknowledgement;
+//! - the **storer** takes every message waiting (up to [`BATCH`]), turns each into one intake
+//!   [`Unit`] (readings, what to quarantine, the message's key), stores them in one group
+//!   commit, and acknowledges them in the order they arrived, without ever blocking on the
+//!   client (acknowledgements it cannot hand over yet wait in a queue).
+//!
+//! Flow control: the gateway tells the broker how many unacknowledged messages it takes at once
+//! ([`RECEIVE_MAXIMUM`], MQTT 5's Receive Maximum). A message the outbox refuses (full) is kept,
+//! unacknowledged, and retried in order before anything newer, every second until it fits; the
+//! broker holds the rest. Invalid readings go to the quarantine with the reason, byte-exact; a
+//! message that is not readable at all goes there whole.
+//!
+//! Broker settings that matter (Mosquitto): the broker keeps at most `max_queued_messages`
+//! (default 1000) messages for the gateway while it is disconnected, and drops the rest; set it
+//! to what a gateway outage must hold (or 0, no limit).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
 
+use crate::intake::Unit;
 use crate::outbox::Quarantined;
 use crate::{Shared, now_ms};
 
@@ -21,6 +42,17 @@ pub struct MqttConfig {
     pub topic: String,
 }
 
+/// Unacknowledged messages the broker may send at once: enough for a group commit to hold
+/// thousands of messages, bounded so the gateway's memory is.
+pub const RECEIVE_MAXIMUM: u16 = 4096;
+
+/// The most messages one group commit takes.
+pub const BATCH: usize = 4096;
+
+/// How long the broker keeps the gateway's session (and its messages) while it is away:
+/// a week, longer than any outage worth riding out.
+const SESSION_EXPIRY_S: u32 = 7 * 24 * 3600;
+
 /// Runs until the task is dropped; reconnects by itself.
 pub async fn run(config: MqttConfig, shared: Arc<Shared>) {
     let mut opts = MqttOptions::new(
@@ -30,98 +62,167 @@ pub async fn run(config: MqttConfig, shared: Arc<Shared>) {
     );
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_manual_acks(true);
-    // A persistent session: the broker keeps QoS 1 messages for us while we are away.
-    opts.set_clean_session(false);
-    opts.set_max_packet_size(8 << 20, 8 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    // A session the broker keeps: QoS 1 messages wait for us while we are away.
+    opts.set_clean_start(false);
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = Some(SESSION_EXPIRY_S);
+    props.receive_maximum = Some(RECEIVE_MAXIMUM);
+    props.max_packet_size = Some(8 << 20);
+    opts.set_connect_properties(props);
+    // Room for every acknowledgement of a full window and then some: the storer hands them
+    // over without waiting, and the connection task drains them between reads.
+    let (client, mut eventloop) = AsyncClient::new(opts, 4 * RECEIVE_MAXIMUM as usize);
+    let (tx, rx) = mpsc::channel::<Publish>(BATCH);
+    let storer = tokio::spawn(store(rx, client.clone(), shared.clone()));
+    let broker = format!("{}:{}", config.host, config.port);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                tracing::info!(broker = %format!("{}:{}", config.host, config.port), topic = %config.topic, "MQTT connected");
-                if let Err(e) = client.subscribe(&config.topic, QoS::AtLeastOnce).await {
+                tracing::info!(%broker, topic = %config.topic, "MQTT connected");
+                shared.status.mqtt_connected(now_ms());
+                if let Err(e) = client.try_subscribe(&config.topic, QoS::AtLeastOnce) {
                     tracing::error!(error = %e, "MQTT subscribe failed");
+                    shared
+                        .status
+                        .mqtt_down(format!("subscribe failed: {e}"), now_ms());
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if handle(&shared, &p.topic, &p.payload).await
-                    && let Err(e) = client.ack(&p).await
-                {
-                    tracing::warn!(error = %e, "MQTT ack failed; the broker will redeliver");
+                shared.status.mqtt_message(now_ms());
+                if tx.send(p).await.is_err() {
+                    // The storer is gone only when the gateway stops.
+                    break;
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                tracing::warn!(%broker, error = %e, "MQTT connection lost; reconnecting");
+                shared.status.mqtt_down(e.to_string(), now_ms());
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
+    storer.abort();
 }
 
-/// Stores a message's readings and quarantines what is invalid. True when all of it is
-/// durable (and the message may be acknowledged).
-async fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> bool {
-    let now = now_ms();
+/// The storer: group commits, acknowledgements in arrival order, refused messages retried.
+async fn store(mut rx: mpsc::Receiver<Publish>, client: AsyncClient, shared: Arc<Shared>) {
+    // Messages the outbox refused, oldest first: retried before anything newer.
+    let mut retry: VecDeque<Publish> = VecDeque::new();
+    // Acknowledgements not yet handed to the client, in order.
+    let mut acks: VecDeque<Publish> = VecDeque::new();
+    loop {
+        flush_acks(&client, &mut acks);
+        let mut batch: Vec<Publish> = retry.drain(..).collect();
+        let mut fresh = 0;
+        // Newer messages join only when nothing waits for a retry (order), and only up to a
+        // batch; with acknowledgements pending, wait a moment at most so they go out.
+        if batch.is_empty() {
+            let wait = if acks.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(5)
+            };
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(p)) => batch.push(p),
+                Ok(None) => return,
+                Err(_) => continue,
+            }
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            fresh = batch.len();
+        }
+        let now = now_ms();
+        let units: Vec<Unit> = batch.iter().map(|p| unit(p, now)).collect();
+        // Counted once, when first received (a retry is the same message).
+        let (readings, bad) = units[batch.len() - fresh..]
+            .iter()
+            .fold((0, 0), |(r, q), u| {
+                (r + u.readings.len(), q + u.quarantine.len())
+            });
+        shared.status.count_in((readings + bad) as u64, bad as u64);
+        let outcomes = match shared.intake.ingest(units, now).await {
+            Ok(o) => o,
+            Err(e) => {
+                let err = e.to_string();
+                (0..batch.len())
+                    .map(|_| Err(crate::outbox::OutboxError::Commit(err.clone())))
+                    .collect()
+            }
+        };
+        let mut refused = None;
+        for (p, outcome) in batch.into_iter().zip(outcomes) {
+            match outcome {
+                // Once one message is refused, every later one waits behind it (order).
+                Ok(()) if refused.is_none() => acks.push_back(p),
+                Ok(()) => retry.push_back(p),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                    retry.push_back(p);
+                }
+            }
+        }
+        shared.status.mqtt_waiting(retry.len() as u64);
+        if let Some(e) = refused {
+            tracing::warn!(error = %e, waiting = retry.len(), "MQTT messages not stored; they stay unacknowledged and are retried in order");
+            flush_acks(&client, &mut acks);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Hands acknowledgements to the client in order, as far as its queue takes them now.
+fn flush_acks(client: &AsyncClient, acks: &mut VecDeque<Publish>) {
+    while let Some(p) = acks.front() {
+        if p.qos != QoS::AtMostOnce && client.try_ack(p).is_err() {
+            // The client's queue is full: the connection task drains it between reads.
+            return;
+        }
+        acks.pop_front();
+    }
+}
+
+/// One message as an intake unit: its valid readings, its invalid ones (or the whole message
+/// when it is unreadable) to quarantine with the reason, and its key (topic and payload, so
+/// the broker's redelivery of a message already stored is recognised).
+fn unit(p: &Publish, now: i64) -> Unit {
+    let topic = String::from_utf8_lossy(&p.topic);
     let source = format!("mqtt {topic}");
-    let quarantine = |payload: String, reason: String| Quarantined {
+    let quarantine = |payload: Vec<u8>, reason: String| Quarantined {
         id: 0,
         received_ms: now,
         source: source.clone(),
         payload,
         reason,
     };
-    let items = match crate::input::parse_message(payload, now) {
-        Ok(items) => items,
-        Err(reason) => {
-            let text = String::from_utf8_lossy(payload).into_owned();
-            shared.status.quarantined.fetch_add(1, Ordering::Relaxed);
-            return shared
-                .outbox
-                .quarantine(quarantine(text, reason))
-                .await
-                .is_ok();
-        }
+    let request = Some(crate::request_key(&[&p.topic, &p.payload]));
+    let mut unit = Unit {
+        request,
+        ..Unit::default()
     };
-    // Keep the original text of each item for the quarantine.
-    let raw: Vec<String> = match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(serde_json::Value::Array(a)) => a.iter().map(|v| v.to_string()).collect(),
-        Ok(v) => vec![v.to_string()],
-        Err(_) => Vec::new(),
-    };
-    let mut readings = Vec::with_capacity(items.len());
-    let mut bad = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
-            Ok(reading) => readings.push(reading),
-            Err(reason) => bad.push(quarantine(raw.get(i).cloned().unwrap_or_default(), reason)),
+    match crate::input::parse_message(&p.payload, now) {
+        Err(reason) => unit.quarantine.push(quarantine(p.payload.to_vec(), reason)),
+        Ok(items) => {
+            let single = items.len() == 1;
+            for (i, item) in items.into_iter().enumerate() {
+                match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
+                    Ok(reading) => unit.readings.push(reading),
+                    // A message of one reading is kept exactly as received; one reading of
+                    // an array is kept as that element's JSON, with its index.
+                    Err(reason) if single => {
+                        unit.quarantine.push(quarantine(p.payload.to_vec(), reason))
+                    }
+                    Err(reason) => unit.quarantine.push(quarantine(
+                        crate::input::element(&p.payload, i).unwrap_or_default(),
+                        format!("reading {i} of the message: {reason}"),
+                    )),
+                }
+            }
         }
     }
-    shared
-        .status
-        .received
-        .fetch_add((readings.len() + bad.len()) as u64, Ordering::Relaxed);
-    shared
-        .status
-        .quarantined
-        .fetch_add(bad.len() as u64, Ordering::Relaxed);
-    for q in bad {
-        if let Err(e) = shared.outbox.quarantine(q).await {
-            tracing::error!(error = %e, "cannot quarantine; the message stays unacknowledged");
-            return false;
-        }
-    }
-    match crate::ingest(
-        shared,
-        readings,
-        now,
-        crate::request_key(&[topic.as_bytes(), payload]),
-    )
-    .await
-    {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store an MQTT message; leaving it unacknowledged");
-            false
-        }
-    }
+    unit
 }

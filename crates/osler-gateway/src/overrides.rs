@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use osler_rules::Overrides;
 
-use crate::outbox::OverrideCache;
+use crate::intake::OverrideCache;
 
 pub const FILE: &str = "overrides.json";
 

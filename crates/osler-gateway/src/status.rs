@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use osler_wire::Lane;
 use serde_json::{Value, json};
 
-use crate::outbox::{EdgeStats, Outbox};
+use crate::intake::EdgeStats;
+use crate::outbox::Outbox;
 
 #[derive(Debug, Default)]
 pub struct Status {
@@ -20,9 +21,27 @@ pub struct Status {
     uploaded_summaries: AtomicU64,
     uploaded_batches: AtomicU64,
     uploaded_bytes: AtomicU64,
+    /// Since when uploads have failed without a success between (0: they have not).
+    failing_since_ms: AtomicI64,
     pub received: AtomicU64,
     pub rejected: AtomicU64,
     pub quarantined: AtomicU64,
+    mqtt: Mutex<Option<Mqtt>>,
+}
+
+/// The MQTT source as `/status` shows it (`None` before it first tries, or without MQTT).
+#[derive(Debug, Default, Clone)]
+struct Mqtt {
+    connected: bool,
+    /// Since when it is connected, or disconnected.
+    since_ms: i64,
+    last_error: Option<String>,
+    messages: u64,
+    last_message_ms: i64,
+    /// Messages refused by a full outbox, unacknowledged, waiting to be retried.
+    waiting: u64,
+    /// Since when messages have waited (0: none wait).
+    waiting_since_ms: i64,
 }
 
 impl Status {
@@ -42,10 +61,56 @@ impl Status {
         self.uploaded_batches.fetch_add(1, Ordering::Relaxed);
         self.uploaded_bytes.fetch_add(bytes, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.failing_since_ms.store(0, Ordering::Relaxed);
     }
-    pub fn failure(&self, reason: String) {
+    pub fn failure(&self, reason: String, now_ms: i64) {
         self.hub_reachable.store(false, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        let _ =
+            self.failing_since_ms
+                .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Readings received by a source, and how many of them were invalid.
+    pub fn count_in(&self, readings: u64, quarantined: u64) {
+        self.received.fetch_add(readings, Ordering::Relaxed);
+        self.quarantined.fetch_add(quarantined, Ordering::Relaxed);
+    }
+
+    fn mqtt(&self, f: impl FnOnce(&mut Mqtt)) {
+        let mut m = self.mqtt.lock().unwrap_or_else(|p| p.into_inner());
+        f(m.get_or_insert_with(Mqtt::default));
+    }
+    pub fn mqtt_connected(&self, now_ms: i64) {
+        self.mqtt(|m| {
+            m.connected = true;
+            m.since_ms = now_ms;
+        });
+    }
+    pub fn mqtt_down(&self, reason: String, now_ms: i64) {
+        self.mqtt(|m| {
+            if m.connected || m.since_ms == 0 {
+                m.since_ms = now_ms;
+            }
+            m.connected = false;
+            m.last_error = Some(reason);
+        });
+    }
+    pub fn mqtt_message(&self, now_ms: i64) {
+        self.mqtt(|m| {
+            m.messages += 1;
+            m.last_message_ms = now_ms;
+        });
+    }
+    pub fn mqtt_waiting(&self, n: u64) {
+        self.mqtt(|m| {
+            match (m.waiting, n) {
+                (0, 1..) => m.waiting_since_ms = m.last_message_ms.max(1),
+                (_, 0) => m.waiting_since_ms = 0,
+                _ => {}
+            }
+            m.waiting = n;
+        });
     }
 
     /// The `/status` document.
@@ -60,6 +125,21 @@ impl Status {
             .min();
         let tally = *edge.tally.lock().unwrap_or_else(|p| p.into_inner());
         let last_success = ms(&self.last_success_ms);
+        let age = |t: i64| (t > 0).then(|| (now_ms - t).max(0) as f64 / 1000.0);
+        let mqtt = self.mqtt.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mqtt = mqtt.map(|m| {
+            json!({
+                "connected": m.connected,
+                "connected_for_s": if m.connected { age(m.since_ms) } else { None },
+                "down_for_s": if m.connected { None } else { age(m.since_ms) },
+                "last_error": m.last_error,
+                "messages": m.messages,
+                "last_message_age_s": age(m.last_message_ms),
+                "waiting_for_room": m.waiting,
+                "waiting_for_room_s": age(m.waiting_since_ms),
+            })
+        });
+        let failing_since = ms(&self.failing_since_ms);
         json!({
             "gateway": gateway,
             "outbox": {
@@ -75,6 +155,8 @@ impl Status {
                 "last_attempt_ms": ms(&self.last_attempt_ms),
                 "hub_reachable": self.hub_reachable.load(Ordering::Relaxed),
                 "last_error": self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                "failing_since_ms": failing_since,
+                "failing_for_s": failing_since.map(age),
                 "entries": self.uploaded_entries.load(Ordering::Relaxed),
                 "alerts": self.uploaded_alerts.load(Ordering::Relaxed),
                 "summaries": self.uploaded_summaries.load(Ordering::Relaxed),
@@ -105,6 +187,7 @@ impl Status {
                 "rejected": self.rejected.load(Ordering::Relaxed),
                 "quarantined": self.quarantined.load(Ordering::Relaxed),
             },
+            "mqtt": mqtt,
         })
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use osler_wire::{BatchHeader, CONTENT_TYPE, GatewayKey, Lane, seal};
 
+use crate::intake::Intake;
 use crate::now_ms;
-use crate::outbox::Outbox;
 use crate::status::Status;
 
 /// How the uploader batches and paces.
@@ -88,8 +88,11 @@ impl Jitter {
     }
 }
 
+/// What the hub said to a batch.
 enum Outcome {
     Committed(u64),
+    /// The hub refused the batch for its size (HTTP 413): a smaller one will pass.
+    TooLarge(String),
     Failed(String),
 }
 
@@ -111,10 +114,17 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Outcome {
                 )),
             }
         }
-        Err(ureq::Error::Status(code, resp)) => Outcome::Failed(format!(
-            "the hub refused the batch: HTTP {code}: {}",
-            resp.into_string().unwrap_or_default()
-        )),
+        Err(ureq::Error::Status(code, resp)) => {
+            let reason = format!(
+                "the hub refused the batch: HTTP {code}: {}",
+                resp.into_string().unwrap_or_default()
+            );
+            if code == 413 {
+                Outcome::TooLarge(reason)
+            } else {
+                Outcome::Failed(reason)
+            }
+        }
         Err(e) => Outcome::Failed(format!("the hub is unreachable: {e}")),
     }
 }
@@ -127,10 +137,11 @@ pub fn run(
     config: UploadConfig,
     lane: Lane,
     key: GatewayKey,
-    outbox: Arc<Outbox>,
+    intake: Arc<Intake>,
     status: Arc<Status>,
     stop: Arc<AtomicBool>,
 ) {
+    let outbox = intake.outbox();
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
@@ -163,7 +174,9 @@ pub fn run(
         // Alerts go first: readings wait while alerts are pending (after an outage, the hub
         // learns of every alert before the readings behind it). Alerts never wait for readings.
         if lane != Lane::Alerts && outbox.depth().alerts.load(Ordering::Relaxed) > 0 {
-            std::thread::sleep(Duration::from_millis(2));
+            // Woken by the commit that acknowledges them (every commit that changes a lane
+            // rings), with a bound in case the alerts uploader is the one waiting.
+            seen = outbox.wait_for_append(seen, Duration::from_millis(200));
             continue;
         }
         let rows = match outbox.peek(lane, max_count, config.max_bytes) {
@@ -211,7 +224,7 @@ pub fn run(
         status.attempt(now_ms());
         match post(&agent, &url, &body) {
             Outcome::Committed(through) if through >= header.last_seq() => {
-                match outbox.ack_blocking(lane, through) {
+                match intake.ack_blocking(lane, through) {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(error = %e, "cannot delete acknowledged entries; they will be resent and recognised")
@@ -227,14 +240,15 @@ pub fn run(
                         "the hub confirmed only through {t} of {}",
                         header.last_seq()
                     ),
+                    Outcome::TooLarge(r) => {
+                        max_count = (max_count / 2).max(1);
+                        r
+                    }
                     Outcome::Failed(r) => r,
                 };
-                if reason.contains("HTTP 413") && max_count > 1 {
-                    max_count = (max_count / 2).max(1);
-                }
                 let wait = backoff.mul_f64(0.5 + jitter.unit());
                 tracing::warn!(%reason, ?lane, retry_in_ms = wait.as_millis() as u64, pending = outbox.depth().lane(lane).load(Ordering::Relaxed), "upload failed; keeping the batch");
-                status.failure(reason);
+                status.failure(reason, now_ms());
                 let deadline = Instant::now() + wait;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));

@@ -4,6 +4,7 @@
 
 use osler_core::{Id, Metric, Reading, Status, Timestamp, Value};
 use osler_edge::{Output, Policy, Stream, Tally, Zone};
+use osler_gateway::intake::{Intake, IntakeSetup, Unit};
 use osler_gateway::outbox::Outbox;
 use osler_wire::{Entry, Lane, SummaryEntry};
 
@@ -76,9 +77,23 @@ fn reference(patients: &[&str], range: std::ops::Range<i64>) -> Sent {
     (readings, summaries)
 }
 
-fn ingest(outbox: &Outbox, rt: &tokio::runtime::Runtime, patients: &[&str], i: i64) {
+/// The gateway's writer, as the gateway opens it (default edge processing).
+fn open(dir: &std::path::Path) -> Intake {
+    Intake::open(dir, IntakeSetup::with_limit(1 << 30)).unwrap()
+}
+
+fn unit(readings: Vec<Reading>, request: u64) -> Unit {
+    Unit {
+        readings,
+        quarantine: Vec::new(),
+        request: Some(request),
+    }
+}
+
+fn ingest(intake: &Intake, patients: &[&str], i: i64) {
     let batch: Vec<Reading> = patients.iter().map(|p| reading(p, i)).collect();
-    rt.block_on(outbox.ingest(batch, Vec::new(), T0 + i * 1000, Some(i as u64)))
+    intake
+        .ingest_blocking(unit(batch, i as u64), T0 + i * 1000)
         .unwrap();
 }
 
@@ -90,30 +105,23 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn streams_continue_across_restarts_as_if_never_stopped() {
     let dir = tempdir("restart");
-    let rt = runtime();
     let patients = ["p1", "p2", "p3"];
     for (from, to) in [(0, 37), (37, 38), (38, 90), (90, 200)] {
-        let outbox = Outbox::open(&dir, 1 << 30).unwrap();
+        let intake = open(&dir);
         for i in from..to {
-            ingest(&outbox, &rt, &patients, i);
+            ingest(&intake, &patients, i);
         }
-        drop(outbox);
+        drop(intake);
     }
-    let outbox = Outbox::open(&dir, 1 << 30).unwrap();
-    let got = sent(&outbox);
+    let intake = open(&dir);
+    let got = sent(intake.outbox());
     let want = reference(&patients, 0..200);
     assert!(!want.0.is_empty() && !want.1.is_empty());
     assert_eq!(got, want);
-    drop(outbox);
+    drop(intake);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -150,10 +158,9 @@ fn an_outbox_with_json_states_is_carried_over() {
         )
         .unwrap();
     }
-    let rt = runtime();
-    let outbox = Outbox::open(&dir, 1 << 30).unwrap();
+    let intake = open(&dir);
     for i in 50..120 {
-        ingest(&outbox, &rt, &["p1"], i);
+        ingest(&intake, &["p1"], i);
     }
     // The continuation is what the stream that stayed in memory decides (its first 50
     // readings' outputs were sent by the old version and are not in this outbox).
@@ -180,8 +187,8 @@ fn an_outbox_with_json_states_is_carried_over() {
         .into_iter()
         .filter(|(_, t0, _)| !closed_before.contains(t0))
         .collect();
-    assert_eq!(sent(&outbox), (want_r, want_s));
-    drop(outbox);
+    assert_eq!(sent(intake.outbox()), (want_r, want_s));
+    drop(intake);
     let conn = rusqlite::Connection::open(dir.join("outbox.db")).unwrap();
     let old: i64 = conn
         .query_row(
@@ -200,10 +207,9 @@ fn a_failed_commit_leaves_the_streams_as_they_were() {
     // updates) must leave the streams as stored: the device resends what was not acknowledged,
     // and the outcome is the same as if the failure had never happened.
     let dir = tempdir("failed-commit");
-    let rt = runtime();
-    let outbox = Outbox::open(&dir, 1 << 30).unwrap();
+    let intake = open(&dir);
     for i in 0..33 {
-        ingest(&outbox, &rt, &["p1", "p2"], i);
+        ingest(&intake, &["p1", "p2"], i);
     }
     let side = rusqlite::Connection::open(dir.join("outbox.db")).unwrap();
     side.execute_batch(
@@ -222,8 +228,7 @@ fn a_failed_commit_leaves_the_streams_as_they_were() {
     // the commit.
     for i in 33..39 {
         let batch = batch_at(i);
-        let result =
-            rt.block_on(outbox.ingest(batch, Vec::new(), T0 + i * 1000, Some(1000 + i as u64)));
+        let result = intake.ingest_blocking(unit(batch, 1000 + i as u64), T0 + i * 1000);
         assert!(
             result.is_err(),
             "the commit of reading {i} should have failed"
@@ -233,7 +238,8 @@ fn a_failed_commit_leaves_the_streams_as_they_were() {
     for i in 33..100 {
         // The resends of the refused requests (the same requests: same key), then new ones.
         let batch = batch_at(i);
-        rt.block_on(outbox.ingest(batch, Vec::new(), T0 + i * 1000, Some(1000 + i as u64)))
+        intake
+            .ingest_blocking(unit(batch, 1000 + i as u64), T0 + i * 1000)
             .unwrap();
     }
     let mut want = reference(&["p1", "p2"], 0..100);
@@ -242,7 +248,7 @@ fn a_failed_commit_leaves_the_streams_as_they_were() {
     want.1.extend(p3.1);
     want.0.sort();
     want.1.sort();
-    assert_eq!(sent(&outbox), want);
-    drop(outbox);
+    assert_eq!(sent(intake.outbox()), want);
+    drop(intake);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -187,6 +187,9 @@ enum Bench {
     /// its fidelity (no alert lost, every reading counted, the trend kept) and decision time.
     /// `--live` adds the standard scenario through real processes, raw then edge.
     Edge(osler_bench::edge::EdgeBenchArgs),
+    /// Readings over MQTT end to end (QoS 1, one reading per message, 100 patients), then a
+    /// kill -9 of the gateway half-way: every reading must arrive once.
+    Mqtt(osler_bench::mqtt::MqttBenchArgs),
 }
 
 fn init_logging() -> anyhow::Result<()> {
@@ -269,6 +272,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Pipeline(args) => osler_bench::pipeline::run(args),
             Bench::Alerts(args) => osler_bench::alerts::run(args),
             Bench::Edge(args) => osler_bench::edge::run(args),
+            Bench::Mqtt(args) => osler_bench::mqtt::run(args),
         },
     }
 }

@@ -151,3 +151,219 @@ fn publish(topic: &str, payload: &str) {
         .expect("mosquitto_pub (installed with Mosquitto by scripts/test)");
     assert!(status.success());
 }
+
+/// A Mosquitto of this test's own, on a free port, keeping sessions on disk in `dir` (so it
+/// can be restarted under the gateway without touching the shared broker on 1883).
+struct Broker {
+    child: std::process::Child,
+    port: u16,
+    conf: std::path::PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &std::path::Path, port: u16) -> Broker {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        Broker::run(conf, port)
+    }
+
+    fn run(conf: std::path::PathBuf, port: u16) -> Broker {
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (installed by scripts/test)");
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .ok()
+                .map(|_| ())
+        })
+        .expect("the test's broker listens");
+        Broker { child, port, conf }
+    }
+
+    /// Stops it the way an operator restarts a broker (SIGTERM: sessions saved), and starts it
+    /// again on the same port.
+    fn restart(mut self) -> Broker {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap();
+        Broker::run(self.conf.clone(), self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes `n` QoS 1 messages of one reading each, as fast as Mosquitto's own client sends
+/// them (one connection, lines from stdin), for `patients` patients; readings `from..from+n`.
+fn burst(port: u16, prefix: &str, from: usize, n: usize, patients: usize) {
+    use std::io::Write;
+    let base = now_ms_for_test() - 50 * 60_000;
+    let mut child = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            &format!("{prefix}/burst/readings"),
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = String::new();
+    for i in from..from + n {
+        let t = osler_core::Timestamp::utc(base + i as i64 * 100);
+        lines.push_str(&format!(
+            r#"{{"patient":"burst-{}","device":"w","metric":"heart-rate","value":{},"unit":"/min","time":"{t}"}}"#,
+            i % patients,
+            60 + i % 40
+        ));
+        lines.push('\n');
+    }
+    stdin.write_all(lines.as_bytes()).unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+fn now_ms_for_test() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn stored(hub: &Hub, patients: usize) -> u64 {
+    (0..patients)
+        .map(|p| count_for(hub, &format!("burst-{p}")))
+        .sum()
+}
+
+/// Waits until the hub holds `want` burst readings; fails with the gateway's status if not.
+fn all_arrive(hub: &Hub, gw: &Gateway, patients: usize, want: u64) {
+    let got = wait_for(Duration::from_secs(60), || {
+        let n = stored(hub, patients);
+        (n >= want).then_some(n)
+    });
+    assert_eq!(
+        got,
+        Some(want),
+        "the hub holds {} of {want} burst readings; gateway: {}",
+        stored(hub, patients),
+        gw.status()
+    );
+}
+
+fn mqtt_connected(gw: &Gateway) -> bool {
+    gw.status()["mqtt"]["connected"] == true
+}
+
+#[test]
+fn mqtt_bursts_restarts_and_dropped_connections_lose_nothing() {
+    let dir = TempDir::new("mqtt-burst");
+    let (hub_dir, gw_dir, broker_dir) = (dir.0.join("hub"), dir.0.join("gw"), dir.0.join("mq"));
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let mut broker = Broker::start(&broker_dir, free_port());
+    let hub = Hub::start(&hub_dir);
+    enrol(&hub_dir, &gw_dir);
+    let prefix = "osler-burst";
+    let gw = Gateway::start(
+        &gw_dir,
+        &hub.root(),
+        0,
+        &[
+            "--raw",
+            "--mqtt",
+            &format!("127.0.0.1:{}", broker.port),
+            "--mqtt-topic",
+            &format!("{prefix}/+/readings"),
+        ],
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || mqtt_connected(&gw)
+            .then_some(()))
+        .is_some(),
+        "the gateway never connected: {}",
+        gw.status()
+    );
+    let patients = 10;
+    // Far beyond the old client's channel (100), the storer's batch and the receive window.
+    burst(broker.port, prefix, 0, 12_000, patients);
+    all_arrive(&hub, &gw, patients, 12_000);
+
+    // The broker restarts under the gateway: it reconnects by itself and takes the next burst.
+    broker = broker.restart();
+    assert!(
+        wait_for(Duration::from_secs(20), || mqtt_connected(&gw)
+            .then_some(()))
+        .is_some(),
+        "the gateway did not reconnect after a broker restart: {}",
+        gw.status()
+    );
+    burst(broker.port, prefix, 12_000, 6_000, patients);
+    all_arrive(&hub, &gw, patients, 18_000);
+
+    // The connection is dropped (another client takes over the gateway's session, as a
+    // misconfigured duplicate would); messages published meanwhile wait in the broker's
+    // session and arrive after the gateway reconnects.
+    let id = format!("osler-{}", gw.status()["gateway"].as_str().unwrap());
+    let status = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-i",
+            &id,
+            // A persistent session, as the gateway's: taking it over keeps its messages.
+            "-c",
+            "-t",
+            "osler-burst/none",
+            "-W",
+            "1",
+        ])
+        .status()
+        .unwrap();
+    // -W ends it with a timeout status; what matters is that it connected (and was let go).
+    assert!(status.code().is_some());
+    burst(broker.port, prefix, 18_000, 800, patients);
+    assert!(
+        wait_for(Duration::from_secs(20), || mqtt_connected(&gw)
+            .then_some(()))
+        .is_some(),
+        "the gateway did not reconnect after its connection was dropped: {}",
+        gw.status()
+    );
+    all_arrive(&hub, &gw, patients, 18_800);
+    // Each reading once: the total is the number of distinct readings sent.
+    assert_eq!(stored(&hub, patients), 18_800);
+    // Received counts the broker's redeliveries of messages whose acknowledgement was cut off
+    // with the connection, so at least every message.
+    let s = gw.status();
+    assert!(s["ingest"]["received"].as_u64().unwrap() >= 18_800, "{s}");
+}
