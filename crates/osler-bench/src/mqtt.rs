@@ -179,7 +179,9 @@ struct Broker {
 
 impl Broker {
     fn start(data: &std::path::Path) -> anyhow::Result<Broker> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let conf = data.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -216,7 +218,8 @@ fn wait_connected(gw: &Server) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(r) = ureq::get(&url).call()
-            && let Ok(v) = r.into_json::<serde_json::Value>()
+            && let Ok(text) = r.into_string()
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             && v["mqtt"]["connected"] == true
         {
             return Ok(());
@@ -232,7 +235,8 @@ fn wait_for_received(gw: &Server, n: u64, from: Instant) -> anyhow::Result<Durat
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
         if let Ok(r) = ureq::get(&url).call()
-            && let Ok(v) = r.into_json::<serde_json::Value>()
+            && let Ok(text) = r.into_string()
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             && v["ingest"]["received"].as_u64().unwrap_or(0) >= n
         {
             return Ok(from.elapsed());
