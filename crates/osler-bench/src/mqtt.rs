@@ -99,6 +99,15 @@ pub fn run(args: MqttBenchArgs) -> anyhow::Result<()> {
     let acked = wait_for_received(&gw, args.readings as u64, started)?;
     let committed = wait_for_hub(&root, args.readings as u64, started)?;
     let rate = args.readings as f64 / committed.as_secs_f64();
+    let per_100k = |pid: u32| {
+        crate::process::cpu_seconds(pid).map_or("?".to_owned(), |s| {
+            format!("{:.2}", s * 100_000.0 / args.readings as f64)
+        })
+    };
+    let (gw_cpu, hub_cpu) = (per_100k(gw.pid()), per_100k(hub.pid()));
+    let broker_cpu = own
+        .as_ref()
+        .map_or("?".to_owned(), |b| per_100k(b.child.id()));
     gw.stop()?;
     hub.stop()?;
 
@@ -115,6 +124,9 @@ pub fn run(args: MqttBenchArgs) -> anyhow::Result<()> {
     );
     println!(
         "| **end to end, committed at the hub** | **{rate:.0} readings/s** | {BASELINE:.0} (no durability) |"
+    );
+    println!(
+        "| CPU seconds per 100,000 readings: gateway / hub / broker | {gw_cpu} / {hub_cpu} / {broker_cpu} | |"
     );
 
     if args.no_kill {
