@@ -150,7 +150,7 @@ pub fn run(args: MqttBenchArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the killer thread panicked"))?;
     drop(gw);
     let gw_dir = gw_dir.to_str().context("UTF-8 paths")?;
-    let gw = Server::spawn(
+    let gw = Server::spawn_logging(
         &osler,
         &[
             "gateway",
@@ -167,6 +167,7 @@ pub fn run(args: MqttBenchArgs) -> anyhow::Result<()> {
             &topic,
         ],
         Duration::from_secs(30),
+        &run2.join("gw.log"),
     )?;
     let restarted = Instant::now();
     let stored = wait_for_hub(&root, args.readings as u64, restarted).map(|_| args.readings as u64);

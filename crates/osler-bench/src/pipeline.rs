@@ -91,10 +91,17 @@ pub fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
         "--listen",
         hub_listen.as_str(),
     ];
-    let hub = Server::spawn(&osler, &hub_args, Duration::from_secs(30))?;
+    std::fs::create_dir_all(&data)?;
+    let (hub_log, gw_log) = (data.join("hub.log"), data.join("gw.log"));
+    eprintln!(
+        "(the hub's and the gateway's logs: {} and {})",
+        hub_log.display(),
+        gw_log.display()
+    );
+    let hub = Server::spawn_logging(&osler, &hub_args, Duration::from_secs(30), &hub_log)?;
     let hub_root = hub.base.trim_end_matches("/fhir").to_owned();
     crate::process::enrol(&osler, &hub_dir_s, &gw_dir_s)?;
-    let gw = Server::spawn(
+    let gw = Server::spawn_logging(
         &osler,
         &[
             "gateway",
@@ -109,6 +116,7 @@ pub fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
             "--raw",
         ],
         Duration::from_secs(30),
+        &gw_log,
     )?;
     let gw_url = gw.base.clone();
 
@@ -191,7 +199,7 @@ pub fn run(args: PipelineBenchArgs) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
     let t = Instant::now();
-    let hub = Server::spawn(&osler, &hub_args, Duration::from_secs(60))?;
+    let hub = Server::spawn_logging(&osler, &hub_args, Duration::from_secs(60), &hub_log)?;
     // The gateway notices the hub at its next retry (backoff, at most about 15 s); the catch-up
     // rate is measured from its first successful upload to an empty outbox.
     let mut first_backlog = backlog_now;

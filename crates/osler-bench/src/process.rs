@@ -25,17 +25,49 @@ impl Server {
         )
     }
 
-    /// Starts `osler ARGS` and waits (up to `timeout`) for the URL it prints first.
+    /// Starts `osler ARGS` and waits (up to `timeout`) for the URL it prints first. Its log
+    /// goes to the terminal (see [`Server::spawn_logging`] to keep it in a file).
     pub fn spawn(osler: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<Server> {
-        let mut child = Command::new(osler)
-            .args(args)
+        Server::spawn_to(osler, args, timeout, None)
+    }
+
+    /// [`Server::spawn`] with the child's log appended to `log` (info and above), so that the
+    /// terminal shows only what the command means to show.
+    pub fn spawn_logging(
+        osler: &Path,
+        args: &[&str],
+        timeout: Duration,
+        log: &Path,
+    ) -> anyhow::Result<Server> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        Server::spawn_to(osler, args, timeout, Some(file))
+    }
+
+    /// Starts the child with its standard error in `log`, or the terminal's.
+    fn spawn_to(
+        osler: &Path,
+        args: &[&str],
+        timeout: Duration,
+        log: Option<std::fs::File>,
+    ) -> anyhow::Result<Server> {
+        // A file takes the whole story; a terminal only what needs a person.
+        let level = if log.is_some() { "info" } else { "warn" };
+        let stderr = log.map_or(Stdio::inherit(), Stdio::from);
+        let mut cmd = Command::new(osler);
+        cmd.args(args)
             .env(
                 "OSLER_LOG",
-                std::env::var("OSLER_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("OSLER_LOG").unwrap_or_else(|_| level.into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr);
+        die_with_parent(&mut cmd);
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", osler.display()))?;
         let stdout = child.stdout.take().context("no stdout from the child")?;
@@ -60,9 +92,10 @@ impl Server {
     /// Starts `osler ARGS` without waiting for anything it prints (its standard output is
     /// inherited).
     pub fn spawn_plain(osler: &Path, args: &[&str]) -> anyhow::Result<Server> {
-        let child = Command::new(osler)
-            .args(args)
-            .stdin(Stdio::null())
+        let mut cmd = Command::new(osler);
+        cmd.args(args).stdin(Stdio::null());
+        die_with_parent(&mut cmd);
+        let child = cmd
             .spawn()
             .with_context(|| format!("cannot start osler {}", args[0]))?;
         Ok(Server {
@@ -108,6 +141,27 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Makes the child stop (SIGTERM: it shuts down cleanly) when this process dies, however it
+/// dies: a demo or a bench killed with SIGKILL must not leave a hub holding its port.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl and
+    // getppid, which are async-signal-safe, and allocates nothing.
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
 }
 
@@ -176,7 +230,7 @@ pub fn enrol(osler: &Path, hub_dir: &str, gw_dir: &str) -> anyhow::Result<()> {
 }
 
 /// A hub and a gateway enrolled at it, each its own process, with their data under `data`
-/// (`hub/`, `gw/`); `gateway_args` are added to the gateway's command line. Returns the hub, its
+/// (`hub/`, `gw/`, their logs in `hub.log` and `gw.log`); `gateway_args` are added to the gateway's command line. Returns the hub, its
 /// root URL and the gateway.
 pub fn hub_and_gateway(
     osler: &Path,
@@ -185,10 +239,12 @@ pub fn hub_and_gateway(
 ) -> anyhow::Result<(Server, String, Server)> {
     let hub_dir = data.join("hub").to_str().context("UTF-8 paths")?.to_owned();
     let gw_dir = data.join("gw").to_str().context("UTF-8 paths")?.to_owned();
-    let hub = Server::spawn(
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
+    let hub = Server::spawn_logging(
         osler,
         &["serve", "--data", &hub_dir, "--listen", "127.0.0.1:0"],
         Duration::from_secs(30),
+        &data.join("hub.log"),
     )?;
     let root = hub.base.trim_end_matches("/fhir").to_owned();
     enrol(osler, &hub_dir, &gw_dir)?;
@@ -202,7 +258,11 @@ pub fn hub_and_gateway(
         "127.0.0.1:0",
     ];
     args.extend_from_slice(gateway_args);
-    let gw = Server::spawn(osler, &args, Duration::from_secs(30))?;
+    let gw = Server::spawn_logging(osler, &args, Duration::from_secs(30), &data.join("gw.log"))?;
+    eprintln!(
+        "(the hub's and the gateway's logs: {}/hub.log, gw.log)",
+        data.display()
+    );
     Ok((hub, root, gw))
 }
 

@@ -290,8 +290,9 @@ impl Outbox {
             next[i] = stored.unwrap_or(1).max(1) as u64;
         }
         // A group commit of thousands of entries must not spill dirty pages into the WAL before
-        // its commit (SQLite's default cache is 2 MB): 16 MB for the writer.
-        conn.execute_batch("PRAGMA cache_size=-16384")?;
+        // its commit (SQLite's default cache is 2 MB): 8 MB for the writer, which also bounds what
+        // it adds to the gateway's memory.
+        conn.execute_batch("PRAGMA cache_size=-8192")?;
         let reader = Connection::open(&path)?;
         reader.busy_timeout(std::time::Duration::from_secs(10))?;
         let wake: Wake = Arc::new((Mutex::new(0u64), Condvar::new()));

@@ -110,14 +110,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (hub_s, gw_s) = (path(&hub_dir)?, path(&gw_dir)?);
 
     let listen = free_or_zero(&args.listen);
-    let hub = Server::spawn(
+    std::fs::create_dir_all(&data).context("cannot create the data directory")?;
+    let (hub_log, gw_log) = (data.join("hub.log"), data.join("gateway.log"));
+    let hub = Server::spawn_logging(
         &osler,
         &["serve", "--data", &hub_s, "--listen", &listen],
         Duration::from_secs(30),
+        &hub_log,
     )?;
     let root = hub.base.trim_end_matches("/fhir").to_owned();
     osler_bench::process::enrol(&osler, &hub_s, &gw_s)?;
-    let gw = Server::spawn(
+    let gw = Server::spawn_logging(
         &osler,
         &[
             "gateway",
@@ -131,6 +134,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "50",
         ],
         Duration::from_secs(30),
+        &gw_log,
     )?;
     println!(
         "Osler demo: {} patients; the last 2 hours replayed at {}x, then live.",
@@ -148,6 +152,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         } else {
             ""
         }
+    );
+    println!(
+        "  Logs:           {} and {}",
+        hub_log.display(),
+        gw_log.display()
     );
     println!(
         "Try:  curl '{}/Observation?patient=sim-p0&code=8867-4&_sort=-date&_count=3'",
