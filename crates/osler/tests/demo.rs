@@ -97,3 +97,65 @@ fn demo_shows_alerts_serves_fhir_and_stops_on_sigint() {
     // --data kept the data.
     assert!(dir.0.join("hub").join("hub.db").exists());
 }
+
+#[test]
+fn a_demo_killed_with_sigkill_leaves_nothing_running() {
+    let dir = TempDir::new("demo-kill");
+    let mut child = Command::new(osler_bin())
+        .args(["demo", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut hub, mut gw, mut logs) = (None, None, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (hub.is_none() || gw.is_none() || logs.is_none()) && std::time::Instant::now() < deadline
+    {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        let line = line.trim().to_owned();
+        let value = |p: &str| line.strip_prefix(p).map(|v| v.trim().to_owned());
+        hub = hub.or(value("FHIR base:"));
+        gw = gw.or(value("Gateway status:"));
+        logs = logs.or(value("Logs:"));
+    }
+    let addr = |url: &str| {
+        url.trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let (hub, gw) = (
+        addr(&hub.expect("the demo prints its FHIR base")),
+        addr(&gw.expect("the demo prints the gateway's status URL")),
+    );
+    // The children's logs go to files, and the demo says where.
+    assert!(
+        logs.expect("the demo says where the logs are")
+            .contains("hub.log")
+    );
+    assert!(std::net::TcpStream::connect(&hub).is_ok());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for (what, a) in [("hub", &hub), ("gateway", &gw)] {
+        assert!(
+            wait_for(Duration::from_secs(30), || std::net::TcpStream::connect(a)
+                .is_err()
+                .then_some(()))
+            .is_some(),
+            "the demo's {what} outlived a SIGKILL of the demo ({a} still answers)"
+        );
+    }
+    assert!(dir.0.join("hub.log").exists() && dir.0.join("gateway.log").exists());
+}
