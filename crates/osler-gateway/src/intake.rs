@@ -222,19 +222,41 @@ impl Intake {
         self.jobs.as_ref().ok_or(OutboxError::Closed)
     }
 
-    /// Takes in units (each stored or refused as a whole); resolves once the commit holding
-    /// them is durable, with one outcome per unit, in order.
-    pub async fn ingest(&self, units: Vec<Unit>, now_ms: i64) -> Result<Outcomes, OutboxError> {
+    /// Sends the writer the job `make` builds around a reply channel, and waits for its answer
+    /// (given once the job's group is committed, or failed).
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, OutboxError>>) -> Job,
+    ) -> Result<T, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .send(Job::Ingest {
-                units,
-                now_ms,
-                reply,
-            })
+            .send(make(reply))
             .await
             .map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// [`Intake::call`] for callers outside the runtime.
+    fn call_blocking<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, OutboxError>>) -> Job,
+    ) -> Result<T, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .blocking_send(make(reply))
+            .map_err(|_| OutboxError::Closed)?;
+        rx.blocking_recv().map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Takes in units (each stored or refused as a whole); resolves once the commit holding
+    /// them is durable, with one outcome per unit, in order.
+    pub async fn ingest(&self, units: Vec<Unit>, now_ms: i64) -> Result<Outcomes, OutboxError> {
+        self.call(|reply| Job::Ingest {
+            units,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     /// [`Intake::ingest`] of one unit.
@@ -244,29 +266,21 @@ impl Intake {
 
     /// [`Intake::ingest_one`] for callers outside the runtime.
     pub fn ingest_blocking(&self, unit: Unit, now_ms: i64) -> Result<(), OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .blocking_send(Job::Ingest {
-                units: vec![unit],
-                now_ms,
-                reply,
-            })
-            .map_err(|_| OutboxError::Closed)?;
-        first(rx.blocking_recv().map_err(|_| OutboxError::Closed)??)
+        first(self.call_blocking(|reply| Job::Ingest {
+            units: vec![unit],
+            now_ms,
+            reply,
+        })?)
     }
 
     /// Removes a lane's entries up to and including `through` (the hub committed them).
     /// Blocking: for the uploader threads.
     pub fn ack_blocking(&self, lane: Lane, through: u64) -> Result<usize, OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .blocking_send(Job::Ack {
-                lane,
-                through,
-                reply,
-            })
-            .map_err(|_| OutboxError::Closed)?;
-        rx.blocking_recv().map_err(|_| OutboxError::Closed)?
+        self.call_blocking(|reply| Job::Ack {
+            lane,
+            through,
+            reply,
+        })
     }
 
     /// Time-driven edge work: readings that waited long enough for their filter window are
