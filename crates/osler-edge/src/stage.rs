@@ -67,10 +67,6 @@ impl Stage {
         }
     }
 
-    pub fn config(&self) -> &EdgeConfig {
-        &self.config
-    }
-
     /// Takes back a stored stream (at start, before any reading). A state that does not decode
     /// is refused; the caller decides what to do with its row.
     pub fn restore(

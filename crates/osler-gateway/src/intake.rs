@@ -181,9 +181,9 @@ impl Intake {
     /// Opens the outbox in `dir` (recovering a damaged file, carrying an older outbox over),
     /// loads the edge streams and starts the writer thread.
     pub fn open(dir: &std::path::Path, setup: IntakeSetup) -> Result<Intake, OutboxError> {
-        let (outbox, queue) = Outbox::open(dir)?;
+        let (outbox, mut queue) = Outbox::open(dir)?;
         crate::legacy::migrate_json_states(queue.connection())?;
-        let stage = load_stage(&queue, setup.edge.clone())?;
+        let stage = load_stage(&mut queue, setup.edge.clone())?;
         setup
             .stats
             .streams
@@ -309,7 +309,7 @@ impl Drop for Intake {
 /// Loads every stream's stored state. A state that does not decode (damage, or a future
 /// version) is logged, removed and started afresh: it held at most a filter window of readings
 /// and an open summary.
-fn load_stage(queue: &Queue, config: EdgeConfig) -> Result<Stage, OutboxError> {
+fn load_stage(queue: &mut Queue, config: EdgeConfig) -> Result<Stage, OutboxError> {
     let mut stage = Stage::new(config);
     let mut bad = Vec::new();
     for row in queue.states()? {
@@ -319,10 +319,12 @@ fn load_stage(queue: &Queue, config: EdgeConfig) -> Result<Stage, OutboxError> {
             bad.push(row.id);
         }
     }
-    for id in bad {
-        queue
-            .connection()
-            .execute("DELETE FROM edge_state WHERE id=?1", [id])?;
+    if !bad.is_empty() {
+        let mut tx = queue.transaction()?;
+        for id in bad {
+            tx.delete_state(id)?;
+        }
+        tx.commit()?;
     }
     Ok(stage)
 }

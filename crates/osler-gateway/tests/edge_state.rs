@@ -252,3 +252,33 @@ fn a_failed_commit_leaves_the_streams_as_they_were() {
     drop(intake);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_state_that_does_not_decode_is_removed_and_started_afresh() {
+    let dir = tempdir("undecodable");
+    let intake = open(&dir);
+    for i in 0..10 {
+        ingest(&intake, &["p1"], i);
+    }
+    drop(intake);
+    let side = rusqlite::Connection::open(dir.join("outbox.db")).unwrap();
+    side.execute("UPDATE edge_state SET state=x'ff00ff'", [])
+        .unwrap();
+    drop(side);
+    // The gateway starts (no crash loop), the damaged row is gone, and the stream goes on.
+    let intake = open(&dir);
+    let side = rusqlite::Connection::open(dir.join("outbox.db")).unwrap();
+    let rows: i64 = side
+        .query_row("SELECT count(*) FROM edge_state", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+    for i in 10..20 {
+        ingest(&intake, &["p1"], i);
+    }
+    drop(intake);
+    let rows: i64 = side
+        .query_row("SELECT count(*) FROM edge_state", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1, "the stream starts afresh and is stored again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
