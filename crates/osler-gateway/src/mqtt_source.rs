@@ -166,7 +166,7 @@ async fn store(mut rx: mpsc::Receiver<Publish>, client: AsyncClient, shared: Arc
                 }
             }
         }
-        shared.status.mqtt_waiting(retry.len() as u64);
+        shared.status.mqtt_waiting(retry.len() as u64, now_ms());
         if let Some(e) = refused {
             tracing::warn!(error = %e, waiting = retry.len(), "MQTT messages not stored; they stay unacknowledged and are retried in order");
             flush_acks(&client, &mut acks);

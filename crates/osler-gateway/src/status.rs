@@ -102,10 +102,10 @@ impl Status {
             m.last_message_ms = now_ms;
         });
     }
-    pub fn mqtt_waiting(&self, n: u64) {
+    pub fn mqtt_waiting(&self, n: u64, now_ms: i64) {
         self.mqtt(|m| {
             match (m.waiting, n) {
-                (0, 1..) => m.waiting_since_ms = m.last_message_ms.max(1),
+                (0, 1..) => m.waiting_since_ms = now_ms,
                 (_, 0) => m.waiting_since_ms = 0,
                 _ => {}
             }
