@@ -258,12 +258,12 @@ impl EdgeConfig {
             non_negative(f.deadband, "deadband", &mut p.deadband)?;
             non_negative(f.near, "near", &mut p.near)?;
             let seconds = |v: Option<f64>, key: &'static str, slot: &mut i64| match v {
-                Some(v) if !(v.is_finite() && v > 0.0 && v <= 86_400.0 * 7.0) => Err(invalid(
-                    key,
-                    "must be seconds, more than 0 and at most a week",
-                )),
+                // Kept in whole milliseconds: less than one would be stored as none.
+                Some(v) if !(v.is_finite() && (0.001..=86_400.0 * 7.0).contains(&v)) => Err(
+                    invalid(key, "must be seconds, at least 0.001 and at most a week"),
+                ),
                 Some(v) => {
-                    *slot = (v * 1000.0) as i64;
+                    *slot = (v * 1000.0).round() as i64;
                     Ok(())
                 }
                 None => Ok(()),
@@ -281,9 +281,10 @@ impl EdgeConfig {
         for m in Metric::all() {
             let p = self.policy(m);
             out.push_str(&format!("[{}]\n", m.info().key));
+            // Every key, even where every reading is forwarded: the file read back must be
+            // this configuration (turning forward_all off keeps the other values shown).
             if p.forward_all {
-                out.push_str("forward_all = true\n\n");
-                continue;
+                out.push_str("forward_all = true\n");
             }
             match p.filter {
                 Filter::None => out.push_str("filter = \"none\"\n"),
@@ -298,12 +299,21 @@ impl EdgeConfig {
                 "deadband = {}\nnear = {}\nheartbeat = {}\nwindow = {}\nmax_hold = {}\n\n",
                 p.deadband,
                 p.near,
-                p.heartbeat_ms / 1000,
-                p.window_ms / 1000,
-                p.max_hold_ms / 1000
+                seconds(p.heartbeat_ms),
+                seconds(p.window_ms),
+                seconds(p.max_hold_ms)
             ));
         }
         out
+    }
+}
+
+/// Milliseconds as the seconds a configuration file gives (whole where they are whole).
+fn seconds(ms: i64) -> String {
+    if ms % 1000 == 0 {
+        (ms / 1000).to_string()
+    } else {
+        (ms as f64 / 1000.0).to_string()
     }
 }
 

@@ -1,0 +1,164 @@
+//! The bodies of Osler's fuzz targets: one function per parser of outside input. Each takes
+//! arbitrary bytes and must never panic; where a parser has a writer, what it accepts must
+//! survive a round trip through the writer and back.
+//!
+//! Two callers: the coverage-guided fuzzer (libFuzzer, `fuzz/`, run by `./scripts/fuzz`) and
+//! `tests/regressions.rs`, which replays the committed seeds and every input a fuzzer ever
+//! crashed on (`fuzz/seeds/<target>/`, `fuzz/regressions/<target>/`) in the normal test run.
+//!
+//! Targets: [`TARGETS`].
+
+use osler_core::Timestamp;
+
+/// Readings are judged against this clock (2025-06-15T00:00:00Z): inputs are about then.
+pub const NOW_MS: i64 = 1_749_945_600_000;
+
+/// A target's body: arbitrary bytes in, a panic if something is wrong.
+pub type Target = fn(&[u8]);
+
+/// Every target by name (the name is its folder under `fuzz/seeds` and `fuzz/regressions`).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("device_reading", device_reading),
+    ("fhir_observation", fhir_observation),
+    ("fhir_bundle", fhir_bundle),
+    ("fhir_search", fhir_search),
+    ("time", time),
+    ("batch_envelope", batch_envelope),
+    ("edge_state", edge_state),
+    ("edge_config", edge_config),
+];
+
+/// The gateway's device format, as HTTP bodies and MQTT payloads arrive.
+pub fn device_reading(data: &[u8]) {
+    let Ok(items) = osler_gateway::input::parse_message(data, NOW_MS) else {
+        return;
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        // What the quarantine keeps of an element is the element's own bytes.
+        if let Some(raw) = osler_gateway::input::element(data, i) {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&raw).is_ok(),
+                "an element's bytes are JSON"
+            );
+        }
+        if let Ok(input) = item {
+            let _ = input.validate(NOW_MS);
+        }
+    }
+}
+
+/// A FHIR Observation as posted: what is accepted comes back from the Observation Osler serves
+/// for it as the same reading.
+pub fn fhir_observation(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let Ok(input) = osler_fhir::parse_observation(&v, NOW_MS) else {
+        return;
+    };
+    let Ok(reading) = input.validate(NOW_MS) else {
+        return;
+    };
+    let served = osler_fhir::observation_json("x", &reading);
+    let again = osler_fhir::parse_observation(&served, NOW_MS)
+        .unwrap_or_else(|e| panic!("a served Observation does not parse: {e}: {served}"))
+        .validate(NOW_MS)
+        .unwrap_or_else(|e| panic!("a served Observation is not valid: {e}: {served}"));
+    assert_eq!(
+        (again.patient, again.metric, again.taken, again.value),
+        (
+            reading.patient,
+            reading.metric,
+            reading.taken,
+            reading.value
+        ),
+        "{served}"
+    );
+}
+
+/// A request Bundle (transaction or batch).
+pub fn fhir_bundle(data: &[u8]) {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = osler_fhir::parse_bundle(&v, NOW_MS);
+    }
+}
+
+/// A search's query string, as Observation search and `$lastn` read it.
+pub fn fhir_search(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(params) = osler_fhir::search::parse_query(text) {
+        let _ = osler_fhir::search::parse_observation_search(&params, false);
+        let _ = osler_fhir::search::parse_observation_search(&params, true);
+        // The query written back reads as the same parameters.
+        let again = osler_fhir::search::parse_query(&osler_fhir::search::encode_query(&params))
+            .expect("an encoded query parses");
+        assert_eq!(again, params);
+    }
+    let _ = osler_fhir::parse_if_none_exist(text);
+}
+
+/// ISO 8601 date-times and the spans of search dates: a parsed time, written, reads back the
+/// same.
+pub fn time(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(t) = Timestamp::parse(text) {
+        let written = t.to_string();
+        assert_eq!(
+            Timestamp::parse(&written).as_ref(),
+            Ok(&t),
+            "{text:?} -> {written:?}"
+        );
+    }
+    if let Ok(span) = osler_core::time::parse_span(text) {
+        assert!(span.start_ms <= span.end_ms, "{text:?}: {span:?}");
+    }
+}
+
+/// A gateway batch as the hub receives it, before and after the signature check.
+pub fn batch_envelope(data: &[u8]) {
+    let Ok(env) = osler_wire::Envelope::parse(data) else {
+        return;
+    };
+    // A key that signed nothing here: the check must refuse, not crash.
+    let key = osler_wire::GatewayKey::from_hex(&"07".repeat(32)).expect("64 hex digits");
+    let public = osler_wire::parse_public_key(&key.public_hex()).expect("a key's own public key");
+    let _ = env.verify(&public);
+    if let Ok(entries) = env.entries() {
+        for e in entries {
+            let _ = e.to_reading();
+        }
+    }
+    let _ = env.alert_entries();
+    let _ = env.summary_entries();
+}
+
+/// A stored edge stream state: what decodes encodes to bytes that decode to the same stream.
+pub fn edge_state(data: &[u8]) {
+    let Ok(stream) = osler_edge::Stream::decode("p", "heart-rate", Some("d"), data) else {
+        return;
+    };
+    let mut bytes = Vec::new();
+    stream.encode(&mut bytes);
+    let again = osler_edge::Stream::decode("p", "heart-rate", Some("d"), &bytes)
+        .expect("an encoded state decodes");
+    let mut twice = Vec::new();
+    again.encode(&mut twice);
+    assert_eq!(bytes, twice);
+}
+
+/// The gateway's edge configuration file: what is accepted, printed, reads back the same.
+pub fn edge_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(config) = osler_edge::EdgeConfig::from_toml(text) {
+        let printed = config.to_toml();
+        let again = osler_edge::EdgeConfig::from_toml(&printed)
+            .unwrap_or_else(|e| panic!("the printed configuration does not read back: {e}"));
+        assert_eq!(again, config, "{printed}");
+    }
+}
