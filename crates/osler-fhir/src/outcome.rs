@@ -26,6 +26,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// The server failed (HTTP 500); the message is safe to show.
     Internal,
+    /// The server's disk is full: nothing was stored, retry later (HTTP 507).
+    InsufficientStorage,
 }
 
 impl ErrorKind {
@@ -40,6 +42,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Internal => 500,
+            ErrorKind::InsufficientStorage => 507,
         }
     }
 
@@ -56,6 +59,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too-costly",
             ErrorKind::UnsupportedMediaType => "not-supported",
             ErrorKind::Internal => "exception",
+            ErrorKind::InsufficientStorage => "transient",
         }
     }
 }

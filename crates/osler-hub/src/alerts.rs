@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use osler_core::{Metric, Reading, Timestamp};
 use osler_rules::{AlertEvent, Change, Engine, Overrides, Rule};
-use osler_store::Store;
 use osler_store::alerts::{AlertFilter, AlertRecord, AlertWrite};
+use osler_store::{BatchMark, Rules, Store, WriteOp, WriteResult};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -80,37 +80,40 @@ impl Alerts {
         })
     }
 
-    /// Evaluates committed readings, records what changed, and publishes it.
-    pub(crate) async fn process(
-        &self,
+    /// Stores readings and the alert changes the rules find in them in one commit (one
+    /// fsync), then publishes what changed: the one way every source of readings (FHIR
+    /// Observation, Bundle, gateway batch) stores them. The rules run inside the store's commit,
+    /// in commit order, on the readings the commit left stored; `WriteResult::alerts` is
+    /// consumed by the publishing.
+    pub(crate) async fn write(
+        self: &Arc<Self>,
         store: &Store,
-        readings: &[Reading],
-        source: &str,
-    ) -> Result<(), osler_store::StoreError> {
-        let events: Vec<AlertEvent> = {
-            let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
-            let overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
-            readings
-                .iter()
-                .flat_map(|r| engine.observe(r, overrides.get(r.patient.as_str())))
-                .collect()
-        };
-        self.record(store, events, source).await
+        ops: Vec<WriteOp>,
+        atomic: bool,
+        batch: Option<BatchMark>,
+    ) -> Result<WriteResult, osler_store::StoreError> {
+        let raised: Arc<Mutex<Vec<AlertEvent>>> = Arc::default();
+        let (alerts, out) = (self.clone(), raised.clone());
+        let rules: Rules = Box::new(move |readings| {
+            let events = alerts.evaluate(readings);
+            let w = writes(&events, "hub");
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = events;
+            w
+        });
+        let mut result = store.write_with_rules(ops, atomic, batch, rules).await?;
+        let events = std::mem::take(&mut *raised.lock().unwrap_or_else(|p| p.into_inner()));
+        self.publish(&events, std::mem::take(&mut result.alerts));
+        Ok(result)
     }
 
-    /// Records events from the rules (the hub's own, or a gateway's) and publishes changes.
-    pub(crate) async fn record(
-        &self,
-        store: &Store,
-        events: Vec<AlertEvent>,
-        source: &str,
-    ) -> Result<(), osler_store::StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let result = store.write_alerts(writes(&events, source)).await?;
-        self.publish(&events, result.alerts);
-        Ok(())
+    /// Runs readings through the rules, each at its own time.
+    fn evaluate(&self, readings: &[&Reading]) -> Vec<AlertEvent> {
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        let overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+        readings
+            .iter()
+            .flat_map(|r| engine.observe(r, overrides.get(r.patient.as_str())))
+            .collect()
     }
 
     /// Publishes the alerts a write changed (`changed[i]` is the outcome of `events[i]`), on the

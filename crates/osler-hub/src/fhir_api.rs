@@ -121,27 +121,6 @@ fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
     }
 }
 
-/// The readings were committed but their alerts could not be recorded: the client is told to
-/// retry, which is safe (the readings are recognised, the rules run again, alerts are unique).
-fn alert_failure(e: osler_store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "alert evaluation could not be recorded");
-    ApiError(FhirError::new(
-        ErrorKind::Internal,
-        "the readings were stored but their alerts could not be recorded; please retry (resending is safe)",
-    ))
-}
-
-/// The readings of outcomes that are now stored (new or already there).
-fn stored_readings(outcomes: &[WriteOutcome]) -> Vec<osler_core::Reading> {
-    outcomes
-        .iter()
-        .filter_map(|o| match o {
-            WriteOutcome::Created(s) | WriteOutcome::Existing(s) => Some(s.reading.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn prefers(headers: &HeaderMap, what: &str) -> Option<bool> {
     let p = headers.get("prefer")?.to_str().ok()?;
     Some(
@@ -182,13 +161,15 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
         })?)?),
     };
     let result = state
-        .store
+        .alerts
         .write(
+            &state.store,
             vec![WriteOp {
                 reading,
                 if_none_exist,
             }],
             false,
+            None,
         )
         .await?;
     let Some(outcome) = result.outcomes.into_iter().next() else {
@@ -204,11 +185,6 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
             return Err(e.into());
         }
     };
-    state
-        .alerts
-        .process(&state.store, std::slice::from_ref(&stored.reading), "hub")
-        .await
-        .map_err(alert_failure)?;
     let base = base_url(&state, &headers);
     let mut response = if prefers(&headers, "minimal") == Some(true) {
         status.into_response()
@@ -290,7 +266,7 @@ async fn transaction_or_batch(
                 return Err(e.into());
             }
             let ops: Vec<WriteOp> = prepared.into_iter().filter_map(Result::ok).collect();
-            let result = state.store.write(ops, true).await?;
+            let result = state.alerts.write(&state.store, ops, true, None).await?;
             if !result.committed {
                 let (i, e) = result
                     .outcomes
@@ -306,11 +282,6 @@ async fn transaction_or_batch(
                 e.message = format!("{} (transaction: nothing was stored)", e.message);
                 return Err(e.into());
             }
-            state
-                .alerts
-                .process(&state.store, &stored_readings(&result.outcomes), "hub")
-                .await
-                .map_err(alert_failure)?;
             let entries = result.outcomes.iter().map(answer).collect();
             Ok(fhir(
                 StatusCode::OK,
@@ -323,7 +294,7 @@ async fn transaction_or_batch(
                 .enumerate()
                 .filter_map(|(i, p)| p.as_ref().ok().map(|op| (op.clone(), i)))
                 .unzip();
-            let result = state.store.write(ops, false).await?;
+            let result = state.alerts.write(&state.store, ops, false, None).await?;
             let mut entries: Vec<Value> = prepared
                 .iter()
                 .map(|p| match p {
@@ -340,11 +311,6 @@ async fn transaction_or_batch(
             if conflicts > 0 {
                 state.metrics.rejected("conflict", conflicts);
             }
-            state
-                .alerts
-                .process(&state.store, &stored_readings(&result.outcomes), "hub")
-                .await
-                .map_err(alert_failure)?;
             for (slot, o) in slots.into_iter().zip(&result.outcomes) {
                 entries[slot] = answer(o);
             }

@@ -140,8 +140,13 @@ async fn batch(
         op_raw,
         ..mark_of(&header, received, rejected.clone())
     };
-    let ops_readings: Vec<osler_core::Reading> = ops.iter().map(|o| o.reading.clone()).collect();
-    let result = match state.store.write_batch(ops, mark, Vec::new()).await {
+    // The readings and the alert changes the rules find in them are one commit: a crash
+    // before it makes the gateway resend the batch, and nothing of it was stored.
+    let result = match state
+        .alerts
+        .write(&state.store, ops, false, Some(mark))
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(gateway = %gw, error = %e, "batch not committed");
@@ -151,27 +156,6 @@ async fn batch(
             );
         }
     };
-    // Every reading now stored (new, or a resend) runs through the rules before the answer: a
-    // crash between the commit and this point makes the gateway resend, and the rules run
-    // again (alerts are unique per patient, rule and reading time).
-    let evaluated: Vec<osler_core::Reading> = ops_readings
-        .into_iter()
-        .zip(&result.outcomes)
-        .filter(|(_, o)| {
-            !matches!(
-                o,
-                WriteOutcome::DeadLettered | WriteOutcome::Conflict { .. }
-            )
-        })
-        .map(|(r, _)| r)
-        .collect();
-    if let Err(e) = state.alerts.process(&state.store, &evaluated, "hub").await {
-        tracing::error!(gateway = %gw, error = %e, "alerts not recorded; the batch is not acknowledged");
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "alerts could not be recorded; retry",
-        );
-    }
     let count = |f: fn(&WriteOutcome) -> bool| result.outcomes.iter().filter(|o| f(o)).count();
     let stored = count(|o| matches!(o, WriteOutcome::Created(_)));
     let duplicates = count(|o| {

@@ -65,7 +65,7 @@ pub enum HubError {
 
 pub(crate) struct AppState {
     pub store: Arc<Store>,
-    pub alerts: alerts::Alerts,
+    pub alerts: Arc<alerts::Alerts>,
     pub metrics: Metrics,
     pub public_url: Option<String>,
     pub max_body: usize,
@@ -109,7 +109,7 @@ impl Hub {
             })?;
         let state = Arc::new(AppState {
             store: Arc::new(store),
-            alerts,
+            alerts: Arc::new(alerts),
             metrics: Metrics::default(),
             public_url: config
                 .public_url

@@ -28,10 +28,16 @@ impl From<FhirError> for ApiError {
 impl From<osler_store::StoreError> for ApiError {
     fn from(e: osler_store::StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
-        ApiError(FhirError::new(
-            ErrorKind::Internal,
-            "the store failed; nothing from this request was acknowledged, please retry",
-        ))
+        ApiError(match e {
+            osler_store::StoreError::DiskFull => FhirError::new(
+                ErrorKind::InsufficientStorage,
+                "the hub's disk is full; nothing from this request was stored, please retry later",
+            ),
+            _ => FhirError::new(
+                ErrorKind::Internal,
+                "the store failed; nothing from this request was acknowledged, please retry",
+            ),
+        })
     }
 }
 

@@ -60,6 +60,10 @@ pub enum StoreError {
     Closed,
     #[error("the database holds data this version cannot read: {0}")]
     Corrupt(String),
+    #[error("the disk holding the store is full; nothing of this was stored")]
+    DiskFull,
+    #[error("the commit failed, nothing of it was stored: {0}")]
+    Commit(String),
     #[error("cannot use data directory {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -260,7 +264,31 @@ pub(crate) struct Job {
     atomic: bool,
     batch: Option<BatchMark>,
     alerts: Vec<alerts::AlertWrite>,
-    reply: oneshot::Sender<Result<WriteResult, String>>,
+    rules: Option<Rules>,
+    reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+}
+
+/// The alert rules as the store runs them: given the readings a job left stored (new ones,
+/// and those already there), the alert changes to write. Called inside the job's commit, after
+/// its readings are applied, so that readings and their alerts are one transaction (one fsync);
+/// not called for a job that stored nothing (an atomic job that failed). The store knows
+/// nothing of the rules themselves.
+pub type Rules = Box<dyn FnOnce(&[&Reading]) -> Vec<alerts::AlertWrite> + Send>;
+
+impl StoreError {
+    /// A group commit's failure, for each of its requesters (rusqlite's errors do not clone:
+    /// the kind is kept, the detail as text).
+    pub(crate) fn for_requester(&self) -> StoreError {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DiskFull =>
+            {
+                StoreError::DiskFull
+            }
+            StoreError::DiskFull => StoreError::DiskFull,
+            e => StoreError::Commit(e.to_string()),
+        }
+    }
 }
 
 /// The hub's store. Cheap to share behind an `Arc`.
@@ -335,7 +363,21 @@ impl Store {
     /// Stores `ops` and resolves once they are durable. With `atomic`, either every op
     /// succeeds and all are stored, or nothing is.
     pub async fn write(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<WriteResult, StoreError> {
-        self.submit(ops, atomic, None, Vec::new()).await
+        self.submit(ops, atomic, None, Vec::new(), None).await
+    }
+
+    /// [`Store::write`] (or [`Store::write_batch`] with `batch`) with the alert rules run in
+    /// the same commit: `WriteResult::alerts` holds, in order, the outcome of each alert write
+    /// the rules returned.
+    pub async fn write_with_rules(
+        &self,
+        ops: Vec<WriteOp>,
+        atomic: bool,
+        batch: Option<BatchMark>,
+        rules: Rules,
+    ) -> Result<WriteResult, StoreError> {
+        self.submit(ops, atomic, batch, Vec::new(), Some(rules))
+            .await
     }
 
     /// Queues one job for the writer and waits for its commit.
@@ -345,6 +387,7 @@ impl Store {
         atomic: bool,
         batch: Option<BatchMark>,
         alerts: Vec<alerts::AlertWrite>,
+        rules: Option<Rules>,
     ) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
@@ -353,13 +396,12 @@ impl Store {
                 atomic,
                 batch,
                 alerts,
+                rules,
                 reply,
             })
             .await
             .map_err(|_| StoreError::Closed)?;
-        rx.await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Corrupt)
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// [`Store::write`] for callers outside an async runtime (benchmarks, tools).
@@ -375,12 +417,11 @@ impl Store {
                 atomic,
                 batch: None,
                 alerts: Vec::new(),
+                rules: None,
                 reply,
             })
             .map_err(|_| StoreError::Closed)?;
-        rx.blocking_recv()
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Corrupt)
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Stores a gateway batch: ops whose sequence number was committed before are skipped
@@ -392,7 +433,7 @@ impl Store {
         mark: BatchMark,
         alerts: Vec<alerts::AlertWrite>,
     ) -> Result<WriteResult, StoreError> {
-        self.submit(ops, false, Some(mark), alerts).await
+        self.submit(ops, false, Some(mark), alerts, None).await
     }
 
     /// Records alert changes (and threshold overrides) durably; the result says, for each, the
@@ -401,7 +442,7 @@ impl Store {
         &self,
         writes: Vec<alerts::AlertWrite>,
     ) -> Result<WriteResult, StoreError> {
-        self.submit(Vec::new(), false, None, writes).await
+        self.submit(Vec::new(), false, None, writes, None).await
     }
 
     /// Alerts, newest first.

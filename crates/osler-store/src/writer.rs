@@ -21,6 +21,20 @@ use crate::{
 
 type SeriesKey = (Id, Metric, Option<Id>);
 
+/// The readings a job left stored, for its rules: the stored reading of what was created or
+/// found already there, the op's own of what a gateway's earlier batch committed; not what
+/// conflicted or was dead-lettered.
+fn stored_readings<'a>(ops: &'a [WriteOp], outcomes: &'a [WriteOutcome]) -> Vec<&'a Reading> {
+    ops.iter()
+        .zip(outcomes)
+        .filter_map(|(op, o)| match o {
+            WriteOutcome::Created(s) | WriteOutcome::Existing(s) => Some(&s.reading),
+            WriteOutcome::AlreadyCommitted => Some(&op.reading),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(crate) struct Writer {
     conn: Connection,
     stats: Arc<StoreStats>,
@@ -69,9 +83,9 @@ impl Writer {
         tracing::debug!("store writer stopped: every handle is closed");
     }
 
-    fn commit_group(&mut self, jobs: Vec<Job>) {
+    fn commit_group(&mut self, mut jobs: Vec<Job>) {
         let mut new_series = Vec::new();
-        let result = self.apply_group(&jobs, &mut new_series);
+        let result = self.apply_group(&mut jobs, &mut new_series);
         match result {
             Ok((results, stored)) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +105,7 @@ impl Writer {
                 }
                 tracing::error!(error = %e, jobs = jobs.len(), "group commit failed; nothing of it was stored");
                 for job in jobs {
-                    let _ = job.reply.send(Err(e.to_string()));
+                    let _ = job.reply.send(Err(e.for_requester()));
                 }
             }
         }
@@ -99,13 +113,13 @@ impl Writer {
 
     fn apply_group(
         &mut self,
-        jobs: &[Job],
+        jobs: &mut [Job],
         new_series: &mut Vec<SeriesKey>,
     ) -> Result<(Vec<WriteResult>, u64), StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let mut results = Vec::with_capacity(jobs.len());
         let mut stored = 0u64;
-        for job in jobs {
+        for job in jobs.iter_mut() {
             self.conn.execute_batch("SAVEPOINT job")?;
             let mark = new_series.len();
             let outcomes = match &job.batch {
@@ -135,8 +149,12 @@ impl Writer {
                     .iter()
                     .filter(|o| matches!(o, WriteOutcome::Created(_)))
                     .count() as u64;
-                let mut changed = Vec::with_capacity(job.alerts.len());
-                for w in &job.alerts {
+                let mut writes = std::mem::take(&mut job.alerts);
+                if let Some(rules) = job.rules.take() {
+                    writes.extend(rules(&stored_readings(&job.ops, &outcomes)));
+                }
+                let mut changed = Vec::with_capacity(writes.len());
+                for w in &writes {
                     changed.push(crate::alerts::apply(&self.conn, w)?);
                 }
                 results.push(WriteResult {

@@ -547,3 +547,74 @@ fn an_alert_update_is_stored_only_when_worse() {
     // No open alert: nothing to update.
     assert_eq!(changed(vec![update("none", 300.0, true)]), [None]);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn rules_run_inside_the_commit_on_what_it_stored() {
+    use osler_store::alerts::{AlertFilter, AlertWrite};
+    let dir = TempDir::new("rules");
+    let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+    let first = reading("p1", Metric::BloodPressure, Some("cuff"), T0, 190.0);
+    store.write(vec![op(first.clone())], false).await.unwrap();
+    // The rules see what the job left stored: the new reading and the one already there,
+    // not the one that conflicts; their alert is in the same commit as the readings.
+    let mut clash = first.clone();
+    clash.value = Value::Pair(100.0, 60.0);
+    let fresh = reading(
+        "p1",
+        Metric::BloodPressure,
+        Some("cuff"),
+        T0 + 60_000,
+        195.0,
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let rules: osler_store::Rules = Box::new(move |readings| {
+        *log.lock().unwrap() = readings.iter().map(|r| r.taken.utc_ms).collect::<Vec<_>>();
+        vec![AlertWrite::Raise {
+            patient: "p1".into(),
+            rule: "bp-crisis-systolic".into(),
+            severity: "critical".into(),
+            reading_ms: T0 + 60_000,
+            at_ms: T0 + 60_000,
+            value: 195.0,
+            threshold: 180.0,
+            late: false,
+            source: "hub".into(),
+        }]
+    });
+    let res = store
+        .write_with_rules(
+            vec![op(first.clone()), op(clash.clone()), op(fresh)],
+            false,
+            None,
+            rules,
+        )
+        .await
+        .unwrap();
+    assert!(res.committed);
+    assert_eq!(*seen.lock().unwrap(), vec![T0, T0 + 60_000]);
+    assert_eq!(res.alerts.len(), 1);
+    assert!(res.alerts[0].is_some(), "the raise is recorded");
+    let stored = store.alerts(&AlertFilter::default()).unwrap();
+    assert_eq!(stored.len(), 1);
+    // An atomic job that fails stores nothing, and its rules do not run.
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    let rules: osler_store::Rules = Box::new(move |_| {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        Vec::new()
+    });
+    let later = reading(
+        "p1",
+        Metric::BloodPressure,
+        Some("cuff"),
+        T0 + 120_000,
+        150.0,
+    );
+    let res = store
+        .write_with_rules(vec![op(later), op(clash)], true, None, rules)
+        .await
+        .unwrap();
+    assert!(!res.committed);
+    assert!(!ran.load(std::sync::atomic::Ordering::Relaxed));
+}
