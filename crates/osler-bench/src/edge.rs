@@ -35,20 +35,26 @@ use crate::percentile;
 
 #[derive(clap::Args, Debug)]
 pub struct EdgeBenchArgs {
-    /// Patients in the simulated cohort.
-    #[arg(long, default_value_t = 1000)]
-    patients: usize,
-    /// Simulated time, minutes (offline: it takes seconds). The default, one minute at 10,000
-    /// readings/s, is the standard scenario; 60 shows a steady state.
-    #[arg(long, default_value_t = 1)]
-    minutes: i64,
-    /// Heart-rate sampling interval in ms (100: ten readings a second per patient, the standard
-    /// scenario's load; 5000: a typical watch).
-    #[arg(long, default_value_t = 100)]
-    hr_every_ms: i64,
-    /// Injected events (all eight kinds).
-    #[arg(long, default_value_t = 200)]
-    events: usize,
+    /// `standard`: 1,000 patients for a minute with heart rate ten times a second (10,000
+    /// readings/s, the alert benchmark's load; heart rate is 99.7 % of it). `home`: a remote
+    /// monitoring kit as it is: 50 patients for a week, a watch reporting heart rate every 5 s
+    /// and SpO2 and steps every minute, a CGM every 5 minutes for one patient in three, blood
+    /// pressure three times and weight once a day, 40 injected events. The options below
+    /// change either.
+    #[arg(long, value_enum, default_value_t = Scenario::Standard)]
+    scenario: Scenario,
+    /// Patients in the simulated cohort (standard 1,000, home 50).
+    #[arg(long)]
+    patients: Option<usize>,
+    /// Simulated time, minutes (offline: it takes seconds; standard 1, home 10,080).
+    #[arg(long)]
+    minutes: Option<i64>,
+    /// Heart-rate sampling interval in ms (standard 100, home 5,000: a typical watch).
+    #[arg(long)]
+    hr_every_ms: Option<i64>,
+    /// Injected events, all eight kinds (standard 200, home 40).
+    #[arg(long)]
+    events: Option<usize>,
     #[arg(long, default_value_t = 11)]
     seed: u64,
     /// Also run the standard scenario live through real processes, raw then edge.
@@ -57,6 +63,35 @@ pub struct EdgeBenchArgs {
     /// The osler binary for the live part (default: this one).
     #[arg(long, value_name = "PATH")]
     osler: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Standard,
+    Home,
+}
+
+/// A scenario's cohort: patients, minutes, heart-rate interval, events.
+struct Plan {
+    patients: usize,
+    minutes: i64,
+    hr_every_ms: i64,
+    events: usize,
+}
+
+impl EdgeBenchArgs {
+    fn plan(&self) -> Plan {
+        let (patients, minutes, hr_every_ms, events) = match self.scenario {
+            Scenario::Standard => (1000, 1, 100, 200),
+            Scenario::Home => (50, 7 * 24 * 60, 5000, 40),
+        };
+        Plan {
+            patients: self.patients.unwrap_or(patients),
+            minutes: self.minutes.unwrap_or(minutes),
+            hr_every_ms: self.hr_every_ms.unwrap_or(hr_every_ms),
+            events: self.events.unwrap_or(events),
+        }
+    }
 }
 
 /// Bytes and messages of one way of uploading.
@@ -148,20 +183,21 @@ fn add_trend(trend: &mut Trend, patient: &str, metric: Metric, bucket: i64, sum:
 }
 
 pub fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.patients > 0 && args.minutes > 0, "nothing to simulate");
+    let plan = args.plan();
+    anyhow::ensure!(plan.patients > 0 && plan.minutes > 0, "nothing to simulate");
     let start = 1_750_000_000_000i64;
-    let end = start + args.minutes * 60_000;
+    let end = start + plan.minutes * 60_000;
     let mut cohort = Cohort::with_events_by(
-        args.patients,
+        plan.patients,
         start,
         end,
         &EventKind::ALL,
-        args.events,
+        plan.events,
         end,
         args.seed,
     );
     cohort
-        .set_tick(args.hr_every_ms)
+        .set_tick(plan.hr_every_ms)
         .map_err(anyhow::Error::msg)?;
     let config = EdgeConfig::default();
     let key = GatewayKey::generate()?;
@@ -248,11 +284,12 @@ pub fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "osler bench edge  ({} patients, {} simulated minutes, heart rate every {} ms, {} events; {} raw readings decided in {:.1} s)",
-        args.patients,
-        args.minutes,
-        args.hr_every_ms,
-        args.events,
+        "osler bench edge --scenario {:?}  ({} patients, {} simulated minutes, heart rate every {} ms, {} events; {} raw readings decided in {:.1} s)",
+        args.scenario,
+        plan.patients,
+        plan.minutes,
+        plan.hr_every_ms,
+        plan.events,
         raw.len(),
         elapsed.as_secs_f64()
     );

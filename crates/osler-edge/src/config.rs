@@ -11,7 +11,7 @@
 //! deadband = 5           # send when the filtered value moved more than this (canonical unit)
 //! near = 5               # send everything this close to an alert threshold (or past it)
 //! heartbeat = 300        # seconds: send a reading at least this often
-//! window = 60            # seconds: length of a summary of the readings not sent
+//! window = 300           # seconds: length of a summary of the readings not sent
 //! max_hold = 15          # seconds a quiet stream's readings wait for their filter window
 //!
 //! [blood-pressure]
@@ -117,13 +117,14 @@ impl Policy {
         match metric {
             // The zone already spans each rule's hysteresis band (10 /min for heart rate, 2 %
             // for SpO2: at least the clinical resolution), so no extra margin by default.
-            Metric::HeartRate => Policy::dense(median, 5.0, 0.0, 300, 60),
+            Metric::HeartRate => Policy::dense(median, 5.0, 0.0, 300, 300),
             Metric::Spo2 => Policy::dense(median, 2.0, 0.0, 600, 300),
             Metric::RespiratoryRate => Policy::dense(median, 2.0, 2.0, 300, 60),
             // CGM sensors smooth their own output; a 5-minute series has no spikes to remove
             // that the 15-minute glucose rules do not already ignore. glucose-low has no
             // hysteresis band, hence a margin of one resolution.
-            Metric::CgmGlucose => Policy::dense(Filter::None, 10.0, 10.0, 900, 900),
+            // An hour's window and heartbeat: see "Summary windows" above.
+            Metric::CgmGlucose => Policy::dense(Filter::None, 10.0, 10.0, 3600, 3600),
             Metric::Steps => Policy::dense(Filter::None, 100.0, 0.0, 3600, 900),
             Metric::HrvSdnn => Policy::dense(Filter::None, 10.0, 0.0, 3600, 3600),
             Metric::RestingHeartRate
@@ -331,7 +332,7 @@ mod tests {
         assert_eq!(hr.deadband, 8.0);
         assert_eq!(hr.filter, Filter::Hampel { half: 3, k: 3.0 });
         assert_eq!(hr.heartbeat_ms, 120_000);
-        assert_eq!(hr.window_ms, 60_000);
+        assert_eq!(hr.window_ms, 300_000, "the default window is kept");
         assert!(c.policy(Metric::BloodPressure).forward_all);
         // The printed configuration reads back to the same thing.
         assert_eq!(EdgeConfig::from_toml(&c.to_toml()).unwrap(), c);

@@ -169,8 +169,12 @@ fn a_quiet_stream_is_decided_and_its_summary_sent() {
 fn state_survives_a_round_trip_through_its_stored_form() {
     // What the gateway does at every commit: the stream restored from its stored bytes (or,
     // from an outbox written before the binary form, its JSON) decides the rest exactly as the
-    // one that stayed in memory.
-    let policy = Policy::default_for(Metric::HeartRate);
+    // one that stayed in memory. A one-minute window, so that 200 s of readings close several
+    // summaries.
+    let policy = Policy {
+        window_ms: 60_000,
+        ..Policy::default_for(Metric::HeartRate)
+    };
     let zone = Zone::for_metric(Metric::HeartRate, policy.near, None);
     let values: Vec<f64> = (0..200).map(|i| 70.0 + ((i * 37) % 23) as f64).collect();
     let (mut a_out, mut b_out, mut c_out) = (Vec::new(), Vec::new(), Vec::new());

@@ -109,7 +109,8 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 fn streams_continue_across_restarts_as_if_never_stopped() {
     let dir = tempdir("restart");
     let patients = ["p1", "p2", "p3"];
-    for (from, to) in [(0, 37), (37, 38), (38, 90), (90, 200)] {
+    // Long enough (readings a second apart) to close summaries of the 5-minute window.
+    for (from, to) in [(0, 37), (37, 38), (38, 90), (90, 700)] {
         let intake = open(&dir);
         for i in from..to {
             ingest(&intake, &patients, i);
@@ -118,7 +119,7 @@ fn streams_continue_across_restarts_as_if_never_stopped() {
     }
     let intake = open(&dir);
     let got = sent(intake.outbox());
-    let want = reference(&patients, 0..200);
+    let want = reference(&patients, 0..700);
     assert!(!want.0.is_empty() && !want.1.is_empty());
     assert_eq!(got, want);
     drop(intake);
