@@ -18,6 +18,7 @@ pub mod hub;
 pub mod mqtt;
 pub mod pipeline;
 pub mod process;
+pub mod soak;
 
 /// The percentile `p` (0-100) of sorted samples, nearest-rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -190,6 +190,9 @@ enum Bench {
     /// Readings over MQTT end to end (QoS 1, one reading per message, 100 patients), then a
     /// kill -9 of the gateway half-way: every reading must arrive once.
     Mqtt(osler_bench::mqtt::MqttBenchArgs),
+    /// sim -> gateway -> hub for many minutes with kill -9 of either, hub outages and full
+    /// outboxes at random moments; then counts what each device was told against the hub.
+    Soak(osler_bench::soak::SoakBenchArgs),
 }
 
 fn init_logging() -> anyhow::Result<()> {
@@ -273,6 +276,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Alerts(args) => osler_bench::alerts::run(args),
             Bench::Edge(args) => osler_bench::edge::run(args),
             Bench::Mqtt(args) => osler_bench::mqtt::run(args),
+            Bench::Soak(args) => osler_bench::soak::run(args),
         },
     }
 }
