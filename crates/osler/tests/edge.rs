@@ -74,24 +74,6 @@ fn first_value(o: &Value) -> f64 {
         .unwrap()
 }
 
-fn is_summary(o: &Value) -> bool {
-    o["meta"]["tag"][0]["code"] == "edge-summary"
-}
-
-/// How many device readings an Observation stands for: one, or a summary's count.
-fn readings_in(o: &Value) -> f64 {
-    if !is_summary(o) {
-        return 1.0;
-    }
-    o["component"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["code"]["coding"][0]["code"] == "count")
-        .and_then(|c| c["valueInteger"].as_f64())
-        .unwrap()
-}
-
 fn ms(text: &str) -> i64 {
     osler_core::Timestamp::parse(text).unwrap().utc_ms
 }

@@ -490,6 +490,25 @@ pub fn count_for(hub: &Hub, patient: &str) -> u64 {
     a.json()["total"].as_u64().unwrap()
 }
 
+/// Whether an Observation is a gateway's window summary.
+pub fn is_summary(o: &Value) -> bool {
+    o["meta"]["tag"][0]["code"] == "edge-summary"
+}
+
+/// How many device readings an Observation stands for: one, or a summary's count.
+pub fn readings_in(o: &Value) -> f64 {
+    if !is_summary(o) {
+        return 1.0;
+    }
+    o["component"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"]["coding"][0]["code"] == "count")
+        .and_then(|c| c["valueInteger"].as_f64())
+        .unwrap()
+}
+
 /// The workspace root.
 pub fn workspace() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
