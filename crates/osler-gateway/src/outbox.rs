@@ -42,7 +42,7 @@
 //! [`crate::intake::Room`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use osler_wire::Lane;
@@ -160,6 +160,8 @@ pub struct Outbox {
     reader: Mutex<Connection>,
     depth: Arc<Depth>,
     wake: Wake,
+    /// Set by a commit that appended readings which must not wait for a fuller batch.
+    urgent: Arc<AtomicBool>,
     /// Set when a damaged file was moved aside at open.
     pub recovered_from: Option<PathBuf>,
 }
@@ -171,6 +173,7 @@ pub struct Queue {
     next: [u64; 3],
     depth: Arc<Depth>,
     wake: Wake,
+    urgent: Arc<AtomicBool>,
 }
 
 fn prepare(conn: &Connection) -> Result<(), OutboxError> {
@@ -296,17 +299,20 @@ impl Outbox {
         let reader = Connection::open(&path)?;
         reader.busy_timeout(std::time::Duration::from_secs(10))?;
         let wake: Wake = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let urgent = Arc::new(AtomicBool::new(false));
         let queue = Queue {
             conn,
             next,
             depth: depth.clone(),
             wake: wake.clone(),
+            urgent: urgent.clone(),
         };
         let outbox = Outbox {
             path,
             reader: Mutex::new(reader),
             depth,
             wake,
+            urgent,
             recovered_from,
         };
         Ok((outbox, queue))
@@ -405,6 +411,12 @@ impl Outbox {
         *guard
     }
 
+    /// Whether a commit since the last call appended readings that must leave at once (see
+    /// [`Tx::urgent`]); clears it.
+    pub fn take_urgent(&self) -> bool {
+        self.urgent.swap(false, Ordering::AcqRel)
+    }
+
     /// The current append counter, for [`Outbox::wait_for_append`].
     pub fn appends(&self) -> u64 {
         *self.wake.0.lock().unwrap_or_else(|p| p.into_inner())
@@ -447,6 +459,7 @@ impl Queue {
             next: self.next,
             appended: [0; 3],
             acked: [0; 3],
+            urgent: false,
             done: false,
             q: self,
         })
@@ -459,6 +472,7 @@ pub struct Tx<'a> {
     next: [u64; 3],
     appended: [u64; 3],
     acked: [u64; 3],
+    urgent: bool,
     done: bool,
 }
 
@@ -481,6 +495,13 @@ impl Tx<'_> {
         self.next[i] += entries.len() as u64;
         self.appended[i] += entries.len() as u64;
         Ok(first)
+    }
+
+    /// Marks what this transaction appends as not to wait for a fuller batch: the uploader
+    /// sends it as soon as the commit is done (readings near an alert threshold, whose alert
+    /// the hub decides).
+    pub fn urgent(&mut self) {
+        self.urgent = true;
     }
 
     /// Removes a lane's entries up to and including `through` (the hub committed them).
@@ -587,6 +608,9 @@ impl Tx<'_> {
         self.q.conn.execute_batch("COMMIT")?;
         self.done = true;
         self.q.next = self.next;
+        if self.urgent {
+            self.q.urgent.store(true, Ordering::Release);
+        }
         for lane in Lane::ALL {
             let i = lane.as_u8() as usize;
             let slot = self.q.depth.lane(lane);

@@ -192,7 +192,9 @@ pub fn run(
             continue;
         }
         let age = Duration::from_millis((now_ms() - rows[0].enqueued_ms).max(0) as u64);
-        if lane != Lane::Alerts && rows.len() < max_count && age < config.max_wait {
+        // Readings near a threshold go at once (see `Tx::urgent`); others wait to fill a batch.
+        let urgent = lane == Lane::Readings && outbox.take_urgent();
+        if lane != Lane::Alerts && !urgent && rows.len() < max_count && age < config.max_wait {
             seen = outbox.wait_for_append(seen, config.max_wait - age);
             continue;
         }

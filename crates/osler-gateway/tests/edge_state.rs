@@ -283,3 +283,22 @@ fn a_state_that_does_not_decode_is_removed_and_started_afresh() {
     assert_eq!(rows, 1, "the stream starts afresh and is stored again");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_reading_near_a_threshold_is_marked_to_leave_without_waiting() {
+    let dir = tempdir("urgent");
+    let intake = open(&dir);
+    // Ordinary readings: they may wait to fill a batch.
+    for i in 0..5 {
+        ingest(&intake, &["p1"], i);
+    }
+    assert!(!intake.outbox().take_urgent());
+    // Heart rate 130: past the 120 /min threshold, in the alert zone.
+    let mut r = reading("p1", 5);
+    r.value = Value::Scalar(130.0);
+    intake.ingest_blocking(unit(vec![r], 5), T0 + 5000).unwrap();
+    assert!(intake.outbox().take_urgent());
+    assert!(!intake.outbox().take_urgent(), "taking it clears it");
+    drop(intake);
+    let _ = std::fs::remove_dir_all(&dir);
+}
