@@ -220,6 +220,9 @@ pub struct Tally {
     pub late: u64,
     /// Resent readings recognised and dropped (decided before).
     pub duplicates: u64,
+    /// Of `all` (every-reading metrics), those near or past a threshold: with `zone` and
+    /// `context`, what the gateway sends without waiting for a fuller batch.
+    pub all_near: u64,
 }
 
 impl Tally {
@@ -233,6 +236,12 @@ impl Tally {
         self.spikes += o.spikes;
         self.late += o.late;
         self.duplicates += o.duplicates;
+        self.all_near += o.all_near;
+    }
+
+    /// Readings sent near or past a threshold (their alerts may be the hub's to decide).
+    pub fn near(&self) -> u64 {
+        self.zone + self.context + self.all_near
     }
     pub fn sent(&self) -> u64 {
         self.zone + self.context + self.change + self.heartbeat + self.all + self.late
@@ -262,6 +271,14 @@ fn median(v: &mut [f64]) -> f64 {
 /// enough for a device's next reading of the same window to arrive (a replay or a burst), short
 /// enough that the hub sees a stopped stream's last summary within seconds.
 pub const QUIET_MS: i64 = 5_000;
+
+/// A reading's value as its parts (one, or systolic and diastolic), as the zone reads them.
+pub(crate) fn parts(v: &Value) -> Vec<f64> {
+    match *v {
+        Value::Scalar(a) => vec![a],
+        Value::Pair(a, b) => vec![a, b],
+    }
+}
 
 /// The MAD-to-standard-deviation factor for normal data (Hampel's scale estimate).
 const MAD_SCALE: f64 = 1.4826;
@@ -305,10 +322,7 @@ impl Stream {
         out: &mut Vec<Output>,
         tally: &mut Tally,
     ) {
-        let v = match r.value {
-            Value::Scalar(a) => vec![a],
-            Value::Pair(a, b) => vec![a, b],
-        };
+        let v = parts(&r.value);
         let t = r.taken.utc_ms;
         if self.seen.contains(&t) {
             // The same reading again (a device resending after the gateway crashed between its

@@ -117,13 +117,16 @@ impl Stage {
         tally: &mut Tally,
     ) {
         let policy = self.config.policy(r.metric);
+        let zone = Zone::for_metric(r.metric, policy.near, overrides);
         if policy.forward_all {
             // Nothing to remember: sent as it is.
             tally.all += 1;
+            if zone.contains(&crate::parts(&r.value)) {
+                tally.all_near += 1;
+            }
             out.push(Output::Forward(r.clone()));
             return;
         }
-        let zone = Zone::for_metric(r.metric, policy.near, overrides);
         let i = self.slot_for(r);
         let policy = self.config.policy(r.metric);
         self.slots[i]

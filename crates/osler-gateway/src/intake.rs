@@ -526,7 +526,7 @@ impl Writer {
         if !readings.is_empty() {
             tx.append(Lane::Readings, &readings, now)?;
             // Readings near a threshold carry alerts only the hub decides: no batching wait.
-            if group.tally.zone + group.tally.context > 0 {
+            if group.tally.near() > 0 {
                 tx.urgent();
             }
         }

@@ -299,6 +299,21 @@ fn a_reading_near_a_threshold_is_marked_to_leave_without_waiting() {
     intake.ingest_blocking(unit(vec![r], 5), T0 + 5000).unwrap();
     assert!(intake.outbox().take_urgent());
     assert!(!intake.outbox().take_urgent(), "taking it clears it");
+    // Temperature is sent reading by reading; a fever's (the hub decides it) goes at once, a
+    // normal one waits for the batch.
+    let temperature = |v: f64, i: i64| Reading {
+        metric: Metric::BodyTemperature,
+        value: Value::Scalar(v),
+        ..reading("p1", i)
+    };
+    intake
+        .ingest_blocking(unit(vec![temperature(36.8, 6)], 6), T0 + 6000)
+        .unwrap();
+    assert!(!intake.outbox().take_urgent());
+    intake
+        .ingest_blocking(unit(vec![temperature(39.6, 7)], 7), T0 + 7000)
+        .unwrap();
+    assert!(intake.outbox().take_urgent());
     drop(intake);
     let _ = std::fs::remove_dir_all(&dir);
 }
