@@ -12,6 +12,7 @@
 pub mod bundle;
 pub mod observation;
 pub mod outcome;
+pub mod registry;
 pub mod resources;
 pub mod search;
 

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     Conflict,
     /// A conditional create matched more than one resource (HTTP 412).
     MultipleMatches,
+    /// `If-Match` named a version that is not the current one: the client's copy is stale
+    /// (HTTP 412).
+    Precondition,
     /// The resource does not exist (HTTP 404).
     NotFound,
     /// The request is too large (HTTP 413).
@@ -37,7 +40,7 @@ impl ErrorKind {
             ErrorKind::Malformed | ErrorKind::BadParameter => 400,
             ErrorKind::Invalid | ErrorKind::NotSupported => 422,
             ErrorKind::Conflict => 409,
-            ErrorKind::MultipleMatches => 412,
+            ErrorKind::MultipleMatches | ErrorKind::Precondition => 412,
             ErrorKind::NotFound => 404,
             ErrorKind::TooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
@@ -55,6 +58,7 @@ impl ErrorKind {
             ErrorKind::BadParameter => "invalid",
             ErrorKind::Conflict => "conflict",
             ErrorKind::MultipleMatches => "multiple-matches",
+            ErrorKind::Precondition => "conflict",
             ErrorKind::NotFound => "not-found",
             ErrorKind::TooLarge => "too-costly",
             ErrorKind::UnsupportedMediaType => "not-supported",

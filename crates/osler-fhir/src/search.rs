@@ -15,7 +15,7 @@ use crate::outcome::{ErrorKind, FhirError};
 pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 1000;
 
-fn bad(param: &str, msg: impl Into<String>) -> FhirError {
+pub(crate) fn bad(param: &str, msg: impl Into<String>) -> FhirError {
     FhirError::at(ErrorKind::BadParameter, param, msg)
 }
 
@@ -123,7 +123,7 @@ fn reference_id(param: &str, value: &str, kind: &str) -> Result<Id, FhirError> {
     })
 }
 
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
@@ -165,7 +165,12 @@ fn intersect(current: Option<Vec<Metric>>, with: Vec<Metric>) -> Option<Vec<Metr
     })
 }
 
-fn parse_usize(param: &str, value: &str, min: usize, max: usize) -> Result<usize, FhirError> {
+pub(crate) fn parse_usize(
+    param: &str,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<usize, FhirError> {
     value
         .parse::<usize>()
         .ok()

@@ -36,8 +36,6 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/fhir/Observation", post(create).get(search))
         .route("/fhir/Observation/$lastn", get(last_n))
         .route("/fhir/Observation/{id}", get(read))
-        .route("/fhir/Patient/{id}", get(read_patient))
-        .route("/fhir/Device/{id}", get(read_device))
 }
 
 /// The FHIR base URL as the client sees it.
@@ -54,7 +52,11 @@ pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 }
 
 /// Reads the body as JSON, within the size limit.
-async fn read_json(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+pub(crate) async fn read_json(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ApiError> {
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -121,7 +123,7 @@ fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
     }
 }
 
-fn prefers(headers: &HeaderMap, what: &str) -> Option<bool> {
+pub(crate) fn prefers(headers: &HeaderMap, what: &str) -> Option<bool> {
     let p = headers.get("prefer")?.to_str().ok()?;
     Some(
         p.split(';')
@@ -348,48 +350,6 @@ async fn read(State(state): St, Path(id): Path<String>) -> Result<Response, ApiE
         Some(s) => Ok(fhir(StatusCode::OK, &stored_json(&s))),
         None => Err(not_found().into()),
     }
-}
-
-async fn read_patient(State(state): St, Path(id): Path<String>) -> Result<Response, ApiError> {
-    read_named(state, id, "Patient").await
-}
-
-async fn read_device(State(state): St, Path(id): Path<String>) -> Result<Response, ApiError> {
-    read_named(state, id, "Device").await
-}
-
-async fn read_named(
-    state: Arc<AppState>,
-    id: String,
-    kind: &'static str,
-) -> Result<Response, ApiError> {
-    let not_found = || {
-        FhirError::new(
-            ErrorKind::NotFound,
-            format!(
-                "{kind}/{} is not known",
-                id.chars().take(64).collect::<String>()
-            ),
-        )
-    };
-    if Id::parse(&id).is_none() {
-        return Err(not_found().into());
-    }
-    let store = state.store.clone();
-    let key = id.clone();
-    let exists = tokio::task::spawn_blocking(move || match kind {
-        "Patient" => store.patient_exists(&key),
-        _ => store.device_exists(&key),
-    })
-    .await??;
-    if !exists {
-        return Err(not_found().into());
-    }
-    let body = match kind {
-        "Patient" => osler_fhir::resources::patient(&id),
-        _ => osler_fhir::resources::device(&id),
-    };
-    Ok(fhir(StatusCode::OK, &body))
 }
 
 fn store_query(s: &ObservationSearch, patient: Id) -> Query {

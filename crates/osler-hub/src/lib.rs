@@ -14,6 +14,7 @@ mod body;
 mod fhir_api;
 mod ingest;
 mod metrics;
+mod registry_api;
 mod reply;
 
 use std::net::SocketAddr;
@@ -154,6 +155,7 @@ impl Hub {
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(fhir_api::routes())
+        .merge(registry_api::routes())
         .merge(ingest::routes())
         .merge(alerts::routes())
         .route("/metrics", get(metrics_text))

@@ -72,3 +72,34 @@ pub(crate) async fn method_not_allowed() -> Response {
     );
     fhir(StatusCode::METHOD_NOT_ALLOWED, &outcome)
 }
+
+/// An HTTP date (RFC 9110 IMF-fixdate: `Tue, 01 Dec 2026 12:00:00 GMT`) for `Last-Modified`.
+pub(crate) fn http_date(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let secs = ms.rem_euclid(86_400_000) / 1000;
+    let (y, m, d) = osler_core::time::civil_from_days(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(m as usize).saturating_sub(1) % 12];
+    format!(
+        "{weekday}, {d:02} {month} {y:04} {:02}:{:02}:{:02} GMT",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        assert_eq!(super::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        // 2026-12-01T12:34:56Z
+        assert_eq!(
+            super::http_date(1_796_128_496_000),
+            "Tue, 01 Dec 2026 12:34:56 GMT"
+        );
+    }
+}

@@ -34,6 +34,7 @@
 pub mod admin;
 pub mod alerts;
 mod query;
+mod registry;
 mod schema;
 mod writer;
 
@@ -42,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use osler_core::{Identifier, Reading};
+use osler_registry::{Assignment, Kind, ResourceQuery, ResourceWrite, StoredResource};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
@@ -229,6 +231,8 @@ pub struct WriteResult {
     pub outcomes: Vec<WriteOutcome>,
     /// For each alert write: the alert as it now stands, when the write changed it.
     pub alerts: Vec<Option<alerts::AlertRecord>>,
+    /// For each resource write, in order: what became of it.
+    pub resources: Vec<osler_registry::WriteOutcome>,
 }
 
 /// Tuning knobs, with defaults fit for a small machine.
@@ -264,6 +268,7 @@ pub(crate) struct Job {
     atomic: bool,
     batch: Option<BatchMark>,
     alerts: Vec<alerts::AlertWrite>,
+    resources: Vec<ResourceWrite>,
     rules: Option<Rules>,
     reply: oneshot::Sender<Result<WriteResult, StoreError>>,
 }
@@ -366,6 +371,78 @@ impl Store {
         self.submit(ops, atomic, None, Vec::new(), None).await
     }
 
+    /// Writes registry resources, each on its own (one refused leaves the others), and
+    /// resolves once they are durable. `WriteResult::resources` says what became of each.
+    pub async fn write_resources(
+        &self,
+        writes: Vec<ResourceWrite>,
+    ) -> Result<WriteResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Job {
+                ops: Vec::new(),
+                atomic: false,
+                batch: None,
+                alerts: Vec::new(),
+                resources: writes,
+                rules: None,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The current version of a registry resource.
+    pub fn resource(&self, kind: Kind, id: &str) -> Result<Option<StoredResource>, StoreError> {
+        self.read(|c| registry::current(c, kind, id))
+    }
+
+    /// One version of a registry resource.
+    pub fn resource_version(
+        &self,
+        kind: Kind,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        self.read(|c| registry::version(c, kind, id, version))
+    }
+
+    /// Every version of a registry resource, newest first.
+    pub fn resource_history(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        self.read(|c| registry::history(c, kind, id))
+    }
+
+    /// One page of a registry search, and the total when `with_total`.
+    pub fn search_resources(
+        &self,
+        q: &ResourceQuery,
+        with_total: bool,
+    ) -> Result<(Vec<StoredResource>, Option<u64>), StoreError> {
+        self.read(|c| {
+            let total = if with_total {
+                Some(registry::count(c, q)?)
+            } else {
+                None
+            };
+            let page = if q.limit == 0 {
+                Vec::new()
+            } else {
+                registry::search(c, q)?
+            };
+            Ok((page, total))
+        })
+    }
+
+    /// Every device assignment in force.
+    pub fn assignments(&self) -> Result<Vec<Assignment>, StoreError> {
+        self.read(registry::assignments)
+    }
+
     /// [`Store::write`] (or [`Store::write_batch`] with `batch`) with the alert rules run in
     /// the same commit: `WriteResult::alerts` holds, in order, the outcome of each alert write
     /// the rules returned.
@@ -396,6 +473,7 @@ impl Store {
                 atomic,
                 batch,
                 alerts,
+                resources: Vec::new(),
                 rules,
                 reply,
             })
@@ -417,6 +495,7 @@ impl Store {
                 atomic,
                 batch: None,
                 alerts: Vec::new(),
+                resources: Vec::new(),
                 rules: None,
                 reply,
             })

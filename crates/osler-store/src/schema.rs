@@ -5,7 +5,12 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::StoreError;
 
 /// Bumped whenever the on-disk format changes; a newer file is refused rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+
+/// What each older schema needs to become the current one. Version 2 added the registry
+/// (resources, their versions and search terms, device assignments), all new tables that the
+/// CREATE statements below make; nothing existing changes, so nobody's readings or alerts move.
+const MIGRATIONS: &[(i64, &str)] = &[(1, "")];
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
@@ -110,7 +115,10 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
          PRAGMA foreign_keys=OFF;",
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch(&format!("BEGIN IMMEDIATE;{CREATE}"))?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;{CREATE}{}",
+        crate::registry::CREATE
+    ))?;
     let version: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {
             r.get(0)
@@ -124,6 +132,16 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
             )?;
         }
         Some(SCHEMA_VERSION) => {}
+        Some(v) if v < SCHEMA_VERSION => {
+            for (from, sql) in MIGRATIONS.iter().filter(|(from, _)| *from >= v) {
+                conn.execute_batch(sql)?;
+                tracing::info!(from, to = from + 1, "store schema migrated");
+            }
+            conn.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+                [SCHEMA_VERSION],
+            )?;
+        }
         Some(v) => {
             conn.execute_batch("ROLLBACK")?;
             return Err(StoreError::Corrupt(format!(

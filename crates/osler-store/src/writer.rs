@@ -132,7 +132,12 @@ impl Writer {
                 }
                 Some(batch) => self.apply_batch(&job.ops, batch, new_series)?,
             };
-            let failed = outcomes.iter().any(|o| !o.is_ok());
+            let mut resources = Vec::with_capacity(job.resources.len());
+            for w in &job.resources {
+                resources.push(crate::registry::apply(&self.conn, w)?);
+            }
+            let failed = outcomes.iter().any(|o| !o.is_ok())
+                || resources.iter().any(|o| o.stored().is_none());
             if job.atomic && failed {
                 self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
                 for key in new_series.drain(mark..) {
@@ -142,6 +147,7 @@ impl Writer {
                     committed: false,
                     outcomes,
                     alerts: Vec::new(),
+                    resources,
                 });
             } else {
                 self.conn.execute_batch("RELEASE job")?;
@@ -161,6 +167,7 @@ impl Writer {
                     committed: true,
                     outcomes,
                     alerts: changed,
+                    resources,
                 });
             }
         }

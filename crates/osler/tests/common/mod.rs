@@ -351,9 +351,18 @@ pub struct Answer {
     pub location: Option<String>,
     pub content_type: Option<String>,
     pub text: String,
+    /// Every response header, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| {
             panic!("not JSON ({e}): {}", &self.text[..self.text.len().min(500)])
@@ -384,11 +393,36 @@ fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("request failed: {e}"),
     };
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| {
+            let v = resp.header(&n)?.to_owned();
+            Some((n.to_ascii_lowercase(), v))
+        })
+        .collect();
     Answer {
         status: resp.status(),
         location: resp.header("location").map(str::to_owned),
         content_type: resp.header("content-type").map(str::to_owned),
+        headers,
         text: resp.into_string().unwrap(),
+    }
+}
+
+/// Any method, with a FHIR JSON body when `body` is not empty, and extra headers.
+pub fn send(method: &str, url: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = agent().request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    if body.is_empty() {
+        answer(req.call())
+    } else {
+        answer(
+            req.set("Content-Type", "application/fhir+json")
+                .send_string(body),
+        )
     }
 }
 
@@ -526,4 +560,27 @@ pub fn python() -> std::path::PathBuf {
         venv.display()
     );
     venv
+}
+
+/// Runs the independent FHIR validator (`scripts/validate_fhir.py`) over `resources` and
+/// asserts that it validated every one of them with no problem.
+pub fn assert_valid_fhir(dir: &Path, resources: &[Value]) {
+    let file = dir.join(format!("validate-{}.json", resources.len()));
+    std::fs::write(&file, serde_json::to_string_pretty(resources).unwrap()).unwrap();
+    let out = Command::new(python())
+        .arg(workspace().join("scripts/validate_fhir.py"))
+        .arg(&file)
+        .output()
+        .expect("run the validator");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "validator failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("validated {} resources", resources.len()))
+            && stdout.contains(": 0 problems"),
+        "{stdout}"
+    );
 }

@@ -1,0 +1,433 @@
+//! The registry's FHIR routes, the same for every kind it manages (Patient, Practitioner,
+//! Organization, CareTeam, Device, DeviceUseStatement): create (conditional with
+//! If-None-Exist), read (ETag, Last-Modified, If-None-Match), update (If-Match; conditional
+//! on a search), delete (marks, never erases), search, `_history` and vread.
+//!
+//! Every write goes parse and check (osler-fhir) → the store's writer, which checks
+//! references, unique identifiers, device assignment overlaps and versions inside its
+//! transaction → answer after the commit.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use osler_fhir::bundle::searchset;
+use osler_fhir::registry::{
+    deleted, etag, history_bundle, parse_etag, parse_registry_search, prepare, resource_json,
+};
+use osler_fhir::{ErrorKind, FhirError, encode_query, parse_query};
+use osler_registry::{Kind, StoredResource, WriteMode, WriteOutcome};
+
+use crate::fhir_api::{base_url, prefers, read_json};
+use crate::reply::{ApiError, fhir, http_date};
+use crate::{AppState, now_ms};
+
+type St = State<Arc<AppState>>;
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    let mut r = Router::new();
+    for kind in Kind::ALL {
+        let ty = kind.as_str();
+        r = r
+            .route(
+                &format!("/fhir/{ty}"),
+                get(move |s: St, h: HeaderMap, q: RawQuery| search(kind, s, h, q))
+                    .post(move |s: St, h: HeaderMap, b: Body| create(kind, s, h, b))
+                    .put(move |s: St, h: HeaderMap, q: RawQuery, b: Body| {
+                        update_matching(kind, s, h, q, b)
+                    }),
+            )
+            .route(
+                &format!("/fhir/{ty}/{{id}}"),
+                get(move |s: St, h: HeaderMap, p: Path<String>| read(kind, s, h, p))
+                    .put(move |s: St, h: HeaderMap, p: Path<String>, b: Body| {
+                        update(kind, s, h, p, b)
+                    })
+                    .delete(move |s: St, h: HeaderMap, p: Path<String>| delete(kind, s, h, p)),
+            )
+            .route(
+                &format!("/fhir/{ty}/{{id}}/_history"),
+                get(move |s: St, h: HeaderMap, p: Path<String>| history(kind, s, h, p)),
+            )
+            .route(
+                &format!("/fhir/{ty}/{{id}}/_history/{{vid}}"),
+                get(move |s: St, h: HeaderMap, p: Path<(String, String)>| vread(kind, s, h, p)),
+            );
+    }
+    r
+}
+
+/// A new server-assigned id: 128 random bits in hex (unguessable, so that ids leak nothing
+/// about how many patients a clinic has).
+fn new_id() -> Result<String, ApiError> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| {
+        tracing::error!(error = %e, "no randomness for a new id");
+        FhirError::new(ErrorKind::Internal, "cannot choose an id")
+    })?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn not_found(kind: Kind, id: &str) -> FhirError {
+    FhirError::at(
+        ErrorKind::NotFound,
+        format!("{kind}.id"),
+        format!(
+            "{kind}/{} is not known",
+            id.chars().take(64).collect::<String>()
+        ),
+    )
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, FhirError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                FhirError::new(
+                    ErrorKind::BadParameter,
+                    format!("{name} is not readable text"),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
+    header_text(headers, "if-match")?
+        .map(|h| {
+            parse_etag(h).ok_or_else(|| {
+                FhirError::new(
+                    ErrorKind::BadParameter,
+                    "If-Match must name a version: W/\"3\"",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The response to a stored version: body (unless `Prefer: return=minimal`), ETag,
+/// Last-Modified, Location naming the version.
+fn stored_response(
+    status: StatusCode,
+    base: &str,
+    s: &StoredResource,
+    headers: &HeaderMap,
+) -> Response {
+    let mut response = if prefers(headers, "minimal") == Some(true) {
+        status.into_response()
+    } else {
+        fhir(status, &resource_json(s))
+    };
+    let h = response.headers_mut();
+    let location = format!("{base}/{}/{}/_history/{}", s.kind, s.id, s.version);
+    for (name, value) in [
+        (header::ETAG, etag(s.version)),
+        (header::LAST_MODIFIED, http_date(s.updated_ms)),
+        (header::LOCATION, location),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    response
+}
+
+/// What a refused write is, as a FHIR error naming the element at fault.
+fn refusal(kind: Kind, o: &WriteOutcome) -> FhirError {
+    match o {
+        WriteOutcome::VersionConflict { current } => FhirError::new(
+            ErrorKind::Precondition,
+            match current {
+                Some(v) => format!(
+                    "the resource is at version {v}; read it again and reapply the change (If-Match)"
+                ),
+                None => "If-Match names a version of a resource that does not exist".to_owned(),
+            },
+        ),
+        WriteOutcome::MissingReference(r) => FhirError::at(
+            ErrorKind::Invalid,
+            r.path.clone(),
+            format!(
+                "{}/{} does not exist on this server; create it first",
+                r.kind, r.id
+            ),
+        ),
+        WriteOutcome::Duplicate { term, other } => FhirError::at(
+            ErrorKind::Conflict,
+            format!("{kind}.{}", term.param),
+            format!(
+                "{kind}/{other} already has the identifier {}; two {kind}s with one identifier could not be told apart (update {kind}/{other} instead)",
+                term.value.trim_start_matches('|')
+            ),
+        ),
+        WriteOutcome::Overlap { other } => FhirError::at(
+            ErrorKind::Conflict,
+            "DeviceUseStatement.timingPeriod",
+            format!(
+                "the device is assigned by DeviceUseStatement/{other} for part of this period; end that one first (a device is worn by one patient at a time)"
+            ),
+        ),
+        WriteOutcome::MultipleMatches(n) => FhirError::new(
+            ErrorKind::MultipleMatches,
+            format!("the condition matched {n} or more {kind}s; nothing was written"),
+        ),
+        WriteOutcome::IdTaken => FhirError::new(ErrorKind::Conflict, "the id is taken; retry"),
+        _ => FhirError::new(ErrorKind::Internal, "unexpected store outcome"),
+    }
+}
+
+/// Writes one prepared resource and answers as FHIR asks for the outcome.
+async fn write(
+    state: &AppState,
+    headers: &HeaderMap,
+    w: osler_registry::ResourceWrite,
+) -> Result<Response, ApiError> {
+    let kind = w.kind;
+    let result = state.store.write_resources(vec![w]).await?;
+    let Some(outcome) = result.resources.into_iter().next() else {
+        return Err(FhirError::new(ErrorKind::Internal, "the store answered no outcome").into());
+    };
+    let base = base_url(state, headers);
+    let status = match &outcome {
+        WriteOutcome::Created(_) => StatusCode::CREATED,
+        WriteOutcome::Updated(_) | WriteOutcome::Matched(_) | WriteOutcome::Unchanged(_) => {
+            StatusCode::OK
+        }
+        refused => return Err(refusal(kind, refused).into()),
+    };
+    let stored = outcome
+        .stored()
+        .ok_or_else(|| FhirError::new(ErrorKind::Internal, "no resource"))?;
+    Ok(stored_response(status, &base, stored, headers))
+}
+
+async fn create(
+    kind: Kind,
+    State(state): St,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let json = read_json(&state, &headers, body).await?;
+    let mode = match header_text(&headers, "if-none-exist")? {
+        None => WriteMode::Create,
+        Some(q) => {
+            let params = parse_query(q.trim_start_matches('?'))?;
+            if params.is_empty() {
+                return Err(
+                    FhirError::new(ErrorKind::BadParameter, "If-None-Exist is empty").into(),
+                );
+            }
+            let s = parse_registry_search(kind, &params).map_err(|e| e.within("If-None-Exist"))?;
+            WriteMode::CreateIfNoneExist(s.query)
+        }
+    };
+    let w = prepare(kind, &json, &new_id()?, mode, None, now_ms())?;
+    write(&state, &headers, w).await
+}
+
+async fn update(
+    kind: Kind,
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if osler_core::Id::parse(&id).is_none() {
+        return Err(FhirError::at(
+            ErrorKind::Malformed,
+            format!("{kind}.id"),
+            "an id is 1-64 letters, digits, '-' or '.'",
+        )
+        .into());
+    }
+    let json = read_json(&state, &headers, body).await?;
+    let w = prepare(
+        kind,
+        &json,
+        &id,
+        WriteMode::Update,
+        if_match(&headers)?,
+        now_ms(),
+    )?;
+    write(&state, &headers, w).await
+}
+
+async fn update_matching(
+    kind: Kind,
+    State(state): St,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let params = parse_query(raw.as_deref().unwrap_or(""))?;
+    if params.is_empty() {
+        return Err(FhirError::new(
+            ErrorKind::BadParameter,
+            format!("a conditional update needs search parameters (PUT /fhir/{kind}?identifier=...), or use PUT /fhir/{kind}/{{id}}"),
+        )
+        .into());
+    }
+    let s = parse_registry_search(kind, &params)?;
+    let json = read_json(&state, &headers, body).await?;
+    let id = match json.get("id").and_then(|v| v.as_str()) {
+        Some(id) => id.to_owned(),
+        None => new_id()?,
+    };
+    let w = prepare(
+        kind,
+        &json,
+        &id,
+        WriteMode::UpdateMatching(s.query),
+        if_match(&headers)?,
+        now_ms(),
+    )?;
+    write(&state, &headers, w).await
+}
+
+async fn delete(
+    kind: Kind,
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let key = id.clone();
+    let Some(current) = tokio::task::spawn_blocking(move || store.resource(kind, &key)).await??
+    else {
+        return Err(not_found(kind, &id).into());
+    };
+    let marked = deleted(&current);
+    let if_match = if_match(&headers)?.or(Some(current.version));
+    let w = prepare(kind, &marked, &id, WriteMode::Update, if_match, now_ms())?;
+    write(&state, &headers, w).await
+}
+
+async fn read(
+    kind: Kind,
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    if osler_core::Id::parse(&id).is_none() {
+        return Err(not_found(kind, &id).into());
+    }
+    let store = state.store.clone();
+    let key = id.clone();
+    let (found, known_from_readings) = tokio::task::spawn_blocking(move || {
+        let found = store.resource(kind, &key)?;
+        let stub = match (kind, &found) {
+            (Kind::Patient, None) => store.patient_exists(&key)?,
+            (Kind::Device, None) => store.device_exists(&key)?,
+            _ => false,
+        };
+        Ok::<_, osler_store::StoreError>((found, stub))
+    })
+    .await??;
+    let Some(s) = found else {
+        // Known only because readings named it: a minimal resource until it is enrolled.
+        return match (kind, known_from_readings) {
+            (Kind::Patient, true) => Ok(fhir(StatusCode::OK, &osler_fhir::resources::patient(&id))),
+            (Kind::Device, true) => Ok(fhir(StatusCode::OK, &osler_fhir::resources::device(&id))),
+            _ => Err(not_found(kind, &id).into()),
+        };
+    };
+    if let Some(h) = header_text(&headers, "if-none-match")?
+        && parse_etag(h) == Some(s.version)
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag(s.version)) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        return Ok(r);
+    }
+    let base = base_url(&state, &headers);
+    let mut r = stored_response(StatusCode::OK, &base, &s, &HeaderMap::new());
+    r.headers_mut().remove(header::LOCATION);
+    Ok(r)
+}
+
+async fn vread(
+    kind: Kind,
+    State(state): St,
+    headers: HeaderMap,
+    Path((id, vid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let Ok(v) = vid.parse::<u64>() else {
+        return Err(not_found(kind, &id).into());
+    };
+    let store = state.store.clone();
+    let key = id.clone();
+    let found =
+        tokio::task::spawn_blocking(move || store.resource_version(kind, &key, v)).await??;
+    let Some(s) = found else {
+        return Err(FhirError::new(
+            ErrorKind::NotFound,
+            format!(
+                "{kind}/{} has no version {v}",
+                id.chars().take(64).collect::<String>()
+            ),
+        )
+        .into());
+    };
+    let base = base_url(&state, &headers);
+    let mut r = stored_response(StatusCode::OK, &base, &s, &HeaderMap::new());
+    r.headers_mut().remove(header::LOCATION);
+    Ok(r)
+}
+
+async fn history(
+    kind: Kind,
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let key = id.clone();
+    let versions =
+        tokio::task::spawn_blocking(move || store.resource_history(kind, &key)).await??;
+    if versions.is_empty() {
+        return Err(not_found(kind, &id).into());
+    }
+    let base = base_url(&state, &headers);
+    Ok(fhir(StatusCode::OK, &history_bundle(&base, &versions)))
+}
+
+async fn search(
+    kind: Kind,
+    State(state): St,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = parse_query(raw.as_deref().unwrap_or(""))?;
+    let s = parse_registry_search(kind, &params)?;
+    let base = base_url(&state, &headers);
+    let store = state.store.clone();
+    let q = s.query.clone();
+    let (page, total) =
+        tokio::task::spawn_blocking(move || store.search_resources(&q, true)).await??;
+    let total = total.unwrap_or(0);
+    let mut links = vec![("self", format!("{base}/{kind}?{}", encode_query(&params)))];
+    let end = s.query.offset + page.len();
+    if !s.summary_count && (end as u64) < total && !page.is_empty() {
+        let mut next: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| k != "_offset")
+            .cloned()
+            .collect();
+        next.push(("_offset".into(), end.to_string()));
+        links.push(("next", format!("{base}/{kind}?{}", encode_query(&next))));
+    }
+    let entries = page
+        .iter()
+        .map(|r| (format!("{base}/{kind}/{}", r.id), resource_json(r)))
+        .collect();
+    Ok(fhir(
+        StatusCode::OK,
+        &searchset(Some(total), &links, entries),
+    ))
+}
