@@ -248,6 +248,7 @@ pub fn run(args: HubBenchArgs) -> anyhow::Result<()> {
             chunk.push(WriteOp {
                 reading: r,
                 if_none_exist: None,
+                by_device: false,
             });
             if chunk.len() == 20_000 {
                 let res = store.write_blocking(std::mem::take(&mut chunk), false)?;

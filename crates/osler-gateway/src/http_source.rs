@@ -45,28 +45,31 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         }
     };
     let mut readings = Vec::with_capacity(items.len());
+    let mut by_device = Vec::new();
     let mut rejected = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
-            Ok(reading) => readings.push(reading),
+        match item.and_then(|input| crate::assignments::validate(input, now, &shared.assignments)) {
+            Ok((reading, false)) => readings.push(reading),
+            Ok((reading, true)) => by_device.push(reading),
             Err(reason) => rejected.push(json!({ "index": index, "reason": reason })),
         }
     }
-    shared
-        .status
-        .received
-        .fetch_add((readings.len() + rejected.len()) as u64, Ordering::Relaxed);
+    shared.status.received.fetch_add(
+        (readings.len() + by_device.len() + rejected.len()) as u64,
+        Ordering::Relaxed,
+    );
     shared
         .status
         .rejected
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-    let accepted = readings.len();
+    let accepted = readings.len() + by_device.len();
     let unit = crate::intake::Unit {
         readings,
+        by_device,
         quarantine: Vec::new(),
         request: Some(crate::request_key(&[&body])),
     };
-    let outcome = if unit.readings.is_empty() {
+    let outcome = if unit.is_empty() {
         Ok(())
     } else {
         shared.intake.ingest_one(unit, now).await
@@ -101,7 +104,15 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let s = shared.clone();
     match tokio::task::spawn_blocking(move || {
-        s.status.report(&s.gateway, s.outbox(), &s.edge, now_ms())
+        let mut report = s.status.report(&s.gateway, s.outbox(), &s.edge, now_ms());
+        // How many device assignments (one per name a device goes by) the gateway knows.
+        report["assignments"] = json!(
+            s.assignments
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len()
+        );
+        report
     })
     .await
     {

@@ -14,6 +14,10 @@
 //! - `unit`: a UCUM code the catalog accepts for the metric (`[lb_av]`, `[degF]`, `mmol/L`, ...).
 //! - `time`: when it was taken, RFC 3339 with seconds and a zone.
 //! - `device` may be left out for manual entries. Unknown fields are refused, not ignored.
+//! - `patient` may be left out by a device that knows only itself: then `device` (its id,
+//!   serial number or MAC, as registered on the hub's Device) is required, and the reading is
+//!   attributed to the patient whose DeviceUseStatement covers its time (see `assignments`).
+//!   Such a reading's `ReadingInput::patient` is empty until it is attributed.
 
 use osler_core::{InputValue, Metric, ReadingInput, Status, Timestamp};
 use serde::Deserialize;
@@ -21,7 +25,8 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeviceReading {
-    patient: String,
+    #[serde(default)]
+    patient: Option<String>,
     #[serde(default)]
     device: Option<String>,
     metric: String,
@@ -101,8 +106,20 @@ fn parse_one(item: serde_json::Value, received_ms: i64) -> Result<ReadingInput, 
         [] => return Err("\"value\" is empty".into()),
     };
     let taken = Timestamp::parse(&r.time).map_err(|e| e.to_string())?;
+    let patient = match (r.patient, &r.device) {
+        (Some(p), _) if p.is_empty() => {
+            return Err("\"patient\" is empty; leave it out to have the device attributed".into());
+        }
+        (Some(p), _) => p,
+        (None, Some(_)) => String::new(),
+        (None, None) => {
+            return Err(
+                "a reading needs \"patient\", or \"device\" so that the hub attributes it to its patient".into(),
+            );
+        }
+    };
     Ok(ReadingInput {
-        patient: r.patient,
+        patient,
         device: r.device,
         metric,
         value,

@@ -46,6 +46,10 @@ const GROUP: usize = 512;
 pub struct Unit {
     /// Validated readings.
     pub readings: Vec<Reading>,
+    /// Validated readings that named only their device, attributed by the gateway's copy of
+    /// the assignments (or named `assignments::UNATTRIBUTED`): sent whole and marked, for the
+    /// hub to attribute by its own.
+    pub by_device: Vec<Reading>,
     /// What of it was not valid, with the reasons.
     pub quarantine: Vec<Quarantined>,
     /// The request's key (see [`crate::request_key`]): a unit whose request was committed in
@@ -56,7 +60,7 @@ pub struct Unit {
 impl Unit {
     /// Nothing to store (a unit like this fits whatever the room).
     pub fn is_empty(&self) -> bool {
-        self.readings.is_empty() && self.quarantine.is_empty()
+        self.readings.is_empty() && self.by_device.is_empty() && self.quarantine.is_empty()
     }
 }
 
@@ -371,6 +375,8 @@ impl Reply {
 struct Group {
     alerts: Vec<String>,
     out: Vec<Output>,
+    /// Entries of readings attributed by device, past the edge.
+    by_device: Vec<String>,
     tally: Tally,
     /// Request keys taken in by this group (a resend inside the same group is recognised).
     requests: HashSet<u64>,
@@ -516,7 +522,7 @@ impl Writer {
         if !group.alerts.is_empty() {
             tx.append(Lane::Alerts, &group.alerts, now)?;
         }
-        let (mut readings, mut summaries) = (Vec::new(), Vec::new());
+        let (mut readings, mut summaries) = (std::mem::take(&mut group.by_device), Vec::new());
         for o in group.out.drain(..) {
             match o {
                 Output::Forward(r) => readings.push(Entry::from_reading(&r).to_json()),
@@ -580,11 +586,25 @@ impl Take<'_, '_> {
         group
             .alerts
             .extend(self.alerts.evaluate(&unit.readings, self.overrides));
+        let attributed: Vec<Reading> = unit
+            .by_device
+            .iter()
+            .filter(|r| r.patient.as_str() != crate::assignments::UNATTRIBUTED)
+            .cloned()
+            .collect();
+        group
+            .alerts
+            .extend(self.alerts.evaluate(&attributed, self.overrides));
         if room == Room::AlertsOnly {
             return Ok(false);
         }
         for q in &unit.quarantine {
             self.tx.quarantine(q)?;
+        }
+        for r in &unit.by_device {
+            let mut e = Entry::from_reading(r);
+            e.a = true;
+            group.by_device.push(e.to_json());
         }
         for r in &unit.readings {
             let started = std::time::Instant::now();

@@ -15,6 +15,8 @@
 //! **Invariant:** a reading is acknowledged to its device only after it is committed to the
 //! outbox with fsync, and leaves the outbox only after the hub confirms its commit.
 
+pub mod assignments;
+mod hub_cache;
 pub mod identity;
 pub mod input;
 pub mod intake;
@@ -99,6 +101,8 @@ pub(crate) struct Shared {
     pub status: Arc<status::Status>,
     pub alerts: Arc<local_alerts::LocalAlerts>,
     pub edge: Arc<intake::EdgeStats>,
+    /// The hub's device assignments, to attribute readings that name only their device.
+    pub assignments: assignments::AssignmentCache,
 }
 
 impl Shared {
@@ -167,6 +171,7 @@ impl Gateway {
             status: Arc::new(status::Status::default()),
             alerts,
             edge,
+            assignments: assignments::load(&config.data),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -196,7 +201,31 @@ impl Gateway {
             let (hub, data, stop) = (config.upload.hub.clone(), config.data.clone(), stop.clone());
             let every = config.overrides_every;
             threads.push(spawn("osler-overrides", move || {
-                overrides::poll(&hub, &data, &overrides, every, &stop)
+                hub_cache::poll(
+                    &hub,
+                    "/alerts/overrides",
+                    &data,
+                    overrides::FILE,
+                    every,
+                    &stop,
+                    |t| overrides::apply(&overrides, t),
+                )
+            })?);
+        }
+        {
+            let (hub, data, stop) = (config.upload.hub.clone(), config.data.clone(), stop.clone());
+            let every = config.overrides_every;
+            let cache = shared.assignments.clone();
+            threads.push(spawn("osler-assignments", move || {
+                hub_cache::poll(
+                    &hub,
+                    "/registry/assignments",
+                    &data,
+                    assignments::FILE,
+                    every,
+                    &stop,
+                    |t| assignments::apply(&cache, t),
+                )
             })?);
         }
         tracing::info!(gateway = %shared.gateway, hub = %config.upload.hub, outbox = %shared.outbox().path().display(), "gateway started");

@@ -137,7 +137,10 @@ async fn store(mut rx: mpsc::Receiver<Publish>, client: AsyncClient, shared: Arc
             fresh = batch.len();
         }
         let now = now_ms();
-        let units: Vec<Unit> = batch.iter().map(|p| unit(p, now)).collect();
+        let units: Vec<Unit> = batch
+            .iter()
+            .map(|p| unit(p, now, &shared.assignments))
+            .collect();
         // Counted once, when first received (a retry is the same message).
         let (readings, bad) = units[batch.len() - fresh..]
             .iter()
@@ -189,7 +192,7 @@ fn flush_acks(client: &AsyncClient, acks: &mut VecDeque<Publish>) {
 /// One message as an intake unit: its valid readings, its invalid ones (or the whole message
 /// when it is unreadable) to quarantine with the reason, and its key (topic and payload, so
 /// the broker's redelivery of a message already stored is recognised).
-fn unit(p: &Publish, now: i64) -> Unit {
+fn unit(p: &Publish, now: i64, assignments: &crate::assignments::AssignmentCache) -> Unit {
     let topic = String::from_utf8_lossy(&p.topic);
     let source = format!("mqtt {topic}");
     let quarantine = |payload: Vec<u8>, reason: String| Quarantined {
@@ -209,8 +212,9 @@ fn unit(p: &Publish, now: i64) -> Unit {
         Ok(items) => {
             let single = items.len() == 1;
             for (i, item) in items.into_iter().enumerate() {
-                match item.and_then(|input| input.validate(now).map_err(|e| e.to_string())) {
-                    Ok(reading) => unit.readings.push(reading),
+                match item.and_then(|input| crate::assignments::validate(input, now, assignments)) {
+                    Ok((reading, false)) => unit.readings.push(reading),
+                    Ok((reading, true)) => unit.by_device.push(reading),
                     // A message of one reading is kept exactly as received; one reading of
                     // an array is kept as that element's JSON, with its index.
                     Err(reason) if single => {

@@ -10,8 +10,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use osler_rules::Overrides;
 
@@ -53,49 +51,11 @@ pub fn load(data: &Path) -> OverrideCache {
     OverrideCache::new(std::sync::RwLock::new(map))
 }
 
-fn fetch(agent: &ureq::Agent, hub: &str) -> Result<(List, String), String> {
-    let text = agent
-        .get(&format!("{hub}/alerts/overrides"))
-        .call()
-        .map_err(|e| e.to_string())?
-        .into_string()
-        .map_err(|e| e.to_string())?;
-    let list = serde_json::from_str::<List>(&text).map_err(|e| e.to_string())?;
-    Ok((list, text))
-}
-
-/// Polls the hub until `stop`. Blocking: give it its own thread.
-pub fn poll(hub: &str, data: &Path, cache: &OverrideCache, every: Duration, stop: &AtomicBool) {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
-    let mut last_text = String::new();
-    let mut next = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if Instant::now() < next {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        next = Instant::now() + every;
-        match fetch(&agent, hub) {
-            Ok((list, text)) if text != last_text => {
-                let map = to_map(list);
-                let n: usize = map.values().map(|o| o.len()).sum();
-                *cache.write().unwrap_or_else(|p| p.into_inner()) = map;
-                // Written aside then renamed: a crash leaves the old file or the new, whole.
-                let tmp = data.join(format!("{FILE}.tmp"));
-                let saved = std::fs::write(&tmp, &text)
-                    .and_then(|()| std::fs::rename(&tmp, data.join(FILE)));
-                if let Err(e) = saved {
-                    tracing::warn!(error = %e, "cannot keep the overrides on disk; they stay in memory");
-                }
-                tracing::info!(overrides = n, "per-patient thresholds updated from the hub");
-                last_text = text;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot fetch overrides; keeping the cached ones")
-            }
-        }
-    }
+/// Replaces the cache with the hub's answer; the number of overrides.
+pub fn apply(cache: &OverrideCache, text: &str) -> Result<usize, String> {
+    let list = serde_json::from_str::<List>(text).map_err(|e| e.to_string())?;
+    let map = to_map(list);
+    let n = map.values().map(|o| o.len()).sum();
+    *cache.write().unwrap_or_else(|p| p.into_inner()) = map;
+    Ok(n)
 }

@@ -85,8 +85,8 @@ fn open(dir: &std::path::Path) -> Intake {
 fn unit(readings: Vec<Reading>, request: u64) -> Unit {
     Unit {
         readings,
-        quarantine: Vec::new(),
         request: Some(request),
+        ..Unit::default()
     }
 }
 

@@ -211,7 +211,7 @@ proptest! {
                 if failing {
                     arm_failure(&dir);
                 }
-                let unit = Unit { readings: r.readings.clone(), quarantine: Vec::new(), request: Some(r.key) };
+                let unit = Unit { readings: r.readings.clone(), request: Some(r.key), ..Unit::default() };
                 let outcome = ib.ingest_blocking(unit, t);
                 if failing {
                     disarm_failure(&dir);
@@ -264,8 +264,8 @@ fn a_full_outbox_keeps_room_for_alerts_on_the_ingest_path() {
     let intake = open(&dir, base * 100 / 105);
     let crisis = Unit {
         readings: vec![reading(1, T0, true), reading(1, T0 + 1000, true)],
-        quarantine: Vec::new(),
         request: Some(7),
+        ..Unit::default()
     };
     for _ in 0..2 {
         let e = intake.ingest_blocking(crisis.clone(), T0).unwrap_err();

@@ -92,6 +92,28 @@ impl Alerts {
         atomic: bool,
         batch: Option<BatchMark>,
     ) -> Result<WriteResult, osler_store::StoreError> {
+        let (rules, raised) = self.rules();
+        let mut result = store.write_with_rules(ops, atomic, batch, rules).await?;
+        self.publish_raised(&raised, &mut result);
+        Ok(result)
+    }
+
+    /// Registry writes, with the rules judging the held readings an assignment releases in
+    /// the same commit.
+    pub(crate) async fn write_resources(
+        self: &Arc<Self>,
+        store: &Store,
+        writes: Vec<osler_registry::ResourceWrite>,
+    ) -> Result<WriteResult, osler_store::StoreError> {
+        let (rules, raised) = self.rules();
+        let mut result = store.write_resources(writes, Some(rules)).await?;
+        self.publish_raised(&raised, &mut result);
+        Ok(result)
+    }
+
+    /// The rules as the store runs them inside a commit, and where the events they raised are
+    /// left for publishing after it.
+    fn rules(self: &Arc<Self>) -> (Rules, Arc<Mutex<Vec<AlertEvent>>>) {
         let raised: Arc<Mutex<Vec<AlertEvent>>> = Arc::default();
         let (alerts, out) = (self.clone(), raised.clone());
         let rules: Rules = Box::new(move |readings| {
@@ -100,10 +122,12 @@ impl Alerts {
             *out.lock().unwrap_or_else(|p| p.into_inner()) = events;
             w
         });
-        let mut result = store.write_with_rules(ops, atomic, batch, rules).await?;
+        (rules, raised)
+    }
+
+    fn publish_raised(&self, raised: &Mutex<Vec<AlertEvent>>, result: &mut WriteResult) {
         let events = std::mem::take(&mut *raised.lock().unwrap_or_else(|p| p.into_inner()));
         self.publish(&events, std::mem::take(&mut result.alerts));
-        Ok(result)
     }
 
     /// Runs readings through the rules, each at its own time.

@@ -116,10 +116,12 @@ fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
             format!("If-None-Exist matched {count} Observations; nothing was created"),
         )),
         // Only gateway batches produce these; a FHIR write meeting one is a bug, said as such.
-        WriteOutcome::AlreadyCommitted | WriteOutcome::DeadLettered => Some(FhirError::new(
-            ErrorKind::Internal,
-            "the store answered a FHIR write with a gateway-batch outcome",
-        )),
+        WriteOutcome::AlreadyCommitted | WriteOutcome::DeadLettered | WriteOutcome::Held => {
+            Some(FhirError::new(
+                ErrorKind::Internal,
+                "the store answered a FHIR write with a gateway-batch outcome",
+            ))
+        }
     }
 }
 
@@ -169,6 +171,7 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
             vec![WriteOp {
                 reading,
                 if_none_exist,
+                by_device: false,
             }],
             false,
             None,
@@ -227,6 +230,7 @@ async fn transaction_or_batch(
             Ok(WriteOp {
                 reading,
                 if_none_exist: req.if_none_exist,
+                by_device: false,
             })
         })
         .collect();

@@ -128,6 +128,7 @@ async fn batch(
                 ops.push(WriteOp {
                     reading,
                     if_none_exist: None,
+                    by_device: entry.a,
                 });
                 op_seqs.push(seq);
                 op_raw.push(entry.to_json());

@@ -29,7 +29,9 @@ use crate::{AppState, now_ms};
 type St = State<Arc<AppState>>;
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
-    let mut r = Router::new();
+    let mut r = Router::new()
+        .route("/registry/assignments", get(assignments))
+        .route("/registry/held", get(held));
     for kind in Kind::ALL {
         let ty = kind.as_str();
         r = r
@@ -188,7 +190,7 @@ async fn write(
     w: osler_registry::ResourceWrite,
 ) -> Result<Response, ApiError> {
     let kind = w.kind;
-    let result = state.store.write_resources(vec![w]).await?;
+    let result = state.alerts.write_resources(&state.store, vec![w]).await?;
     let Some(outcome) = result.resources.into_iter().next() else {
         return Err(FhirError::new(ErrorKind::Internal, "the store answered no outcome").into());
     };
@@ -430,4 +432,71 @@ async fn search(
         StatusCode::OK,
         &searchset(Some(total), &links, entries),
     ))
+}
+
+/// Every device assignment in force, with every name each device goes by: what gateways
+/// fetch to attribute readings that name only their device.
+async fn assignments(State(state): St) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let all = tokio::task::spawn_blocking(move || store.assignments()).await??;
+    let items: Vec<serde_json::Value> = all
+        .into_iter()
+        .map(|(a, names)| {
+            serde_json::json!({
+                "device": a.device, "names": names, "patient": a.patient,
+                "start_ms": a.start_ms, "end_ms": a.end_ms, "source": a.source,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "assignments": items })).into_response())
+}
+
+/// Readings held for want of an assignment covering their time, oldest first, with why: for
+/// an operator to see which device needs a DeviceUseStatement.
+async fn held(State(state): St, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let params = parse_query(raw.as_deref().unwrap_or(""))?;
+    let mut limit = 1000;
+    for (k, v) in &params {
+        match k.as_str() {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| {
+                        FhirError::at(ErrorKind::BadParameter, "limit", "a number from 1 to 10000")
+                    })?
+            }
+            _ => {
+                return Err(FhirError::at(
+                    ErrorKind::BadParameter,
+                    k.clone(),
+                    "unknown parameter; use limit",
+                )
+                .into());
+            }
+        }
+    }
+    let store = state.store.clone();
+    let held = tokio::task::spawn_blocking(move || store.held(limit)).await??;
+    let items: Vec<serde_json::Value> = held
+        .iter()
+        .map(|h| {
+            let r = &h.reading;
+            serde_json::json!({
+                "id": h.id,
+                "device": h.device,
+                "metric": r.metric.info().key,
+                "value": match r.value {
+                    osler_core::Value::Scalar(v) => serde_json::json!(v),
+                    osler_core::Value::Pair(a, b) => serde_json::json!([a, b]),
+                },
+                "unit": r.metric.info().unit,
+                "time": r.taken.to_string(),
+                "received": osler_core::Timestamp::utc(r.received_ms).to_string(),
+                "reason": h.reason,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "held": items })).into_response())
 }

@@ -33,8 +33,11 @@
 
 pub mod admin;
 pub mod alerts;
+mod held;
 mod query;
 mod registry;
+
+pub use held::HeldReading;
 mod schema;
 mod writer;
 
@@ -134,6 +137,13 @@ pub struct WriteOp {
     pub reading: Reading,
     /// Conditional create: store only if no reading carries this identifier.
     pub if_none_exist: Option<Identifier>,
+    /// The reading's patient is not known to its sender (or was only guessed from the
+    /// sender's copy of the assignments): the store attributes it by its own device
+    /// assignments at the time the reading was taken, and `reading.patient` is ignored. The
+    /// device (an id, or an identifier such as a serial number) must be given. With no
+    /// assignment covering that time, the reading is held (`WriteOutcome::Held`) and stored
+    /// when one is written.
+    pub by_device: bool,
 }
 
 /// What became of one [`WriteOp`].
@@ -152,6 +162,9 @@ pub enum WriteOutcome {
     /// Part of a gateway batch that could not be stored as a reading (a conflict): kept in the
     /// dead-letter table with the reason instead.
     DeadLettered,
+    /// Attributed by device, but no assignment covers its time: kept durably with the reason
+    /// and stored under its patient as soon as an assignment covering it is written.
+    Held,
 }
 
 impl WriteOutcome {
@@ -162,6 +175,7 @@ impl WriteOutcome {
                 | WriteOutcome::Existing(_)
                 | WriteOutcome::AlreadyCommitted
                 | WriteOutcome::DeadLettered
+                | WriteOutcome::Held
         )
     }
 }
@@ -373,9 +387,12 @@ impl Store {
 
     /// Writes registry resources, each on its own (one refused leaves the others), and
     /// resolves once they are durable. `WriteResult::resources` says what became of each.
+    /// Readings held for want of an assignment that a write now covers are stored in the same
+    /// commit, and `rules` judge them there.
     pub async fn write_resources(
         &self,
         writes: Vec<ResourceWrite>,
+        rules: Option<Rules>,
     ) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
@@ -385,7 +402,7 @@ impl Store {
                 batch: None,
                 alerts: Vec::new(),
                 resources: writes,
-                rules: None,
+                rules,
                 reply,
             })
             .await
@@ -438,9 +455,23 @@ impl Store {
         })
     }
 
-    /// Every device assignment in force.
-    pub fn assignments(&self) -> Result<Vec<Assignment>, StoreError> {
-        self.read(registry::assignments)
+    /// Readings held for want of a device assignment, oldest first.
+    pub fn held(&self, limit: usize) -> Result<Vec<HeldReading>, StoreError> {
+        self.read(|c| held::list(c, limit))
+    }
+
+    /// Every device assignment in force, each with every name its device goes by (its id and
+    /// identifier values: what a device may report itself as).
+    pub fn assignments(&self) -> Result<Vec<(Assignment, Vec<String>)>, StoreError> {
+        self.read(|c| {
+            registry::assignments(c)?
+                .into_iter()
+                .map(|a| {
+                    let names = registry::device_names(c, &a.device)?;
+                    Ok((a, names))
+                })
+                .collect()
+        })
     }
 
     /// [`Store::write`] (or [`Store::write_batch`] with `batch`) with the alert rules run in

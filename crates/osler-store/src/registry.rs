@@ -426,3 +426,78 @@ pub(crate) fn apply(conn: &Connection, w: &ResourceWrite) -> Result<WriteOutcome
         WriteOutcome::Created(stored)
     })
 }
+
+/// The device whose held readings a write may release: a DeviceUseStatement's device, or a
+/// Device (its identifiers may be how held readings name it).
+pub(crate) fn device_of(w: &ResourceWrite, outcome: &WriteOutcome) -> Option<String> {
+    if !matches!(outcome, WriteOutcome::Created(_) | WriteOutcome::Updated(_)) {
+        return None;
+    }
+    match w.kind {
+        Kind::DeviceUseStatement => w.assignment.as_ref().map(|a| a.device.clone()),
+        Kind::Device => outcome.stored().map(|s| s.id.clone()),
+        _ => None,
+    }
+}
+
+/// The Device id a sender's name for a device stands for: the id itself when a Device has
+/// it, else the one Device holding it as an identifier (a serial number, a MAC), else the name
+/// as given (a device known only from readings).
+pub(crate) fn resolve_device(conn: &Connection, name: &str) -> Result<String, StoreError> {
+    if current(conn, Kind::Device, name)?.is_some() {
+        return Ok(name.to_owned());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT id FROM resource_term WHERE kind = 'Device' AND param = 'identifier' AND value = ?1 LIMIT 2",
+    )?;
+    let ids: Vec<String> = stmt
+        .query_map([name], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(match ids.as_slice() {
+        [one] => one.clone(),
+        // None, or ambiguous (two Devices share the value under different systems): the name
+        // itself, which no assignment names, so the reading is held for a person to look at.
+        _ => name.to_owned(),
+    })
+}
+
+/// Every name a Device goes by: its id and its identifier values.
+pub(crate) fn device_names(conn: &Connection, id: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT value FROM resource_term WHERE kind = 'Device' AND id = ?1 AND param = 'identifier'",
+    )?;
+    let mut names: Vec<String> = stmt
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    names.push(id.to_owned());
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The assignments of one device.
+pub(crate) fn assignments_of(
+    conn: &Connection,
+    device: &str,
+) -> Result<Vec<Assignment>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT source, device, patient, start_ms, end_ms FROM assignment WHERE device = ?1 ORDER BY start_ms",
+    )?;
+    let rows = stmt.query_map([device], assignment_row)?;
+    rows.collect::<Result<_, _>>().map_err(Into::into)
+}
+
+/// The patient `device` is assigned to at `t_ms`.
+pub(crate) fn patient_at(
+    conn: &Connection,
+    device: &str,
+    t_ms: i64,
+) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached(
+        "SELECT patient FROM assignment WHERE device = ?1 AND start_ms <= ?2 AND (end_ms IS NULL OR ?2 < end_ms)
+         ORDER BY start_ms DESC LIMIT 1",
+    )?
+    .query_row(params![device, t_ms], |r| r.get(0))
+    .optional()
+    .map_err(Into::into)
+}

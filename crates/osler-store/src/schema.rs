@@ -8,7 +8,8 @@ use crate::StoreError;
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// What each older schema needs to become the current one. Version 2 added the registry
-/// (resources, their versions and search terms, device assignments), all new tables that the
+/// (resources, their versions and search terms, device assignments, readings held for want of
+/// an assignment), all new tables that the
 /// CREATE statements below make; nothing existing changes, so nobody's readings or alerts move.
 const MIGRATIONS: &[(i64, &str)] = &[(1, "")];
 
@@ -116,8 +117,9 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;{CREATE}{}",
-        crate::registry::CREATE
+        "BEGIN IMMEDIATE;{CREATE}{}{}",
+        crate::registry::CREATE,
+        crate::held::CREATE
     ))?;
     let version: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {

@@ -133,8 +133,13 @@ impl Writer {
                 Some(batch) => self.apply_batch(&job.ops, batch, new_series)?,
             };
             let mut resources = Vec::with_capacity(job.resources.len());
+            let mut released = Vec::new();
             for w in &job.resources {
-                resources.push(crate::registry::apply(&self.conn, w)?);
+                let outcome = crate::registry::apply(&self.conn, w)?;
+                if let Some(device) = crate::registry::device_of(w, &outcome) {
+                    self.release(&device, &mut released, new_series)?;
+                }
+                resources.push(outcome);
             }
             let failed = outcomes.iter().any(|o| !o.is_ok())
                 || resources.iter().any(|o| o.stored().is_none());
@@ -157,7 +162,9 @@ impl Writer {
                     .count() as u64;
                 let mut writes = std::mem::take(&mut job.alerts);
                 if let Some(rules) = job.rules.take() {
-                    writes.extend(rules(&stored_readings(&job.ops, &outcomes)));
+                    let mut judged = stored_readings(&job.ops, &outcomes);
+                    judged.extend(released.iter());
+                    writes.extend(rules(&judged));
                 }
                 let mut changed = Vec::with_capacity(writes.len());
                 for w in &writes {
@@ -179,6 +186,73 @@ impl Writer {
         }
         self.conn.execute_batch("COMMIT")?;
         Ok((results, stored))
+    }
+
+    /// Stores the held readings that the assignments of `device` now cover, each under its
+    /// patient, and removes them from the held table (in the caller's transaction).
+    fn release(
+        &mut self,
+        device: &str,
+        released: &mut Vec<Reading>,
+        new_series: &mut Vec<SeriesKey>,
+    ) -> Result<(), StoreError> {
+        let Some(device_id) = Id::parse(device) else {
+            return Ok(());
+        };
+        let names = crate::registry::device_names(&self.conn, device)?;
+        for a in crate::registry::assignments_of(&self.conn, device)? {
+            let Some(patient) = Id::parse(&a.patient) else {
+                continue;
+            };
+            for h in crate::held::covered(&self.conn, &names, a.start_ms, a.end_ms)? {
+                let mut reading = h.reading;
+                reading.patient = patient.clone();
+                reading.device = Some(device_id.clone());
+                let op = WriteOp {
+                    reading,
+                    if_none_exist: None,
+                    by_device: false,
+                };
+                let outcome = self.apply(&op, new_series)?;
+                crate::held::remove(&self.conn, h.id)?;
+                match outcome {
+                    WriteOutcome::Created(s) => {
+                        self.stats.readings.fetch_add(1, Ordering::Relaxed);
+                        self.conn.execute(
+                            "UPDATE meta SET value = value + 1 WHERE key='readings'",
+                            [],
+                        )?;
+                        released.push(s.reading);
+                    }
+                    WriteOutcome::Existing(s) => released.push(s.reading),
+                    // The same reading sent twice while held, or one that now conflicts
+                    // with a stored one: kept as a dead letter, never overwriting.
+                    _ => {
+                        self.conn
+                            .prepare_cached(
+                                "INSERT INTO dead_letter(received_ms, source, payload, reason) VALUES (?1, ?2, ?3, ?4)",
+                            )?
+                            .execute(params![
+                                op.reading.received_ms,
+                                format!("held reading {}", h.id),
+                                format!("{:?}", op.reading),
+                                "released by an assignment but a different reading is stored under the same identity"
+                            ])?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The patient and Device id a device-attributed reading belongs to, by the assignments
+    /// in force at its time; `None` to hold it.
+    fn attribute(&self, device: &str, t_ms: i64) -> Result<Option<(Id, Id)>, StoreError> {
+        let resolved = crate::registry::resolve_device(&self.conn, device)?;
+        let Some(patient) = crate::registry::patient_at(&self.conn, &resolved, t_ms)? else {
+            return Ok(None);
+        };
+        Ok(Id::parse(&patient).zip(Id::parse(&resolved)))
     }
 
     /// A gateway batch: skip what this gateway's lane committed before, dead-letter what cannot
@@ -259,7 +333,30 @@ impl Writer {
         op: &WriteOp,
         new_series: &mut Vec<SeriesKey>,
     ) -> Result<WriteOutcome, StoreError> {
-        let r = &op.reading;
+        let attributed;
+        let r = if op.by_device {
+            let device = op.reading.device.as_ref().map_or("", Id::as_str);
+            match self.attribute(device, op.reading.taken.utc_ms)? {
+                Some((patient, device_id)) => {
+                    attributed = Reading {
+                        patient,
+                        device: Some(device_id),
+                        ..op.reading.clone()
+                    };
+                    &attributed
+                }
+                None => {
+                    let reason = format!(
+                        "no DeviceUseStatement assigns device {device:?} to a patient at {}; held until one does",
+                        op.reading.taken
+                    );
+                    crate::held::insert(&self.conn, &op.reading, device, &reason)?;
+                    return Ok(WriteOutcome::Held);
+                }
+            }
+        } else {
+            &op.reading
+        };
         if let Some(cond) = &op.if_none_exist {
             let found = matches_ident(&self.conn, cond)?;
             match found.len() {

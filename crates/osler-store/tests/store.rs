@@ -42,6 +42,7 @@ fn op(r: Reading) -> WriteOp {
     WriteOp {
         reading: r,
         if_none_exist: None,
+        by_device: false,
     }
 }
 
@@ -137,6 +138,7 @@ fn conditional_create_matches_identifiers() {
     let cond = |r: Reading| WriteOp {
         reading: r,
         if_none_exist: Some(ident.clone()),
+        by_device: false,
     };
     let res = store.write_blocking(vec![cond(r.clone())], false).unwrap();
     assert!(matches!(res.outcomes[0], WriteOutcome::Created(_)));

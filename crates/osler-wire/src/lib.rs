@@ -131,10 +131,19 @@ pub struct Entry {
     pub o: i16,
     /// Time the gateway received it, UTC ms.
     pub r: i64,
+    /// Attributed by device: the sender named only the device, and `p` is the gateway's guess
+    /// from its copy of the assignments (or `unattributed`). The hub attributes it again by
+    /// its own assignments, or holds it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub a: bool,
 }
 
 fn is_zero(n: &i16) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Entry {
@@ -150,6 +159,7 @@ impl Entry {
             t: r.taken.utc_ms,
             o: r.taken.offset_min,
             r: r.received_ms,
+            a: false,
         }
     }
 
@@ -614,6 +624,7 @@ mod tests {
             t: 0,
             o: 0,
             r: 0,
+            a: false,
         };
         assert!(bad.to_reading().unwrap_err().contains("patient"));
         let bad = Entry {
@@ -624,6 +635,7 @@ mod tests {
             t: 0,
             o: 0,
             r: 0,
+            a: false,
         };
         assert!(bad.to_reading().unwrap_err().contains("1 values"));
         let bad = Entry {
@@ -634,6 +646,7 @@ mod tests {
             t: 0,
             o: 0,
             r: 0,
+            a: false,
         };
         assert!(bad.to_reading().unwrap_err().contains("unknown metric"));
     }

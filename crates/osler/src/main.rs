@@ -139,7 +139,8 @@ struct GatewayArgs {
     /// saving is measured against).
     #[arg(long)]
     raw: bool,
-    /// How often to fetch per-patient thresholds from the hub, in seconds.
+    /// How often to fetch per-patient thresholds and device assignments from the hub, in
+    /// seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     overrides_every: f64,
 }

@@ -21,6 +21,7 @@ fn entries(patient: &str, n: usize) -> Vec<String> {
                 t: now - 600_000 + i as i64 * 1000,
                 o: 0,
                 r: now,
+                a: false,
             }
             .to_json()
         })

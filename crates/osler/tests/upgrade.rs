@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use serde_json::json;
 
 #[test]
 fn an_outbox_of_the_previous_release_is_carried_over_whole() {
@@ -43,4 +44,46 @@ fn an_outbox_of_the_previous_release_is_carried_over_whole() {
     }
     let open = get(&format!("{}/alerts?patient=fx-a", hub.root())).json();
     assert_eq!(open["alerts"][0]["rule"], "bp-crisis-systolic", "{open}");
+}
+
+/// A hub database written by the previous release (commit 44cb01f, schema 1: readings, an
+/// open alert, a threshold override) is migrated in place at start: every reading, the alert
+/// and the override are still there, and the registry works on it. The fixture was made with
+/// that release's binary: 10 heart-rate readings of fx-anna (watch-1), 7 SpO2 readings of
+/// fx-ben at 84% (raising spo2-low), and fx-anna's spo2-low override at 88%, then SIGTERM.
+#[test]
+fn a_hub_database_of_the_previous_release_is_migrated_in_place() {
+    let dir = TempDir::new("upgrade-hub");
+    let fixture = workspace().join("crates/osler/tests/fixtures/hub-44cb01f/hub.db");
+    std::fs::copy(&fixture, dir.0.join("hub.db")).unwrap();
+    for round in 0..2 {
+        // The second start opens the migrated database as it is now.
+        let hub = Hub::start(&dir.0);
+        assert_eq!(count_for(&hub, "fx-anna"), 10, "round {round}");
+        assert_eq!(count_for(&hub, "fx-ben"), 7, "round {round}");
+        let open = get(&format!(
+            "{}/alerts?patient=fx-ben&state=raised",
+            hub.root()
+        ))
+        .json();
+        assert_eq!(open["alerts"][0]["rule"], "spo2-low", "{open}");
+        let plan = get(&format!("{}/alerts/overrides/fx-anna", hub.root())).json();
+        assert_eq!(plan["rules"]["spo2-low"]["threshold"], 88.0, "{plan}");
+        // Patients and devices known from the old readings are there to enrol.
+        assert_eq!(get(&format!("{}/Device/watch-1", hub.base)).status, 200);
+        if round == 0 {
+            let a = send(
+                "PUT",
+                &format!("{}/Patient/fx-anna", hub.base),
+                &json!({"resourceType": "Patient", "name": [{"family": "Fixture"}]}).to_string(),
+                &[],
+            );
+            assert_eq!(a.status, 201, "{}", a.text);
+        }
+        assert_eq!(
+            get(&format!("{}/Patient/fx-anna", hub.base)).json()["name"][0]["family"],
+            "Fixture"
+        );
+        hub.stop();
+    }
 }
