@@ -4,7 +4,8 @@
 //! (`osler-rules`) at its own time, right after its commit and before the sender's answer; alert
 //! changes are committed too, then published on the live stream. Routes: `GET /alerts` (filters
 //! `patient`, `state`, `severity`, `limit`), `GET /alerts/stream` (Server-Sent Events, one JSON
-//! object per change), `GET|PUT|DELETE /alerts/overrides/{patient}[/{rule}]`, and each alert as a
+//! object per change), `GET /alerts/overrides` (every patient's thresholds, for gateways; plans
+//! are set under `/plans`, see `plans`), and each alert as a
 //! FHIR `Flag` (`/fhir/Flag/{id}`, `/fhir/Flag?patient=&status=`).
 //!
 //! After a restart, open alerts come back from the store and the engine's short history is
@@ -156,7 +157,7 @@ impl Alerts {
         }
     }
 
-    fn set_override(&self, patient: &str, rule: &str, value: Option<f64>) {
+    pub(crate) fn set_override(&self, patient: &str, rule: &str, value: Option<f64>) {
         let mut o = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
         match value {
             Some(v) => {
@@ -254,16 +255,11 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/alerts", get(list))
         .route("/alerts/stream", get(stream))
         .route("/alerts/overrides", get(all_overrides))
-        .route("/alerts/overrides/{patient}", get(get_overrides))
-        .route(
-            "/alerts/overrides/{patient}/{rule}",
-            axum::routing::put(put_override).delete(delete_override),
-        )
         .route("/fhir/Flag/{id}", get(read_flag))
         .route("/fhir/Flag", get(search_flags))
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": msg.into() }))).into_response()
 }
 
@@ -359,93 +355,6 @@ async fn all_overrides(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
     }
-}
-
-async fn get_overrides(
-    State(state): State<Arc<AppState>>,
-    Path(patient): Path<String>,
-) -> Response {
-    let o = state
-        .alerts
-        .overrides
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&patient)
-        .cloned()
-        .unwrap_or_default();
-    let defaults: serde_json::Map<String, Value> = osler_rules::RULES
-        .iter()
-        .map(|r| (r.id.to_owned(), json!({ "default": r.threshold, "threshold": o.get(r.id).copied().unwrap_or(r.threshold), "title": r.title, "source": r.source })))
-        .collect();
-    axum::Json(json!({ "patient": patient, "rules": defaults })).into_response()
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OverrideBody {
-    threshold: f64,
-}
-
-async fn put_override(
-    State(state): State<Arc<AppState>>,
-    Path((patient, rule)): Path<(String, String)>,
-    body: Result<axum::Json<OverrideBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Some(r) = Rule::by_id(&rule) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no rule {rule:?}; see GET /alerts/overrides/{patient}"),
-        );
-    };
-    if osler_core::Id::parse(&patient).is_none() {
-        return error(StatusCode::BAD_REQUEST, "patient is not a valid id");
-    }
-    let Ok(axum::Json(body)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the body must be {\"threshold\": <number>}",
-        );
-    };
-    if !body.threshold.is_finite() {
-        return error(StatusCode::BAD_REQUEST, "threshold must be a finite number");
-    }
-    let write = AlertWrite::Override {
-        patient: patient.clone(),
-        rule: r.id.to_owned(),
-        value: Some(body.threshold),
-    };
-    if state.store.write_alerts(vec![write]).await.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the store failed; nothing changed",
-        );
-    }
-    state
-        .alerts
-        .set_override(&patient, r.id, Some(body.threshold));
-    axum::Json(json!({ "patient": patient, "rule": r.id, "threshold": body.threshold, "default": r.threshold })).into_response()
-}
-
-async fn delete_override(
-    State(state): State<Arc<AppState>>,
-    Path((patient, rule)): Path<(String, String)>,
-) -> Response {
-    let Some(r) = Rule::by_id(&rule) else {
-        return error(StatusCode::NOT_FOUND, format!("no rule {rule:?}"));
-    };
-    let write = AlertWrite::Override {
-        patient: patient.clone(),
-        rule: r.id.to_owned(),
-        value: None,
-    };
-    if state.store.write_alerts(vec![write]).await.is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the store failed; nothing changed",
-        );
-    }
-    state.alerts.set_override(&patient, r.id, None);
-    axum::Json(json!({ "patient": patient, "rule": r.id, "threshold": r.threshold, "default": r.threshold })).into_response()
 }
 
 async fn read_flag(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {

@@ -14,6 +14,7 @@ mod body;
 mod fhir_api;
 mod ingest;
 mod metrics;
+mod plans;
 mod registry_api;
 mod reply;
 
@@ -156,6 +157,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(fhir_api::routes())
         .merge(registry_api::routes())
+        .merge(plans::routes())
         .merge(ingest::routes())
         .merge(alerts::routes())
         .route("/metrics", get(metrics_text))

@@ -79,6 +79,12 @@ pub struct Rule {
     pub title: &'static str,
     /// Where the default comes from.
     pub source: &'static str,
+    /// The thresholds a patient's monitoring plan may set for this rule, inclusive: past
+    /// them the rule would alarm on normal values or stay silent where the guideline demands
+    /// a response (an SpO2 threshold of 0 is no alarm at all).
+    pub bounds: (f64, f64),
+    /// Where the bounds come from.
+    pub bounds_source: &'static str,
 }
 
 const MIN: i64 = 60_000;
@@ -100,6 +106,8 @@ pub static RULES: &[Rule] = &[
         critical: true,
         title: "Heart rate above 120/min for 10 minutes",
         source: "Apple high heart rate notification default, 120 bpm for 10 min (support HT208931)",
+        bounds: (100.0, 150.0),
+        bounds_source: "Apple high heart rate notification: selectable 100-150 bpm (support HT208931)",
     },
     Rule {
         id: "hr-low",
@@ -115,6 +123,8 @@ pub static RULES: &[Rule] = &[
         critical: true,
         title: "Heart rate below 40/min for 10 minutes",
         source: "Apple low heart rate notification, 40-50 bpm (support HT208931); NEWS2 scores <=40 as 3",
+        bounds: (40.0, 50.0),
+        bounds_source: "Apple low heart rate notification: selectable 40-50 bpm (support HT208931)",
     },
     Rule {
         id: "spo2-low",
@@ -130,6 +140,8 @@ pub static RULES: &[Rule] = &[
         critical: true,
         title: "SpO2 at or below 92% (3 of the last 5 readings)",
         source: "NHS England pulse oximetry at home: <=92% is severe",
+        bounds: (85.0, 95.0),
+        bounds_source: "NEWS2 (RCP 2017): scale 2 scores <=83% as 3 and 84-85% as 2, so a threshold below 85 waits past an urgent score; scale 1 scores >=96% as 0, so one at 96 or more alarms on normal",
     },
     Rule {
         id: "bp-crisis-systolic",
@@ -145,6 +157,8 @@ pub static RULES: &[Rule] = &[
         critical: true,
         title: "Systolic pressure above 180 mmHg",
         source: "ACC/AHA 2017 (Whelton 2018): hypertensive crisis >180 and/or >120",
+        bounds: (140.0, 220.0),
+        bounds_source: "ACC/AHA 2017 (Whelton 2018): stage 2 from 140 mmHg; NEWS2 (RCP 2017) scores >=220 mmHg as 3",
     },
     Rule {
         id: "bp-crisis-diastolic",
@@ -160,6 +174,8 @@ pub static RULES: &[Rule] = &[
         critical: true,
         title: "Diastolic pressure above 120 mmHg",
         source: "ACC/AHA 2017 (Whelton 2018): hypertensive crisis >180 and/or >120",
+        bounds: (90.0, 120.0),
+        bounds_source: "ACC/AHA 2017 (Whelton 2018): stage 2 from 90 mmHg, crisis above 120 mmHg",
     },
     Rule {
         id: "glucose-urgent-low",
@@ -175,6 +191,8 @@ pub static RULES: &[Rule] = &[
         critical: true,
         title: "Glucose below 54 mg/dL for 15 minutes (level 2 hypoglycaemia)",
         source: "Battelino 2019, Diabetes Care 42:1593: level 2 event, >=15 consecutive minutes <54 mg/dL",
+        bounds: (54.0, 70.0),
+        bounds_source: "Battelino 2019, Diabetes Care 42:1593: level 2 below 54, level 1 below 70 mg/dL",
     },
     Rule {
         id: "glucose-low",
@@ -190,6 +208,8 @@ pub static RULES: &[Rule] = &[
         critical: false,
         title: "Glucose below 70 mg/dL for 15 minutes (level 1 hypoglycaemia)",
         source: "Battelino 2019, Diabetes Care 42:1593: level 1 event, >=15 consecutive minutes <70 mg/dL",
+        bounds: (70.0, 100.0),
+        bounds_source: "Battelino 2019: level 1 hypoglycaemia below 70 mg/dL; ADA Standards of Care: normal fasting glucose below 100 mg/dL",
     },
     Rule {
         id: "glucose-high",
@@ -205,6 +225,8 @@ pub static RULES: &[Rule] = &[
         critical: false,
         title: "Glucose above 250 mg/dL for 15 minutes",
         source: "Battelino 2019, Diabetes Care 42:1593: >250 mg/dL is level 2 hyperglycaemia (TAR >250)",
+        bounds: (180.0, 400.0),
+        bounds_source: "Battelino 2019: time above range from 180 mg/dL; CGM sensors report up to 400 mg/dL (Dexcom G6/G7 range 40-400)",
     },
     Rule {
         id: "fever",
@@ -220,6 +242,8 @@ pub static RULES: &[Rule] = &[
         critical: false,
         title: "Temperature at or above 39.1 C",
         source: "NEWS2 (Royal College of Physicians 2017): >=39.1 C scores 2",
+        bounds: (38.1, 39.1),
+        bounds_source: "NEWS2 (RCP 2017): 36.1-38.0 C scores 0, 38.1-39.0 scores 1, >=39.1 scores 2",
     },
     Rule {
         id: "weight-gain",
@@ -235,6 +259,8 @@ pub static RULES: &[Rule] = &[
         critical: false,
         title: "Weight up more than 2 kg in 3 days",
         source: "ESC heart failure guidance (heartfailurematters.org): >2 kg in 3 days",
+        bounds: (0.9, 2.3),
+        bounds_source: "AAHFN: >0.9 kg (2 lb) in a day; >2.3 kg (5 lb) in a week; ESC: >2 kg in 3 days",
     },
 ];
 
@@ -244,6 +270,19 @@ pub type Overrides = HashMap<String, f64>;
 impl Rule {
     pub fn by_id(id: &str) -> Option<&'static Rule> {
         RULES.iter().find(|r| r.id == id)
+    }
+
+    /// Whether a monitoring plan may set this threshold; the reason, for a person, if not.
+    pub fn check_threshold(&self, threshold: f64) -> Result<(), String> {
+        let (lo, hi) = self.bounds;
+        if threshold.is_finite() && (lo..=hi).contains(&threshold) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{threshold} is outside what {} allows: {lo} to {hi} ({})",
+                self.id, self.bounds_source
+            ))
+        }
     }
 
     fn part_value(&self, v: &Value) -> f64 {

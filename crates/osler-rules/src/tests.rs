@@ -266,3 +266,27 @@ fn an_open_alert_that_worsens_is_updated_not_raised_again() {
     assert!(bp(&mut e, 3, 190.0).is_empty());
     assert_eq!(bp(&mut e, 4, 150.0)[0].change, Change::Resolved);
 }
+
+#[test]
+fn every_default_lies_within_the_bounds_a_plan_may_set() {
+    for r in RULES {
+        let (lo, hi) = r.bounds;
+        assert!(lo < hi, "{}", r.id);
+        assert!(
+            r.check_threshold(r.threshold).is_ok(),
+            "{}: default outside its bounds",
+            r.id
+        );
+        assert!(
+            r.check_threshold(lo).is_ok() && r.check_threshold(hi).is_ok(),
+            "{}",
+            r.id
+        );
+        assert!(r.check_threshold(f64::NAN).is_err());
+        assert!(!r.bounds_source.is_empty());
+    }
+    let spo2 = Rule::by_id("spo2-low").unwrap();
+    let e = spo2.check_threshold(0.0).unwrap_err();
+    assert!(e.contains("85") && e.contains("NEWS2"), "{e}");
+    assert!(spo2.check_threshold(88.0).is_ok());
+}

@@ -3,7 +3,8 @@
 //! ```text
 //! alert(id, patient, rule, severity, state, raised_reading_ms, raised_at_ms, value, threshold,
 //!       late, source, resolved_reading_ms, resolved_at_ms)   UNIQUE(patient, rule, raised_reading_ms)
-//! threshold_override(patient, rule, value)                   PRIMARY KEY(patient, rule)
+//! threshold_override(patient, rule, value)                   PRIMARY KEY(patient, rule): the plan now
+//! plan_change(id, patient, rule, value, author, reason, at_ms) every change, never removed
 //! ```
 //!
 //! Invariants: at most one open (`raised`) alert per patient and rule; raising the same alert
@@ -63,12 +64,28 @@ pub enum AlertWrite {
         /// worse than the alert's stored value changes nothing.
         higher_is_worse: bool,
     },
-    /// Set (`Some`) or remove (`None`) a patient's threshold for a rule.
+    /// Set (`Some`) or remove (`None`) a patient's threshold for a rule, recorded in the plan's
+    /// history with who, when and why.
     Override {
         patient: String,
         rule: String,
         value: Option<f64>,
+        author: String,
+        reason: String,
+        at_ms: i64,
     },
+}
+
+/// One change to a patient's monitoring plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanChange {
+    pub patient: String,
+    pub rule: String,
+    /// The threshold set; `None` went back to the rule's default.
+    pub value: Option<f64>,
+    pub author: String,
+    pub reason: String,
+    pub at_ms: i64,
 }
 
 /// Which alerts to list.
@@ -185,7 +202,14 @@ pub(crate) fn apply(conn: &Connection, w: &AlertWrite) -> Result<Option<AlertRec
             patient,
             rule,
             value,
+            author,
+            reason,
+            at_ms,
         } => {
+            conn.prepare_cached(
+                "INSERT INTO plan_change(patient, rule, value, author, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![patient, rule, value, author, reason, at_ms])?;
             match value {
                 Some(v) => conn
                     .prepare_cached(
@@ -226,5 +250,28 @@ pub(crate) fn list(conn: &Connection, f: &AlertFilter) -> Result<Vec<AlertRecord
 pub(crate) fn overrides(conn: &Connection) -> Result<Vec<(String, String, f64)>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT patient, rule, value FROM threshold_override")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A patient's plan changes, oldest first; with `until`, only those made at or before it.
+pub(crate) fn plan_changes(
+    conn: &Connection,
+    patient: &str,
+    until: Option<i64>,
+) -> Result<Vec<PlanChange>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT patient, rule, value, author, reason, at_ms FROM plan_change
+         WHERE patient = ?1 AND at_ms <= ?2 ORDER BY at_ms, id",
+    )?;
+    let rows = stmt.query_map(params![patient, until.unwrap_or(i64::MAX)], |r| {
+        Ok(PlanChange {
+            patient: r.get(0)?,
+            rule: r.get(1)?,
+            value: r.get(2)?,
+            author: r.get(3)?,
+            reason: r.get(4)?,
+            at_ms: r.get(5)?,
+        })
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

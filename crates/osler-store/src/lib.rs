@@ -576,6 +576,16 @@ impl Store {
         self.read(|c| query::recent(c, since))
     }
 
+    /// A patient's monitoring plan changes, oldest first; with `until` (UTC ms), those made at
+    /// or before it: the plan as it stood then.
+    pub fn plan_changes(
+        &self,
+        patient: &str,
+        until: Option<i64>,
+    ) -> Result<Vec<alerts::PlanChange>, StoreError> {
+        self.read(|c| alerts::plan_changes(c, patient, until))
+    }
+
     /// Every per-patient threshold override: (patient, rule, threshold).
     pub fn overrides(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
         self.read(alerts::overrides)

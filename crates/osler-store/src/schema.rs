@@ -7,11 +7,20 @@ use crate::StoreError;
 /// Bumped whenever the on-disk format changes; a newer file is refused rather than misread.
 pub(crate) const SCHEMA_VERSION: i64 = 2;
 
-/// What each older schema needs to become the current one. Version 2 added the registry
-/// (resources, their versions and search terms, device assignments, readings held for want of
-/// an assignment), all new tables that the
-/// CREATE statements below make; nothing existing changes, so nobody's readings or alerts move.
-const MIGRATIONS: &[(i64, &str)] = &[(1, "")];
+/// What each older schema needs to become the current one, after the CREATE statements
+/// below have made any table it lacks. Version 2 added the registry (resources, their versions
+/// and search terms, device assignments, readings held for want of an assignment) and the
+/// monitoring plans' history: new tables only, so nobody's readings or alerts move; the
+/// thresholds set before are recorded as plan changes by an unknown author at upgrade time
+/// (their real time and author were never kept).
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "INSERT INTO plan_change(patient, rule, value, author, reason, at_ms)
+     SELECT patient, rule, value, 'unknown',
+            'set before this hub recorded plan changes (schema 1); the time is when it was upgraded',
+            CAST(strftime('%s', 'now') AS INTEGER) * 1000
+     FROM threshold_override;",
+)];
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
@@ -77,6 +86,16 @@ CREATE TABLE IF NOT EXISTS threshold_override(
     value REAL NOT NULL,
     PRIMARY KEY(patient, rule)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS plan_change(
+    id INTEGER PRIMARY KEY,
+    patient TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    value REAL,
+    author TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS plan_change_of ON plan_change(patient, at_ms);
 CREATE TABLE IF NOT EXISTS summary(
     series INTEGER NOT NULL,
     t INTEGER NOT NULL,

@@ -264,25 +264,84 @@ fn alerts_survive_a_restart_and_are_not_raised_twice() {
 }
 
 #[test]
-fn per_patient_overrides_are_set_over_the_api() {
-    let dir = TempDir::new("alerts-override");
+fn monitoring_plans_set_thresholds_within_bounds_and_keep_their_history() {
+    let dir = TempDir::new("alerts-plan");
     let hub = Hub::start(&dir.0);
-    let put = |patient: &str, rule: &str, body: &str| {
-        let r = ureq::put(&format!("{}/alerts/overrides/{patient}/{rule}", hub.root()))
-            .set("Content-Type", "application/json")
-            .send_string(body);
-        match r {
-            Ok(r) => r.status(),
-            Err(ureq::Error::Status(c, _)) => c,
-            Err(e) => panic!("{e}"),
-        }
+    let put = |path: &str, body: Value| {
+        send(
+            "PUT",
+            &format!("{}/{path}", hub.base),
+            &body.to_string(),
+            &[],
+        )
+        .status
     };
-    assert_eq!(put("ath", "spo2-low", r#"{"threshold": 88}"#), 200);
-    assert_eq!(put("ath", "no-such-rule", r#"{"threshold": 1}"#), 404);
-    assert_eq!(put("ath", "spo2-low", r#"{"level": 1}"#), 400);
-    let rules = get(&format!("{}/alerts/overrides/ath", hub.root())).json();
-    assert_eq!(rules["rules"]["spo2-low"]["threshold"], json!(88.0));
-    assert_eq!(rules["rules"]["spo2-low"]["default"], json!(92.0));
+    assert_eq!(put("Patient/ath", json!({"resourceType": "Patient"})), 201);
+    assert_eq!(
+        put(
+            "Practitioner/dr-ade",
+            json!({"resourceType": "Practitioner"})
+        ),
+        201
+    );
+    let set = |patient: &str, rule: &str, body: Value| {
+        send(
+            "PUT",
+            &format!("{}/plans/{patient}/{rule}", hub.root()),
+            &body.to_string(),
+            &[],
+        )
+    };
+    let change = |t: Value, reason: &str| json!({"threshold": t, "reason": reason, "author": "Practitioner/dr-ade"});
+    let before = seconds_ago(1);
+    let a = set(
+        "ath",
+        "spo2-low",
+        change(json!(88), "COPD: prescribed target 88-92%"),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    // Refused, each with its reason, and nothing changes.
+    for (patient, rule, body, status, says) in [
+        ("ath", "spo2-low", change(json!(0), "typo"), 422, "85"),
+        ("ath", "spo2-low", change(json!(99), "x"), 422, "NEWS2"),
+        ("ath", "hr-high", change(json!(250), "x"), 422, "150"),
+        ("ath", "spo2-low", change(json!(90), "  "), 422, "reason"),
+        (
+            "ath",
+            "spo2-low",
+            json!({"threshold": 90, "reason": "x", "author": "Practitioner/nobody"}),
+            422,
+            "author",
+        ),
+        ("ath", "spo2-low", json!({"threshold": 90}), 400, "reason"),
+        (
+            "ath",
+            "no-such-rule",
+            change(json!(1), "x"),
+            404,
+            "spo2-low",
+        ),
+        (
+            "nobody",
+            "spo2-low",
+            change(json!(90), "x"),
+            404,
+            "Patient/nobody",
+        ),
+    ] {
+        let a = set(patient, rule, body.clone());
+        assert_eq!(a.status, status, "{body}: {}", a.text);
+        assert!(a.text.contains(says), "{body}: {}", a.text);
+    }
+    let plan = get(&format!("{}/plans/ath", hub.root())).json();
+    let spo2 = &plan["rules"]["spo2-low"];
+    assert_eq!(
+        (spo2["threshold"].clone(), spo2["default"].clone()),
+        (json!(88.0), json!(92.0))
+    );
+    assert_eq!(spo2["set_by"], "Practitioner/dr-ade");
+    assert_eq!(spo2["reason"], "COPD: prescribed target 88-92%");
+    assert_eq!(spo2["bounds"], json!([85.0, 95.0]));
     // 90% five times: an alert for anyone else, not for this patient.
     let obs: Vec<Value> = (0..5)
         .flat_map(|i| {
@@ -304,11 +363,29 @@ fn per_patient_overrides_are_set_over_the_api() {
         .map(|a| a["patient"].as_str().unwrap())
         .collect();
     assert_eq!(patients, ["other"]);
-    // Survives a restart.
+    // Back to the default: a change too, kept with the others.
+    let a = set("ath", "spo2-low", change(Value::Null, "exacerbation over"));
+    assert_eq!(a.status, 200, "{}", a.text);
+    // Survives a restart; the plan as of a past time shows what applied then.
     hub.stop();
     let hub = Hub::start(&dir.0);
-    let rules = get(&format!("{}/alerts/overrides/ath", hub.root())).json();
-    assert_eq!(rules["rules"]["spo2-low"]["threshold"], json!(88.0));
+    let now = get(&format!("{}/plans/ath", hub.root())).json();
+    assert_eq!(now["rules"]["spo2-low"]["threshold"], json!(92.0));
+    let history = get(&format!("{}/plans/ath/history", hub.root())).json();
+    assert_eq!(history["changes"].as_array().unwrap().len(), 2, "{history}");
+    let first_at = history["changes"][0]["at"].as_str().unwrap().to_owned();
+    let then = get(&format!("{}/plans/ath?at={first_at}", hub.root())).json();
+    assert_eq!(
+        then["rules"]["spo2-low"]["threshold"],
+        json!(88.0),
+        "{then}"
+    );
+    let earlier = get(&format!("{}/plans/ath?at={}", hub.root(), before)).json();
+    assert_eq!(
+        earlier["rules"]["spo2-low"]["threshold"],
+        json!(92.0),
+        "{earlier}"
+    );
 }
 
 #[test]

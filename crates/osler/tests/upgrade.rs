@@ -69,6 +69,8 @@ fn a_hub_database_of_the_previous_release_is_migrated_in_place() {
         assert_eq!(open["alerts"][0]["rule"], "spo2-low", "{open}");
         let plan = get(&format!("{}/alerts/overrides/fx-anna", hub.root())).json();
         assert_eq!(plan["rules"]["spo2-low"]["threshold"], 88.0, "{plan}");
+        // The old release kept no author or time: the migration says so rather than invent.
+        assert_eq!(plan["rules"]["spo2-low"]["set_by"], "unknown", "{plan}");
         // Patients and devices known from the old readings are there to enrol.
         assert_eq!(get(&format!("{}/Device/watch-1", hub.base)).status, 200);
         if round == 0 {

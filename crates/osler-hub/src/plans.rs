@@ -1,0 +1,232 @@
+//! Monitoring plans: which threshold each alert rule uses for a patient, set by whom, when
+//! and why. Every change is kept, so the plan as of any past time can be read (an alert's
+//! review needs the threshold that applied when it was raised).
+//!
+//! Routes: `GET /plans/{patient}[?at=ISO]` (the plan now, or as it stood at a time),
+//! `GET /plans/{patient}/history` (every change, oldest first), `PUT /plans/{patient}/{rule}`
+//! with `{"threshold": 88, "reason": "...", "author": "Practitioner/id"}` (`"threshold": null`
+//! goes back to the rule's default). A threshold outside the bounds the rule declares (each
+//! cited) is refused, and so are a missing reason, an author who is not a Practitioner on this
+//! hub and a patient it does not know. Until accounts exist (the access-control issue) the
+//! author is declared by the client, not authenticated.
+//! `GET /alerts/overrides/{patient}` is the same view as `GET /plans/{patient}` (older clients).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use osler_core::Timestamp;
+use osler_registry::Kind;
+use osler_rules::{RULES, Rule};
+use osler_store::alerts::{AlertWrite, PlanChange};
+use serde_json::{Value, json};
+
+use crate::alerts::error;
+use crate::{AppState, now_ms};
+
+type St = State<Arc<AppState>>;
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/plans/{patient}", get(plan))
+        .route("/alerts/overrides/{patient}", get(plan))
+        .route("/plans/{patient}/history", get(history))
+        .route("/plans/{patient}/{rule}", put(set))
+}
+
+fn time(ms: i64) -> String {
+    Timestamp::utc(ms).to_string()
+}
+
+/// The plan from its changes: for every rule, the default, the threshold in force and the
+/// change that set it.
+fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
+    let mut last: BTreeMap<&str, &PlanChange> = BTreeMap::new();
+    for c in changes {
+        last.insert(c.rule.as_str(), c);
+    }
+    let rules: serde_json::Map<String, Value> = RULES
+        .iter()
+        .map(|r| {
+            let change = last.get(r.id);
+            let mut v = json!({
+                "title": r.title,
+                "default": r.threshold,
+                "threshold": change.and_then(|c| c.value).unwrap_or(r.threshold),
+                "source": r.source,
+                "bounds": [r.bounds.0, r.bounds.1],
+                "bounds_source": r.bounds_source,
+            });
+            if let Some(c) = change {
+                v["set_by"] = json!(c.author);
+                v["set_at"] = json!(time(c.at_ms));
+                v["reason"] = json!(c.reason);
+            }
+            (r.id.to_owned(), v)
+        })
+        .collect();
+    let mut out = json!({ "patient": patient, "rules": rules });
+    if let Some(t) = at {
+        out["at"] = json!(time(t));
+    }
+    out
+}
+
+async fn plan(State(state): St, Path(patient): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    let mut at = None;
+    for (k, v) in osler_fhir::parse_query(raw.as_deref().unwrap_or("")).unwrap_or_default() {
+        match k.as_str() {
+            "at" => match osler_core::time::parse_span(&v.replace(' ', "+")) {
+                // The plan as it stood at the end of the instant (or day) named.
+                Ok(span) => at = Some(span.end_ms - 1),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("at: {e}")),
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {k:?}; use at"),
+                );
+            }
+        }
+    }
+    let store = state.store.clone();
+    let p = patient.clone();
+    match tokio::task::spawn_blocking(move || store.plan_changes(&p, at)).await {
+        Ok(Ok(changes)) => axum::Json(plan_json(&patient, &changes, at)).into_response(),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot read the plan; retry",
+        ),
+    }
+}
+
+async fn history(State(state): St, Path(patient): Path<String>) -> Response {
+    let store = state.store.clone();
+    let p = patient.clone();
+    match tokio::task::spawn_blocking(move || store.plan_changes(&p, None)).await {
+        Ok(Ok(changes)) => axum::Json(json!({
+            "patient": patient,
+            "changes": changes.iter().map(|c| json!({
+                "rule": c.rule, "threshold": c.value, "author": c.author,
+                "reason": c.reason, "at": time(c.at_ms),
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot read the plan; retry",
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    /// `null` goes back to the rule's default.
+    threshold: Option<f64>,
+    reason: String,
+    author: String,
+}
+
+async fn set(
+    State(state): St,
+    Path((patient, rule)): Path<(String, String)>,
+    body: Result<axum::Json<Change>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(r) = Rule::by_id(&rule) else {
+        let ids: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no rule {rule:?}; rules: {}", ids.join(", ")),
+        );
+    };
+    let body = match body {
+        Ok(axum::Json(b)) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{e}; the body is {{\"threshold\": <number or null>, \"reason\": \"...\", \"author\": \"Practitioner/<id>\"}}"
+                ),
+            );
+        }
+    };
+    if let Some(t) = body.threshold
+        && let Err(why) = r.check_threshold(t)
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("threshold: {why}"),
+        );
+    }
+    let reason = body.reason.trim();
+    if reason.is_empty() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason: say why the threshold changes (it is kept with the plan)",
+        );
+    }
+    let store = state.store.clone();
+    let (p, author) = (patient.clone(), body.author.clone());
+    let known = tokio::task::spawn_blocking(move || {
+        let practitioner = author
+            .strip_prefix("Practitioner/")
+            .map(|id| store.resource(Kind::Practitioner, id))
+            .transpose()?
+            .flatten()
+            .is_some();
+        let patient = store.resource(Kind::Patient, &p)?.is_some() || store.patient_exists(&p)?;
+        Ok::<_, osler_store::StoreError>((practitioner, patient))
+    })
+    .await;
+    match known {
+        Ok(Ok((_, false))) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("Patient/{patient} is not known to this hub"),
+            );
+        }
+        Ok(Ok((false, _))) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "author: {:?} is not a Practitioner on this hub (write Practitioner/<id>)",
+                    body.author
+                ),
+            );
+        }
+        Ok(Ok(_)) => {}
+        _ => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store failed; nothing changed",
+            );
+        }
+    }
+    let at = now_ms();
+    let write = AlertWrite::Override {
+        patient: patient.clone(),
+        rule: r.id.to_owned(),
+        value: body.threshold,
+        author: body.author.clone(),
+        reason: reason.to_owned(),
+        at_ms: at,
+    };
+    if state.store.write_alerts(vec![write]).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store failed; nothing changed",
+        );
+    }
+    state.alerts.set_override(&patient, r.id, body.threshold);
+    axum::Json(json!({
+        "patient": patient, "rule": r.id,
+        "threshold": body.threshold.unwrap_or(r.threshold), "default": r.threshold,
+        "set_by": body.author, "set_at": time(at), "reason": reason,
+    }))
+    .into_response()
+}
