@@ -1,7 +1,54 @@
-//! The small resources: CapabilityStatement, Patient, Device.
+//! The small resources: CapabilityStatement, the minimal Patient and Device known only from
+//! readings, and alerts as Flag.
 
 use osler_core::Metric;
+use osler_registry::{Kind, ParamType};
 use serde_json::{Value as Json, json};
+
+/// A registry kind as the CapabilityStatement describes it.
+fn registry_capability(kind: Kind) -> Json {
+    let ty = |t: ParamType| match t {
+        ParamType::String => "string",
+        ParamType::Token => "token",
+        ParamType::Reference => "reference",
+        ParamType::Date => "date",
+    };
+    let mut params: Vec<Json> = vec![
+        json!({"name": "_id", "type": "token", "documentation": "The id; comma for any of several"}),
+        json!({"name": "_lastUpdated", "type": "date", "documentation": "Prefixes eq, ge, gt, le, lt"}),
+    ];
+    params.extend(
+        kind.params()
+            .iter()
+            .map(|p| json!({"name": p.name, "type": ty(p.ty), "documentation": p.doc})),
+    );
+    params.push(json!({"name": "_count", "type": "number", "documentation": "Page size, 1-1000 (default 50); 0 returns only the total"}));
+    params.push(json!({"name": "_sort", "type": "string", "documentation": "_id, _lastUpdated or a string, token or date parameter; - for descending; comma for several"}));
+    let delete = match kind.delete_as() {
+        osler_registry::DeleteAs::Inactive => {
+            "DELETE sets active to false; the resource and its history stay"
+        }
+        osler_registry::DeleteAs::EnteredInError => {
+            "DELETE sets status to entered-in-error; the resource and its history stay"
+        }
+    };
+    json!({
+        "type": kind.as_str(),
+        "documentation": format!("Versioned; unknown elements are refused rather than dropped. {delete}."),
+        "interaction": [
+            {"code": "read"}, {"code": "vread"}, {"code": "update"}, {"code": "delete"},
+            {"code": "history-instance"}, {"code": "create"}, {"code": "search-type"},
+        ],
+        "versioning": "versioned-update",
+        "readHistory": true,
+        "updateCreate": true,
+        "conditionalCreate": true,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": true,
+        "conditionalDelete": "not-supported",
+        "searchParam": params,
+    })
+}
 
 /// The CapabilityStatement: what this server really supports, and nothing more.
 /// `date` is the server's start time, as an RFC 3339 date-time.
@@ -11,25 +58,7 @@ pub fn capability_statement(version: &str, date: &str, base_url: &str) -> Json {
     let codes: Vec<String> = Metric::all()
         .map(|m| format!("{} ({})", m.info().loinc.code, m.info().key))
         .collect();
-    json!({
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "date": date,
-        "publisher": "Osler",
-        "kind": "instance",
-        "software": { "name": "Osler", "version": version },
-        "implementation": {
-            "description": "Osler hub: continuous physiological monitoring readings as FHIR R4 Observations",
-            "url": base_url,
-        },
-        "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
-        "rest": [{
-            "mode": "server",
-            "documentation": "Observations are readings from monitoring devices, one per metric and instant. \
-                Searches need patient (or subject) or identifier and are paged with Bundle.link next. \
-                Unknown search parameters are refused (strict handling). Dates without a zone are read as UTC.",
-            "resource": [
+    let mut resources: Vec<Json> = match json!([
                 {
                     "type": "Observation",
                     "profile": "http://hl7.org/fhir/StructureDefinition/Observation",
@@ -72,16 +101,40 @@ pub fn capability_statement(version: &str, date: &str, base_url: &str) -> Json {
                     }],
                 },
                 {
-                    "type": "Patient",
-                    "documentation": "Patients named by readings' subjects",
-                    "interaction": [{"code": "read"}],
+                    "type": "Flag",
+                    "documentation": "Alerts: active while open, with severity, value and threshold in extensions",
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": [
+                        search("patient", "reference", "The patient"),
+                        search("subject", "reference", "Same as patient"),
+                        search("status", "token", "active or inactive"),
+                        search("_count", "number", "Page size, 1-1000 (default 50)"),
+                    ],
                 },
-                {
-                    "type": "Device",
-                    "documentation": "Devices named by readings",
-                    "interaction": [{"code": "read"}],
-                },
-            ],
+    ]) {
+        Json::Array(a) => a,
+        _ => Vec::new(),
+    };
+    resources.extend(Kind::ALL.into_iter().map(registry_capability));
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "publisher": "Osler",
+        "kind": "instance",
+        "software": { "name": "Osler", "version": version },
+        "implementation": {
+            "description": "Osler hub: continuous physiological monitoring readings as FHIR R4 Observations",
+            "url": base_url,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Observations are readings from monitoring devices, one per metric and instant. \
+                Observation searches need patient (or subject) or identifier; every search is paged with Bundle.link next. \
+                Unknown search parameters are refused (strict handling). Dates without a zone are read as UTC.",
+            "resource": resources,
             "interaction": [
                 {"code": "transaction", "documentation": "POST Observations, all or nothing"},
                 {"code": "batch", "documentation": "POST Observations, each entry on its own"},

@@ -47,6 +47,35 @@ fn metadata_tells_the_truth() {
         .collect();
     assert!(!interactions.contains(&"update") && !interactions.contains(&"delete"));
     assert_eq!(obs["operation"][0]["name"], "lastn");
+
+    // Exactly the types served, and every search parameter it lists is one the hub takes.
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    let mut types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    types.sort();
+    assert_eq!(
+        types,
+        ["CareTeam", "Device", "DeviceUseStatement", "Flag", "Observation", "Organization", "Patient", "Practitioner"]
+    );
+    for r in resources.iter().filter(|r| r["type"] != "Observation" && r["type"] != "Flag") {
+        let ty = r["type"].as_str().unwrap();
+        for p in r["searchParam"].as_array().unwrap() {
+            let (name, kind) = (p["name"].as_str().unwrap(), p["type"].as_str().unwrap());
+            let value = match (name, kind) {
+                ("_count", _) => "5".to_owned(),
+                ("_sort", _) => "_id".to_owned(),
+                ("_lastUpdated", _) | (_, "date") => "ge2020-01-01".to_owned(),
+                ("general-practitioner" | "participant", _) => "Practitioner/x".to_owned(),
+                ("organization", _) => "Organization/x".to_owned(),
+                ("device", _) => "Device/x".to_owned(),
+                (_, "reference") => "Patient/x".to_owned(),
+                _ => "x".to_owned(),
+            };
+            let a = get(&format!("{}/{ty}?{name}={value}", hub.base));
+            assert_eq!(a.status, 200, "{ty}?{name}={value}: {}", a.text);
+        }
+        let interactions: Vec<&str> = r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+        assert!(interactions.contains(&"vread") && interactions.contains(&"history-instance"), "{ty}");
+    }
 }
 
 #[test]
