@@ -215,6 +215,17 @@ pub fn searchset(
     links: &[(&str, String)],
     entries: Vec<(String, Json)>,
 ) -> Json {
+    searchset_with(total, links, entries, Vec::new())
+}
+
+/// A searchset Bundle with resources `_include` brought in (search mode `include`) after the
+/// matches.
+pub fn searchset_with(
+    total: Option<u64>,
+    links: &[(&str, String)],
+    entries: Vec<(String, Json)>,
+    included: Vec<(String, Json)>,
+) -> Json {
     let mut b = json!({
         "resourceType": "Bundle",
         "type": "searchset",
@@ -228,15 +239,21 @@ pub fn searchset(
             .map(|(rel, url)| json!({ "relation": rel, "url": url }))
             .collect::<Vec<_>>()
     );
-    if !entries.is_empty() {
+    if !entries.is_empty() || !included.is_empty() {
+        let mode = |m: &'static str| {
+            move |(full_url, resource): (String, Json)| {
+                json!({
+                    "fullUrl": full_url,
+                    "resource": resource,
+                    "search": { "mode": m },
+                })
+            }
+        };
         b["entry"] = json!(
             entries
                 .into_iter()
-                .map(|(full_url, resource)| json!({
-                    "fullUrl": full_url,
-                    "resource": resource,
-                    "search": { "mode": "match" },
-                }))
+                .map(mode("match"))
+                .chain(included.into_iter().map(mode("include")))
                 .collect::<Vec<_>>()
         );
     }

@@ -104,6 +104,10 @@ pub struct ObservationSearch {
     pub cursor: Option<(i64, i64)>,
     /// `$lastn`'s `max`.
     pub max: usize,
+    /// `_include=Observation:patient` (or `:subject`): the page's patients too.
+    pub include_patient: bool,
+    /// `_include=Observation:device`: the page's devices too.
+    pub include_device: bool,
 }
 
 fn reference_id(param: &str, value: &str, kind: &str) -> Result<Id, FhirError> {
@@ -203,6 +207,8 @@ pub fn parse_observation_search(
         summary_count: false,
         cursor: None,
         max: 1,
+        include_patient: false,
+        include_device: false,
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut has_code_or_category = false;
@@ -312,6 +318,16 @@ pub fn parse_observation_search(
                 s.cursor = Some((t, series));
             }
             "max" if lastn => s.max = parse_usize(name, value, 1, MAX_COUNT)?,
+            "_include" => match value.as_str() {
+                "Observation:patient" | "Observation:subject" => s.include_patient = true,
+                "Observation:device" => s.include_device = true,
+                _ => {
+                    return Err(bad(
+                        name,
+                        "supported: Observation:patient, Observation:subject, Observation:device",
+                    ));
+                }
+            },
             "_format" => {
                 if !["json", "application/json", "application/fhir+json"].contains(&value.as_str())
                 {
@@ -322,7 +338,7 @@ pub fn parse_observation_search(
                 return Err(bad(
                     other,
                     format!(
-                        "unsupported search parameter {:?}; supported: patient, subject, code, category, date, device, identifier, _count, _sort, _summary{}",
+                        "unsupported search parameter {:?}; supported: patient, subject, code, category, date, device, identifier, _count, _sort, _summary, _include{}",
                         truncate(other),
                         if lastn { ", max" } else { "" }
                     ),
@@ -337,10 +353,10 @@ pub fn parse_observation_search(
                 "$lastn needs patient (or subject) and code and/or category",
             ));
         }
-    } else if s.patient.is_none() && s.identifier.is_none() {
+    } else if s.patient.is_none() && s.identifier.is_none() && !has_code_or_category {
         return Err(FhirError::new(
             ErrorKind::BadParameter,
-            "an Observation search needs patient (or subject) or identifier; Osler does not scan every patient's readings",
+            "an Observation search needs patient (or subject), identifier, or code or category (a search across patients); Osler does not scan every reading",
         ));
     }
     Ok(s)
@@ -398,8 +414,11 @@ mod tests {
             assert_eq!(e.kind, ErrorKind::BadParameter, "{q}");
             assert_eq!(e.expression.as_deref(), Some(param), "{q}: {e}");
         }
-        let e = parse("code=8867-4").unwrap_err();
+        let e = parse("date=ge2025").unwrap_err();
         assert!(e.message.contains("needs patient"));
+        // Across patients: a code (or category) is enough.
+        let s = parse("code=8867-4&date=ge2025-01-01").unwrap();
+        assert_eq!((s.patient.clone(), s.metrics.clone()), (None, Some(vec![Metric::HeartRate])));
         assert!(parse_query("a=%zz").is_err());
         let e = parse_observation_search(&parse_query("patient=p1").unwrap(), true).unwrap_err();
         assert!(e.message.contains("$lastn needs"));

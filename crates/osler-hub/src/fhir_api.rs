@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use osler_core::{Id, ReadingError};
-use osler_fhir::bundle::{response_bundle, response_entry, searchset};
+use osler_fhir::bundle::{response_bundle, response_entry, searchset, searchset_with};
 use osler_fhir::{
     BundleKind, ErrorKind, FhirError, ObservationSearch, SummaryView, encode_query,
     observation_json, parse_bundle, parse_if_none_exist, parse_observation,
@@ -356,7 +356,7 @@ async fn read(State(state): St, Path(id): Path<String>) -> Result<Response, ApiE
     }
 }
 
-fn store_query(s: &ObservationSearch, patient: Id) -> Query {
+fn store_query(s: &ObservationSearch, patient: Option<Id>) -> Query {
     Query {
         patient,
         metrics: s.metrics.clone(),
@@ -426,20 +426,15 @@ async fn search(
                     },
                 ));
             }
-            // parse_observation_search guarantees a patient when there is no identifier.
-            let Some(patient) = s2.patient.clone() else {
-                return Ok((
-                    Some(0),
-                    osler_store::Page {
-                        readings: Vec::new(),
-                        next: None,
-                    },
-                ));
-            };
-            let q = store_query(&s2, patient);
+            // Without a patient, parse_observation_search guarantees a code or category: a
+            // search across patients of those metrics' series.
+            let across = s2.patient.is_none();
+            let q = store_query(&s2, s2.patient.clone());
             // The total is counted on the first page only: later pages are read by clients that
             // already have it, and counting a long range on every page would double their cost.
-            let total = if s2.cursor.is_none() || s2.summary_count {
+            // Across patients it is counted only when asked (_summary=count): it would read
+            // every matching reading of the population, where a page reads one per series.
+            let total = if (s2.cursor.is_none() && !across) || s2.summary_count {
                 Some(store.count(&Query {
                     after: None,
                     ..q.clone()
@@ -472,10 +467,49 @@ async fn search(
             format!("{base}/Observation?{}", encode_query(&next)),
         ));
     }
+    let included = if s.include_patient || s.include_device {
+        let store = state.store.clone();
+        let readings = page.readings.clone();
+        let (patients, devices) = (s.include_patient, s.include_device);
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || included(&store, &base, &readings, patients, devices))
+            .await??
+    } else {
+        Vec::new()
+    };
     Ok(fhir(
         StatusCode::OK,
-        &searchset(total, &links, entries(&base, &page.readings)),
+        &searchset_with(total, &links, entries(&base, &page.readings), included),
     ))
+}
+
+/// The patients and devices of a page's readings, each once (`_include`). Blocking.
+fn included(
+    store: &osler_store::Store,
+    base: &str,
+    readings: &[StoredReading],
+    patients: bool,
+    devices: bool,
+) -> Result<Vec<(String, Value)>, osler_store::StoreError> {
+    use osler_registry::Kind;
+    let mut wanted: Vec<(Kind, String)> = Vec::new();
+    for r in readings {
+        if patients {
+            wanted.push((Kind::Patient, r.reading.patient.to_string()));
+        }
+        if devices && let Some(d) = &r.reading.device {
+            wanted.push((Kind::Device, d.to_string()));
+        }
+    }
+    wanted.sort();
+    wanted.dedup();
+    let mut out = Vec::with_capacity(wanted.len());
+    for (kind, id) in wanted {
+        if let Some(json) = crate::registry_api::resource_or_stub(store, kind, &id)? {
+            out.push((format!("{base}/{kind}/{id}"), json));
+        }
+    }
+    Ok(out)
 }
 
 async fn last_n(
@@ -494,7 +528,7 @@ async fn last_n(
         Vec::new()
     } else {
         let store = state.store.clone();
-        let q = store_query(&s, patient);
+        let q = store_query(&s, Some(patient));
         let max = s.max;
         tokio::task::spawn_blocking(move || store.last_n(&q, max)).await??
     };

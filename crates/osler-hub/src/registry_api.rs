@@ -353,6 +353,23 @@ async fn read(
     Ok(r)
 }
 
+/// A Patient or Device as served: its registry resource, or the minimal one of a patient or
+/// device known only from readings. Blocking.
+pub(crate) fn resource_or_stub(
+    store: &osler_store::Store,
+    kind: Kind,
+    id: &str,
+) -> Result<Option<serde_json::Value>, osler_store::StoreError> {
+    if let Some(s) = store.resource(kind, id)? {
+        return Ok(Some(resource_json(&s)));
+    }
+    Ok(match kind {
+        Kind::Patient if store.patient_exists(id)? => Some(osler_fhir::resources::patient(id)),
+        Kind::Device if store.device_exists(id)? => Some(osler_fhir::resources::device(id)),
+        _ => None,
+    })
+}
+
 async fn vread(
     kind: Kind,
     State(state): St,

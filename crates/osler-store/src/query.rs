@@ -12,10 +12,13 @@ use crate::{ReadingId, StoreError, StoredReading, ident_hash, ident_text};
 
 type SeriesKey = (Id, Metric, Option<Id>);
 
-/// A time-range search over one patient's readings.
+/// A time-range search over one patient's readings, or, without a patient, over every
+/// patient's readings of some metrics (population work).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Query {
-    pub patient: Id,
+    /// `None`: every patient; then `metrics` must name the metrics (an empty search otherwise:
+    /// nothing scans every reading).
+    pub patient: Option<Id>,
     /// Only these metrics; `None` for all.
     pub metrics: Option<Vec<Metric>>,
     /// Only readings from this device.
@@ -36,7 +39,7 @@ impl Query {
     /// Every reading of a patient, oldest first, 50 a page.
     pub fn patient(patient: Id) -> Query {
         Query {
-            patient,
+            patient: Some(patient),
             metrics: None,
             device: None,
             from_ms: i64::MIN,
@@ -221,12 +224,26 @@ pub(crate) fn get(conn: &Connection, id: ReadingId) -> Result<Option<StoredReadi
     }
 }
 
-/// The patient's series that the query selects.
+/// The series that the query selects: the patient's, or every patient's of its metrics.
 fn series_for(conn: &Connection, q: &Query) -> Result<Vec<(i64, SeriesKey)>, StoreError> {
+    let mut out = Vec::new();
+    let Some(patient) = &q.patient else {
+        let mut stmt =
+            conn.prepare_cached("SELECT id, patient, metric, device FROM series WHERE metric=?1")?;
+        for m in q.metrics.iter().flatten() {
+            let mut rows = stmt.query([*m as u8])?;
+            while let Some(row) = rows.next()? {
+                let (key, id) = series_row(row)?;
+                if q.device.is_none() || q.device == key.2 {
+                    out.push((id, key));
+                }
+            }
+        }
+        return Ok(out);
+    };
     let mut stmt =
         conn.prepare_cached("SELECT id, patient, metric, device FROM series WHERE patient=?1")?;
-    let mut rows = stmt.query([q.patient.as_str()])?;
-    let mut out = Vec::new();
+    let mut rows = stmt.query([patient.as_str()])?;
     while let Some(row) = rows.next()? {
         let (key, id) = series_row(row)?;
         let metric_ok = q.metrics.as_ref().is_none_or(|ms| ms.contains(&key.1));
@@ -264,6 +281,9 @@ fn bounds(q: &Query, series: i64) -> (i64, i64) {
 }
 
 pub(crate) fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
+    if q.patient.is_none() {
+        return search_across(conn, q);
+    }
     let mut found = Vec::new();
     let order = if q.descending { "DESC" } else { "ASC" };
     let mut stmt = conn.prepare_cached(&format!(
@@ -306,6 +326,106 @@ pub(crate) fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
         readings: found,
         next,
     })
+}
+
+/// One source of a merge across series: a series' readings (`id` > 0) or its summaries
+/// (`id` < 0), read a few at a time in the query's order.
+struct Source {
+    id: i64,
+    key: SeriesKey,
+    buffer: std::collections::VecDeque<StoredReading>,
+    done: bool,
+}
+
+/// Rows fetched per source at a time: most series contribute nothing or a row or two to a
+/// page, so small reads keep a thousand series at a thousand cheap index descents.
+const CHUNK: usize = 4;
+
+impl Source {
+    fn fill(&mut self, conn: &Connection, q: &Query, after: Option<Cursor>) -> Result<(), StoreError> {
+        let order = if q.descending { "DESC" } else { "ASC" };
+        let sub = Query { after, ..q.clone() };
+        let (lo, hi) = bounds(&sub, self.id);
+        if lo >= hi {
+            self.done = true;
+            return Ok(());
+        }
+        let (table, cols) = if self.id > 0 {
+            ("reading", COLUMNS)
+        } else {
+            ("summary", SUMMARY_COLUMNS)
+        };
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {cols} FROM {table} WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order} LIMIT ?4"
+        ))?;
+        let mut rows = stmt.query(params![self.id.abs(), lo, hi, CHUNK as i64])?;
+        let mut n = 0;
+        while let Some(row) = rows.next()? {
+            n += 1;
+            self.buffer.push_back(if self.id > 0 {
+                decode(&self.key, self.id, row)?
+            } else {
+                decode_summary(&self.key, -self.id, row)?
+            });
+        }
+        self.done = n < CHUNK;
+        Ok(())
+    }
+}
+
+/// A search across patients: a k-way merge of every selected series (readings and
+/// summaries), reading each a few rows at a time, so that a page costs one index descent per
+/// series plus the rows it returns, never a scan of the range.
+fn search_across(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut sources = Vec::new();
+    for (series, key) in series_for(conn, q)? {
+        for id in [series, -series] {
+            let mut s = Source {
+                id,
+                key: key.clone(),
+                buffer: Default::default(),
+                done: false,
+            };
+            s.fill(conn, q, q.after)?;
+            if !s.buffer.is_empty() {
+                sources.push(s);
+            }
+        }
+    }
+    // Heap of each source's next reading, by the page order: (t, series) ascending, or both
+    // descending.
+    let rank = |r: &StoredReading| {
+        let k = (r.id.t_ms, r.id.series);
+        if q.descending { (-k.0, -k.1) } else { k }
+    };
+    let mut heap: BinaryHeap<Reverse<((i64, i64), usize)>> = sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.buffer.front().map(|r| Reverse((rank(r), i))))
+        .collect();
+    let mut found = Vec::with_capacity(q.limit + 1);
+    while found.len() <= q.limit {
+        let Some(Reverse((_, i))) = heap.pop() else { break };
+        let s = &mut sources[i];
+        let Some(r) = s.buffer.pop_front() else { continue };
+        let last = Cursor { t_ms: r.id.t_ms, series: r.id.series };
+        found.push(r);
+        if s.buffer.is_empty() && !s.done {
+            s.fill(conn, q, Some(last))?;
+        }
+        if let Some(next) = s.buffer.front() {
+            heap.push(Reverse((rank(next), i)));
+        }
+    }
+    let next = if found.len() > q.limit {
+        found.truncate(q.limit);
+        found.last().map(|s| Cursor { t_ms: s.id.t_ms, series: s.id.series })
+    } else {
+        None
+    };
+    Ok(Page { readings: found, next })
 }
 
 pub(crate) fn count(conn: &Connection, q: &Query) -> Result<u64, StoreError> {

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS series(
     device TEXT NOT NULL,
     UNIQUE(patient, metric, device)
 );
+CREATE INDEX IF NOT EXISTS series_metric ON series(metric);
 CREATE TABLE IF NOT EXISTS reading(
     series INTEGER NOT NULL,
     t INTEGER NOT NULL,

@@ -620,3 +620,70 @@ async fn rules_run_inside_the_commit_on_what_it_stored() {
     assert!(!res.committed);
     assert!(!ran.load(std::sync::atomic::Ordering::Relaxed));
 }
+
+/// A search across patients pages through every selected series in (time, series) order,
+/// either way, whatever the page size: compared with every reading sorted by brute force.
+#[test]
+fn searches_across_patients_merge_every_series_in_order() {
+    let dir = TempDir::new("across");
+    let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+    let mut ops = Vec::new();
+    // 7 patients × 2 devices of heart rate, uneven counts and clashing times, plus SpO2.
+    for p in 0..7i64 {
+        for d in 0..2i64 {
+            for i in 0..(3 + p * 2 + d * 5) {
+                let t = T0 + (i * 7 + p * 3 + d) % 60 * 1000 + i * 60_000;
+                let patient = format!("p{p}");
+                let device = format!("d{d}");
+                ops.push(WriteOp {
+                    reading: reading(&patient, Metric::HeartRate, Some(&device), t, 60.0 + i as f64),
+                    if_none_exist: None,
+                    by_device: false,
+                });
+                ops.push(WriteOp {
+                    reading: reading(&patient, Metric::Spo2, Some(&device), t, 97.0),
+                    if_none_exist: None,
+                    by_device: false,
+                });
+            }
+        }
+    }
+    let result = store.write_blocking(ops, false).unwrap();
+    let mut all: Vec<ReadingId> = result
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            WriteOutcome::Created(s) if s.reading.metric == Metric::HeartRate => Some(s.id),
+            _ => None,
+        })
+        .collect();
+    all.sort_by_key(|id| (id.t_ms, id.series));
+    for descending in [false, true] {
+        let mut want = all.clone();
+        if descending {
+            want.reverse();
+        }
+        for limit in [1, 3, 4, 5, 17, 1000] {
+            let mut q = Query {
+                patient: None,
+                metrics: Some(vec![Metric::HeartRate]),
+                descending,
+                limit,
+                ..Query::patient(Id::parse("x").unwrap())
+            };
+            let mut got = Vec::new();
+            loop {
+                let page = store.search(&q).unwrap();
+                assert!(page.readings.len() <= limit);
+                got.extend(page.readings.iter().map(|s| s.id));
+                match page.next {
+                    Some(c) => q.after = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(got, want, "descending {descending}, limit {limit}");
+        }
+    }
+    let q = Query { patient: None, metrics: None, ..Query::patient(Id::parse("x").unwrap()) };
+    assert!(store.search(&q).unwrap().readings.is_empty(), "no metric, no patient: nothing is scanned");
+}
