@@ -8,6 +8,8 @@
 //! - [`alerts`]: alert latency under live load, from a reading's time to an SSE subscriber.
 //! - [`edge`]: the edge's upload saving against per-reading JSON and compressed raw batches,
 //!   its fidelity (no alert lost, every reading counted, the trend kept) and decision time.
+//! - [`registry`]: Patient search by name among 100,000 patients, and Observation search across
+//!   patients over 10 M readings.
 //! - [`cohort`]: a deterministic synthetic cohort that the hub benchmark feeds in.
 //! - [`process`]: starting and stopping an `osler` child process.
 
@@ -18,6 +20,7 @@ pub mod hub;
 pub mod mqtt;
 pub mod pipeline;
 pub mod process;
+pub mod registry;
 pub mod soak;
 
 /// The percentile `p` (0-100) of sorted samples, nearest-rank.

@@ -194,6 +194,9 @@ enum Bench {
     /// sim -> gateway -> hub for many minutes with kill -9 of either, hub outages and full
     /// outboxes at random moments; then counts what each device was told against the hub.
     Soak(osler_bench::soak::SoakBenchArgs),
+    /// Registry searches: Patient by name among 100,000 patients, Observation across patients
+    /// over 10 M readings.
+    Registry(osler_bench::registry::RegistryBenchArgs),
 }
 
 fn init_logging() -> anyhow::Result<()> {
@@ -278,6 +281,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Edge(args) => osler_bench::edge::run(args),
             Bench::Mqtt(args) => osler_bench::mqtt::run(args),
             Bench::Soak(args) => osler_bench::soak::run(args),
+            Bench::Registry(args) => osler_bench::registry::run(args),
         },
     }
 }
