@@ -66,8 +66,8 @@ impl Rng {
 }
 
 const SYLLABLES: &[&str] = &[
-    "ba", "ber", "co", "dan", "el", "fa", "gar", "hen", "is", "jo", "ka", "lin", "mar", "no",
-    "os", "per", "qui", "ros", "sa", "tor", "ul", "ven", "wil", "zor",
+    "ba", "ber", "co", "dan", "el", "fa", "gar", "hen", "is", "jo", "ka", "lin", "mar", "no", "os",
+    "per", "qui", "ros", "sa", "tor", "ul", "ven", "wil", "zor",
 ];
 const GIVEN: &[&str] = &[
     "Anna", "Ben", "Clara", "David", "Elif", "Farah", "Goran", "Hana", "Ivan", "Jonas", "Kemal",
@@ -86,7 +86,10 @@ fn family(rng: &mut Rng) -> String {
 
 fn timed(agent: &ureq::Agent, url: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let r = agent.get(url).call().with_context(|| format!("GET {url}"))?;
+    let r = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
     r.into_string()?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
@@ -115,7 +118,10 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
         None => std::env::temp_dir().join(format!("osler-bench-registry-{}", std::process::id())),
     };
     if data.join(osler_store::DB_FILE).exists() {
-        bail!("{} already holds a hub database; the benchmark needs an empty directory", data.display());
+        bail!(
+            "{} already holds a hub database; the benchmark needs an empty directory",
+            data.display()
+        );
     }
     std::fs::create_dir_all(&data)?;
     eprintln!(
@@ -163,7 +169,8 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     for w in workers {
-        w.join().map_err(|_| anyhow::anyhow!("an enrolling client panicked"))??;
+        w.join()
+            .map_err(|_| anyhow::anyhow!("an enrolling client panicked"))??;
     }
     let enrol_rate = args.patients as f64 / t.elapsed().as_secs_f64();
 
@@ -181,14 +188,17 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
         by_given_family.push(timed(&agent, &url)?);
         let url = format!("{}/Patient?name={}", server.base, family.to_lowercase());
         let t = Instant::now();
-        let page: serde_json::Value = serde_json::from_str(&agent.get(&url).call()?.into_string()?)?;
+        let page: serde_json::Value =
+            serde_json::from_str(&agent.get(&url).call()?.into_string()?)?;
         by_name.push(t.elapsed().as_secs_f64() * 1e3);
         matched += page["total"].as_u64().unwrap_or(0);
     }
     server.stop()?;
 
     // 3. Readings, straight into the store.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let per_patient = args.readings / args.reading_patients as u64;
     let start = (now - per_patient as i64 * 60_000 - 3_600_000) / 60_000 * 60_000;
     let t = Instant::now();
@@ -237,25 +247,60 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
             Timestamp::utc(from + 86_400_000)
         );
         let t = Instant::now();
-        let page: serde_json::Value = serde_json::from_str(&agent.get(&url).call()?.into_string()?)?;
+        let page: serde_json::Value =
+            serde_json::from_str(&agent.get(&url).call()?.into_string()?)?;
         across.push(t.elapsed().as_secs_f64() * 1e3);
         entries += page["entry"].as_array().map_or(0, Vec::len);
     }
     server.stop()?;
 
     println!();
-    println!("osler bench registry: {} patients enrolled; {} readings of {} patients", args.patients, per_patient * args.reading_patients as u64, args.reading_patients);
-    println!("{:<48} {:>9} {:>9} {:>9} {:>10}", "", "p50 ms", "p99 ms", "max ms", "goal p99");
-    summary("Patient?family=<4-letter prefix>", &mut by_family, "<= 10 ms");
-    summary("Patient?given=<name>&family=<name>", &mut by_given_family, "<= 10 ms");
-    summary(&format!("Patient?name=<family> ({:.1} matches)", matched as f64 / args.searches as f64), &mut by_name, "<= 10 ms");
+    println!(
+        "osler bench registry: {} patients enrolled; {} readings of {} patients",
+        args.patients,
+        per_patient * args.reading_patients as u64,
+        args.reading_patients
+    );
+    println!(
+        "{:<48} {:>9} {:>9} {:>9} {:>10}",
+        "", "p50 ms", "p99 ms", "max ms", "goal p99"
+    );
     summary(
-        &format!("Observation?code=HR, 24 h, all patients ({:.0}/page)", entries as f64 / args.searches as f64),
+        "Patient?family=<4-letter prefix>",
+        &mut by_family,
+        "<= 10 ms",
+    );
+    summary(
+        "Patient?given=<name>&family=<name>",
+        &mut by_given_family,
+        "<= 10 ms",
+    );
+    summary(
+        &format!(
+            "Patient?name=<family> ({:.1} matches)",
+            matched as f64 / args.searches as f64
+        ),
+        &mut by_name,
+        "<= 10 ms",
+    );
+    summary(
+        &format!(
+            "Observation?code=HR, 24 h, all patients ({:.0}/page)",
+            entries as f64 / args.searches as f64
+        ),
         &mut across,
         "<= 20 ms",
     );
-    println!("{:<48} {:>9}", "enrolment, PUT Patient (clients)", format!("{enrol_rate:.0}/s ({})", args.clients));
-    println!("{:<48} {:>9}", "reading fill, direct", format!("{fill_rate:.0}/s"));
+    println!(
+        "{:<48} {:>9}",
+        "enrolment, PUT Patient (clients)",
+        format!("{enrol_rate:.0}/s ({})", args.clients)
+    );
+    println!(
+        "{:<48} {:>9}",
+        "reading fill, direct",
+        format!("{fill_rate:.0}/s")
+    );
     if args.keep {
         eprintln!("data kept in {}", data.display());
     } else if args.data.is_none() {

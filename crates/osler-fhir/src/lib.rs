@@ -15,8 +15,11 @@ pub mod outcome;
 pub mod registry;
 pub mod resources;
 pub mod search;
+pub mod shape;
 
 pub use bundle::{BundleKind, EntryRequest, RequestBundle, parse_bundle, parse_if_none_exist};
-pub use observation::{SummaryView, observation_json, parse_observation, summary_json};
+pub use observation::{
+    SummaryView, observation_json, parse_observation, reading_error, summary_json,
+};
 pub use outcome::{ErrorKind, FhirError};
 pub use search::{ObservationSearch, encode_query, parse_observation_search, parse_query};

@@ -563,6 +563,37 @@ pub fn observation_json(id: &str, r: &Reading) -> Json {
     o
 }
 
+/// A reading refused by validation, as a FHIR error naming the Observation element at fault
+/// (`Observation.valueQuantity.code` for an unknown unit, `Observation.effectiveDateTime` for a
+/// time in the future, the component for one part of a panel).
+pub fn reading_error(e: &osler_core::ReadingError) -> FhirError {
+    use osler_core::ReadingError as E;
+    let panel = |m: &Metric| m.info().parts.is_some();
+    let value = |m: &Metric, part: &str, leaf: &str| {
+        if panel(m) {
+            let i = usize::from(part.contains("diastolic"));
+            format!("Observation.component[{i}].valueQuantity.{leaf}")
+        } else {
+            format!("Observation.valueQuantity.{leaf}")
+        }
+    };
+    let at = match e {
+        E::InvalidId { what, .. } if what.contains("device") => {
+            "Observation.device.reference".to_owned()
+        }
+        E::InvalidId { .. } => "Observation.subject.reference".to_owned(),
+        E::UnknownUnit { metric, .. } => value(metric, "", "code"),
+        E::Implausible { metric, part, .. } => value(metric, part, "value"),
+        E::NotFinite { metric } => value(metric, "", "value"),
+        E::WrongShape { metric, .. } if panel(metric) => "Observation.component".to_owned(),
+        E::WrongShape { .. } => "Observation.valueQuantity".to_owned(),
+        E::SystolicNotAboveDiastolic { .. } => "Observation.component".to_owned(),
+        E::InFuture { .. } | E::TooOld { .. } => "Observation.effectiveDateTime".to_owned(),
+        _ => "Observation".to_owned(),
+    };
+    FhirError::at(ErrorKind::Invalid, at, e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

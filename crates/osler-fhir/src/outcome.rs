@@ -27,6 +27,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The body is in a format Osler does not read, such as XML (HTTP 415).
     UnsupportedMediaType,
+    /// The client takes no format Osler serves (only XML, say) (HTTP 406).
+    NotAcceptable,
     /// The server failed (HTTP 500); the message is safe to show.
     Internal,
     /// The server's disk is full: nothing was stored, retry later (HTTP 507).
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::TooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::NotAcceptable => 406,
             ErrorKind::Internal => 500,
             ErrorKind::InsufficientStorage => 507,
         }
@@ -61,7 +64,7 @@ impl ErrorKind {
             ErrorKind::Precondition => "conflict",
             ErrorKind::NotFound => "not-found",
             ErrorKind::TooLarge => "too-costly",
-            ErrorKind::UnsupportedMediaType => "not-supported",
+            ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => "not-supported",
             ErrorKind::Internal => "exception",
             ErrorKind::InsufficientStorage => "transient",
         }

@@ -307,9 +307,11 @@ pub fn parse_observation_search(
             }
             "_summary" => match value.as_str() {
                 "count" => s.summary_count = true,
-                "false" => {}
-                _ => return Err(bad("_summary", "only count and false are supported")),
+                // Subsets of each resource: cut by the hub on the way out (osler_fhir::shape).
+                "false" | "true" | "text" | "data" => {}
+                _ => return Err(bad("_summary", "one of true, text, data, count, false")),
             },
+            "_elements" | "_pretty" => {}
             "_cursor" => {
                 let (t, series) = value
                     .split_once('.')
@@ -338,7 +340,7 @@ pub fn parse_observation_search(
                 return Err(bad(
                     other,
                     format!(
-                        "unsupported search parameter {:?}; supported: patient, subject, code, category, date, device, identifier, _count, _sort, _summary, _include{}",
+                        "unsupported search parameter {:?}; supported: patient, subject, code, category, date, device, identifier, _count, _sort, _summary, _elements, _include, _pretty{}",
                         truncate(other),
                         if lastn { ", max" } else { "" }
                     ),
@@ -418,7 +420,10 @@ mod tests {
         assert!(e.message.contains("needs patient"));
         // Across patients: a code (or category) is enough.
         let s = parse("code=8867-4&date=ge2025-01-01").unwrap();
-        assert_eq!((s.patient.clone(), s.metrics.clone()), (None, Some(vec![Metric::HeartRate])));
+        assert_eq!(
+            (s.patient.clone(), s.metrics.clone()),
+            (None, Some(vec![Metric::HeartRate]))
+        );
         assert!(parse_query("a=%zz").is_err());
         let e = parse_observation_search(&parse_query("patient=p1").unwrap(), true).unwrap_err();
         assert!(e.message.contains("$lastn needs"));

@@ -96,7 +96,16 @@ pub(crate) async fn read_json(
 }
 
 fn invalid_reading(e: ReadingError) -> FhirError {
-    FhirError::new(ErrorKind::Invalid, e.to_string())
+    osler_fhir::reading_error(&e)
+}
+
+/// An Observation element path as it reads inside a Bundle entry's resource.
+fn in_entry(mut e: FhirError, i: usize) -> FhirError {
+    e.expression = e.expression.map(|x| match x.strip_prefix("Observation") {
+        Some(rest) => format!("Bundle.entry[{i}].resource{rest}"),
+        None => format!("Bundle.entry[{i}].resource.{x}"),
+    });
+    e
 }
 
 /// Why a write outcome is a failure, as a FHIR error.
@@ -226,7 +235,7 @@ async fn transaction_or_batch(
             let reading = req
                 .input
                 .validate(received)
-                .map_err(|e| invalid_reading(e).within(&format!("Bundle.entry[{i}].resource")))?;
+                .map_err(|e| in_entry(invalid_reading(e), i))?;
             Ok(WriteOp {
                 reading,
                 if_none_exist: req.if_none_exist,

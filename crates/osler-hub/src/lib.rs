@@ -14,6 +14,7 @@ mod body;
 mod fhir_api;
 mod ingest;
 mod metrics;
+mod negotiate;
 mod plans;
 mod registry_api;
 mod reply;
@@ -164,6 +165,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(reply::not_found)
         .method_not_allowed_fallback(reply::method_not_allowed)
+        .layer(axum::middleware::from_fn(negotiate::fhir_negotiation))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

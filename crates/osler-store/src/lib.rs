@@ -1,10 +1,16 @@
-//! The hub's storage of readings: one SQLite file in WAL mode, written by one thread with
-//! group commit, read by a small pool of connections.
+//! The hub's storage of readings, alerts, monitoring plans and the registry: one SQLite file in
+//! WAL mode, written by one thread with group commit, read by a small pool of connections.
 //!
 //! Main types: [`Store`] (open, write, query), [`WriteOp`] / [`WriteOutcome`] (what a write
-//! asked for and what happened), [`Query`] and [`Page`] (time-range search), [`ReadingId`].
+//! asked for and what happened), [`Query`] and [`Page`] (time-range search), [`ReadingId`],
+//! [`HeldReading`]; registry writes and reads take `osler_registry` types.
 //!
-//! # On-disk format (schema version 1)
+//! # On-disk format (schema version 2)
+//!
+//! Readings below; alerts and plans in [`alerts`]; the registry (`resource`,
+//! `resource_version`, `resource_term`, `assignment`) in `registry.rs`; readings held for want
+//! of an assignment in `held.rs`. A database of an older schema is migrated in place when the
+//! store opens (`schema.rs`); a newer one is refused.
 //!
 //! ```text
 //! series(id INTEGER PRIMARY KEY, patient, metric, device)  -- one row per patient × metric × device

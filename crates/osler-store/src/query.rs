@@ -282,30 +282,49 @@ fn bounds(q: &Query, series: i64) -> (i64, i64) {
 
 pub(crate) fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
     if q.patient.is_none() {
-        return search_across(conn, q);
+        // One read transaction for the thousand small reads: one snapshot (the page is
+        // consistent while readings arrive) and one WAL read lock instead of one per read.
+        conn.execute_batch("BEGIN DEFERRED")?;
+        let page = search_across(conn, q);
+        let end = conn.execute_batch("COMMIT");
+        let page = page?;
+        end?;
+        return Ok(page);
     }
     let mut found = Vec::new();
     let order = if q.descending { "DESC" } else { "ASC" };
+    // No `LIMIT ?`: SQLite (3.50, built with STAT4) plans with a bound LIMIT's value, so a
+    // statement with one is re-prepared at every run, which cost more than the reads
+    // themselves; the rows are stepped up to the limit instead.
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order} LIMIT ?4"
+        "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order}"
     ))?;
     let mut summaries = conn.prepare_cached(&format!(
-        "SELECT {SUMMARY_COLUMNS} FROM summary WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order} LIMIT ?4"
+        "SELECT {SUMMARY_COLUMNS} FROM summary WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order}"
     ))?;
+    let want = q.limit + 1;
     for (series, key) in series_for(conn, q)? {
         let (lo, hi) = bounds(q, series);
         if lo < hi {
-            let mut rows = stmt.query(params![series, lo, hi, q.limit as i64 + 1])?;
-            while let Some(row) = rows.next()? {
+            let mut rows = stmt.query(params![series, lo, hi])?;
+            let mut n = 0;
+            while n < want
+                && let Some(row) = rows.next()?
+            {
                 found.push(decode(&key, series, row)?);
+                n += 1;
             }
         }
         // The series' summaries, in the same order under the negated series id.
         let (lo, hi) = bounds(q, -series);
         if lo < hi {
-            let mut rows = summaries.query(params![series, lo, hi, q.limit as i64 + 1])?;
-            while let Some(row) = rows.next()? {
+            let mut rows = summaries.query(params![series, lo, hi])?;
+            let mut n = 0;
+            while n < want
+                && let Some(row) = rows.next()?
+            {
                 found.push(decode_summary(&key, series, row)?);
+                n += 1;
             }
         }
     }
@@ -337,38 +356,40 @@ struct Source {
     done: bool,
 }
 
-/// Rows fetched per source at a time: most series contribute nothing or a row or two to a
-/// page, so small reads keep a thousand series at a thousand cheap index descents.
+/// Rows fetched at a time from a source that reaches the page (its head is read alone): most
+/// series contribute nothing or a row or two to a page, so small reads keep a thousand series
+/// at a thousand cheap index descents.
 const CHUNK: usize = 4;
 
 impl Source {
-    fn fill(&mut self, conn: &Connection, q: &Query, after: Option<Cursor>) -> Result<(), StoreError> {
-        let order = if q.descending { "DESC" } else { "ASC" };
+    /// Reads the source's next rows after `after` (at most `n`), with `stmt` the prepared
+    /// range query of its table.
+    fn fill(
+        &mut self,
+        stmt: &mut rusqlite::Statement<'_>,
+        q: &Query,
+        after: Option<Cursor>,
+        n: usize,
+    ) -> Result<(), StoreError> {
         let sub = Query { after, ..q.clone() };
         let (lo, hi) = bounds(&sub, self.id);
         if lo >= hi {
             self.done = true;
             return Ok(());
         }
-        let (table, cols) = if self.id > 0 {
-            ("reading", COLUMNS)
-        } else {
-            ("summary", SUMMARY_COLUMNS)
-        };
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {cols} FROM {table} WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order} LIMIT ?4"
-        ))?;
-        let mut rows = stmt.query(params![self.id.abs(), lo, hi, CHUNK as i64])?;
-        let mut n = 0;
-        while let Some(row) = rows.next()? {
-            n += 1;
+        let mut rows = stmt.query(params![self.id.abs(), lo, hi])?;
+        let mut got = 0;
+        while got < n
+            && let Some(row) = rows.next()?
+        {
+            got += 1;
             self.buffer.push_back(if self.id > 0 {
                 decode(&self.key, self.id, row)?
             } else {
                 decode_summary(&self.key, -self.id, row)?
             });
         }
-        self.done = n < CHUNK;
+        self.done = got < n;
         Ok(())
     }
 }
@@ -379,6 +400,13 @@ impl Source {
 fn search_across(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
+    let order = if q.descending { "DESC" } else { "ASC" };
+    // Stepped to the count wanted rather than `LIMIT ?` (see `search`).
+    let range = |table: &str, cols: &str| {
+        format!("SELECT {cols} FROM {table} WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t {order}")
+    };
+    let mut readings = conn.prepare_cached(&range("reading", COLUMNS))?;
+    let mut summaries = conn.prepare_cached(&range("summary", SUMMARY_COLUMNS))?;
     let mut sources = Vec::new();
     for (series, key) in series_for(conn, q)? {
         for id in [series, -series] {
@@ -388,7 +416,14 @@ fn search_across(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
                 buffer: Default::default(),
                 done: false,
             };
-            s.fill(conn, q, q.after)?;
+            // The head of every source, to know where the page starts; only the few sources
+            // that reach the page are read further.
+            let stmt = if id > 0 {
+                &mut readings
+            } else {
+                &mut summaries
+            };
+            s.fill(stmt, q, q.after, 1)?;
             if !s.buffer.is_empty() {
                 sources.push(s);
             }
@@ -407,13 +442,25 @@ fn search_across(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
         .collect();
     let mut found = Vec::with_capacity(q.limit + 1);
     while found.len() <= q.limit {
-        let Some(Reverse((_, i))) = heap.pop() else { break };
+        let Some(Reverse((_, i))) = heap.pop() else {
+            break;
+        };
         let s = &mut sources[i];
-        let Some(r) = s.buffer.pop_front() else { continue };
-        let last = Cursor { t_ms: r.id.t_ms, series: r.id.series };
+        let Some(r) = s.buffer.pop_front() else {
+            continue;
+        };
+        let last = Cursor {
+            t_ms: r.id.t_ms,
+            series: r.id.series,
+        };
         found.push(r);
         if s.buffer.is_empty() && !s.done {
-            s.fill(conn, q, Some(last))?;
+            let stmt = if s.id > 0 {
+                &mut readings
+            } else {
+                &mut summaries
+            };
+            s.fill(stmt, q, Some(last), CHUNK)?;
         }
         if let Some(next) = s.buffer.front() {
             heap.push(Reverse((rank(next), i)));
@@ -421,11 +468,17 @@ fn search_across(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
     }
     let next = if found.len() > q.limit {
         found.truncate(q.limit);
-        found.last().map(|s| Cursor { t_ms: s.id.t_ms, series: s.id.series })
+        found.last().map(|s| Cursor {
+            t_ms: s.id.t_ms,
+            series: s.id.series,
+        })
     } else {
         None
     };
-    Ok(Page { readings: found, next })
+    Ok(Page {
+        readings: found,
+        next,
+    })
 }
 
 pub(crate) fn count(conn: &Connection, q: &Query) -> Result<u64, StoreError> {
@@ -455,8 +508,9 @@ pub(crate) fn last_n(
     max: usize,
 ) -> Result<Vec<StoredReading>, StoreError> {
     let mut by_metric: Vec<(Metric, Vec<StoredReading>)> = Vec::new();
+    // Stepped to `max` rather than `LIMIT ?` (see `search`).
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t DESC LIMIT ?4"
+        "SELECT {COLUMNS} FROM reading WHERE series=?1 AND t>=?2 AND t<?3 ORDER BY t DESC"
     ))?;
     for (series, key) in series_for(conn, q)? {
         let slot = match by_metric.iter().position(|(m, _)| *m == key.1) {
@@ -466,9 +520,13 @@ pub(crate) fn last_n(
                 by_metric.len() - 1
             }
         };
-        let mut rows = stmt.query(params![series, q.from_ms, q.to_ms, max as i64])?;
-        while let Some(row) = rows.next()? {
+        let mut rows = stmt.query(params![series, q.from_ms, q.to_ms])?;
+        let mut n = 0;
+        while n < max
+            && let Some(row) = rows.next()?
+        {
             by_metric[slot].1.push(decode(&key, series, row)?);
+            n += 1;
         }
     }
     by_metric.sort_by_key(|(m, _)| *m);

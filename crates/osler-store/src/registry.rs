@@ -17,8 +17,8 @@
 //! of its kind; the assignments of one device never overlap; `vid` grows by one per change.
 
 use osler_registry::{
-    Assignment, Kind, Match, ResourceQuery, ResourceWrite, SortKey, StoredResource, Term,
-    WriteMode, WriteOutcome, overlapping,
+    Assignment, Kind, Match, ParamCond, ResourceQuery, ResourceWrite, SortKey, StoredResource,
+    Term, WriteMode, WriteOutcome, overlapping,
 };
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -129,8 +129,75 @@ pub(crate) fn history(
     rows.collect::<Result<_, _>>().map_err(Into::into)
 }
 
-/// The WHERE clause of a query over `resource r`, and its parameters.
-fn where_clause(q: &ResourceQuery) -> (String, Vec<Sql>) {
+/// The value test of one condition on `resource_term t`, and its parameters.
+fn match_sql(c: &ParamCond) -> (String, Vec<Sql>) {
+    let mut args = Vec::new();
+    let mut alts = Vec::with_capacity(c.any.len());
+    for m in &c.any {
+        match m {
+            Match::Exact(v) => {
+                alts.push("t.value = ?".to_owned());
+                args.push(Sql::Text(v.clone()));
+            }
+            Match::Prefix(v) => {
+                // A range on the primary key: every text starting with v sorts between v and
+                // v followed by the highest code point.
+                alts.push("(t.value >= ? AND t.value < ?)".to_owned());
+                args.push(Sql::Text(v.clone()));
+                args.push(Sql::Text(format!("{v}\u{10FFFF}")));
+            }
+            Match::Contains(v) => {
+                alts.push("instr(t.value, ?) > 0".to_owned());
+                args.push(Sql::Text(v.clone()));
+            }
+            Match::Range { lo, hi } => {
+                let mut parts = Vec::new();
+                if let Some(lo) = lo {
+                    parts.push("t.value >= ?");
+                    args.push(Sql::Text(lo.clone()));
+                }
+                if let Some(hi) = hi {
+                    parts.push("t.value < ?");
+                    args.push(Sql::Text(hi.clone()));
+                }
+                if parts.is_empty() {
+                    parts.push("1");
+                }
+                alts.push(format!("({})", parts.join(" AND ")));
+            }
+        }
+    }
+    if alts.is_empty() {
+        alts.push("0".to_owned());
+    }
+    (format!("({})", alts.join(" OR ")), args)
+}
+
+/// How many resources a condition matches, counted up to a bound: enough to tell which
+/// condition is the most selective. A `:contains` test reads every term of its parameter, so
+/// it never drives.
+fn estimate(conn: &Connection, kind: Kind, c: &ParamCond) -> Result<u64, StoreError> {
+    if c.any.iter().any(|m| matches!(m, Match::Contains(_))) {
+        return Ok(u64::MAX);
+    }
+    let (test, mut args) = match_sql(c);
+    let mut all = vec![
+        Sql::Text(kind.as_str().to_owned()),
+        Sql::Text(c.param.clone()),
+    ];
+    all.append(&mut args);
+    let n: i64 = conn
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM (SELECT 1 FROM resource_term t WHERE t.kind = ? AND t.param = ? AND {test} LIMIT 1000)"
+        ))?
+        .query_row(params_from_iter(all), |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// The WHERE clause of a query over `resource r`, and its parameters. The most selective
+/// condition drives (its matching ids are looked up by primary key); the others are checked
+/// per candidate against its own terms, so "given=Anna&family=Berg" costs what Berg costs.
+fn where_clause(conn: &Connection, q: &ResourceQuery) -> Result<(String, Vec<Sql>), StoreError> {
     let mut sql = String::from("r.kind = ?");
     let mut args: Vec<Sql> = vec![Sql::Text(q.kind.as_str().to_owned())];
     if let Some(ids) = &q.ids {
@@ -150,58 +217,38 @@ fn where_clause(q: &ResourceQuery) -> (String, Vec<Sql>) {
         sql.push_str(" AND r.updated_ms < ?");
         args.push(Sql::Integer(hi));
     }
-    for c in &q.conds {
-        sql.push_str(
-            " AND r.id IN (SELECT t.id FROM resource_term t WHERE t.kind = r.kind AND t.param = ? AND (",
-        );
-        args.push(Sql::Text(c.param.clone()));
-        let mut alts = Vec::with_capacity(c.any.len());
-        for m in &c.any {
-            match m {
-                Match::Exact(v) => {
-                    alts.push("t.value = ?".to_owned());
-                    args.push(Sql::Text(v.clone()));
-                }
-                Match::Prefix(v) => {
-                    // A range on the primary key: every text starting with v sorts between v
-                    // and v followed by the highest code point.
-                    alts.push("(t.value >= ? AND t.value < ?)".to_owned());
-                    args.push(Sql::Text(v.clone()));
-                    args.push(Sql::Text(format!("{v}\u{10FFFF}")));
-                }
-                Match::Contains(v) => {
-                    alts.push("instr(t.value, ?) > 0".to_owned());
-                    args.push(Sql::Text(v.clone()));
-                }
-                Match::Range { lo, hi } => {
-                    let mut parts = Vec::new();
-                    if let Some(lo) = lo {
-                        parts.push("t.value >= ?");
-                        args.push(Sql::Text(lo.clone()));
-                    }
-                    if let Some(hi) = hi {
-                        parts.push("t.value < ?");
-                        args.push(Sql::Text(hi.clone()));
-                    }
-                    if parts.is_empty() {
-                        parts.push("1");
-                    }
-                    alts.push(format!("({})", parts.join(" AND ")));
-                }
+    let mut driver = None;
+    if q.conds.len() > 1 {
+        let mut best = u64::MAX;
+        for (i, c) in q.conds.iter().enumerate() {
+            let n = estimate(conn, q.kind, c)?;
+            if driver.is_none() || n < best {
+                (driver, best) = (Some(i), n);
             }
         }
-        if alts.is_empty() {
-            alts.push("0".to_owned());
-        }
-        sql.push_str(&alts.join(" OR "));
-        sql.push_str("))");
+    } else if !q.conds.is_empty() {
+        driver = Some(0);
     }
-    (sql, args)
+    for (i, c) in q.conds.iter().enumerate() {
+        let (test, mut targs) = match_sql(c);
+        if Some(i) == driver {
+            sql.push_str(&format!(
+                " AND r.id IN (SELECT t.id FROM resource_term t WHERE t.kind = r.kind AND t.param = ? AND {test})"
+            ));
+        } else {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM resource_term t WHERE t.kind = r.kind AND t.id = r.id AND t.param = ? AND {test})"
+            ));
+        }
+        args.push(Sql::Text(c.param.clone()));
+        args.append(&mut targs);
+    }
+    Ok((sql, args))
 }
 
 /// The number of resources a query matches.
 pub(crate) fn count(conn: &Connection, q: &ResourceQuery) -> Result<u64, StoreError> {
-    let (w, args) = where_clause(q);
+    let (w, args) = where_clause(conn, q)?;
     let n: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM resource r WHERE {w}"))?
         .query_row(params_from_iter(args), |r| r.get(0))?;
@@ -213,7 +260,7 @@ pub(crate) fn search(
     conn: &Connection,
     q: &ResourceQuery,
 ) -> Result<Vec<StoredResource>, StoreError> {
-    let (w, mut args) = where_clause(q);
+    let (w, mut args) = where_clause(conn, q)?;
     let mut order = Vec::new();
     for s in &q.sort {
         let dir = if s.descending { "DESC" } else { "ASC" };

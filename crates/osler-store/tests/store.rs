@@ -636,7 +636,13 @@ fn searches_across_patients_merge_every_series_in_order() {
                 let patient = format!("p{p}");
                 let device = format!("d{d}");
                 ops.push(WriteOp {
-                    reading: reading(&patient, Metric::HeartRate, Some(&device), t, 60.0 + i as f64),
+                    reading: reading(
+                        &patient,
+                        Metric::HeartRate,
+                        Some(&device),
+                        t,
+                        60.0 + i as f64,
+                    ),
                     if_none_exist: None,
                     by_device: false,
                 });
@@ -684,6 +690,13 @@ fn searches_across_patients_merge_every_series_in_order() {
             assert_eq!(got, want, "descending {descending}, limit {limit}");
         }
     }
-    let q = Query { patient: None, metrics: None, ..Query::patient(Id::parse("x").unwrap()) };
-    assert!(store.search(&q).unwrap().readings.is_empty(), "no metric, no patient: nothing is scanned");
+    let q = Query {
+        patient: None,
+        metrics: None,
+        ..Query::patient(Id::parse("x").unwrap())
+    };
+    assert!(
+        store.search(&q).unwrap().readings.is_empty(),
+        "no metric, no patient: nothing is scanned"
+    );
 }

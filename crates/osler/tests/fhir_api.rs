@@ -50,13 +50,28 @@ fn metadata_tells_the_truth() {
 
     // Exactly the types served, and every search parameter it lists is one the hub takes.
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
-    let mut types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    let mut types: Vec<&str> = resources
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
     types.sort();
     assert_eq!(
         types,
-        ["CareTeam", "Device", "DeviceUseStatement", "Flag", "Observation", "Organization", "Patient", "Practitioner"]
+        [
+            "CareTeam",
+            "Device",
+            "DeviceUseStatement",
+            "Flag",
+            "Observation",
+            "Organization",
+            "Patient",
+            "Practitioner"
+        ]
     );
-    for r in resources.iter().filter(|r| r["type"] != "Observation" && r["type"] != "Flag") {
+    for r in resources
+        .iter()
+        .filter(|r| r["type"] != "Observation" && r["type"] != "Flag")
+    {
         let ty = r["type"].as_str().unwrap();
         for p in r["searchParam"].as_array().unwrap() {
             let (name, kind) = (p["name"].as_str().unwrap(), p["type"].as_str().unwrap());
@@ -73,8 +88,16 @@ fn metadata_tells_the_truth() {
             let a = get(&format!("{}/{ty}?{name}={value}", hub.base));
             assert_eq!(a.status, 200, "{ty}?{name}={value}: {}", a.text);
         }
-        let interactions: Vec<&str> = r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-        assert!(interactions.contains(&"vread") && interactions.contains(&"history-instance"), "{ty}");
+        let interactions: Vec<&str> = r["interaction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["code"].as_str().unwrap())
+            .collect();
+        assert!(
+            interactions.contains(&"vread") && interactions.contains(&"history-instance"),
+            "{ty}"
+        );
     }
 }
 

@@ -532,9 +532,15 @@ fn care_teams_devices_and_assignments() {
 fn observations_across_patients_with_their_patients_and_devices() {
     let dir = TempDir::new("registry-population");
     let hub = Hub::start(&dir.0);
-    let mut api = Api { base: hub.base.clone(), served: Vec::new() };
+    let mut api = Api {
+        base: hub.base.clone(),
+        served: Vec::new(),
+    };
     api.put("Patient/anna", anna());
-    api.put("Device/watch-1", json!({"resourceType": "Device", "serialNumber": "SN-1", "status": "active"}));
+    api.put(
+        "Device/watch-1",
+        json!({"resourceType": "Device", "serialNumber": "SN-1", "status": "active"}),
+    );
     // Heart rate of three patients, interleaved in time, and SpO2 that must not match.
     let mut sent = Vec::new();
     for i in 0..9i64 {
@@ -544,9 +550,15 @@ fn observations_across_patients_with_their_patients_and_devices() {
         if patient == "anna" {
             o["device"] = json!({"reference": "Device/watch-1"});
         }
-        assert_eq!(post(&format!("{}/Observation", hub.base), &o.to_string()).status, 201);
+        assert_eq!(
+            post(&format!("{}/Observation", hub.base), &o.to_string()).status,
+            201
+        );
         let spo2 = observation(patient, "59408-5", 97.0, "%", &when);
-        assert_eq!(post(&format!("{}/Observation", hub.base), &spo2.to_string()).status, 201);
+        assert_eq!(
+            post(&format!("{}/Observation", hub.base), &spo2.to_string()).status,
+            201
+        );
         sent.push((patient, osler_core::Timestamp::parse(&when).unwrap().utc_ms));
     }
     let since = minutes_ago(90);
@@ -559,21 +571,46 @@ fn observations_across_patients_with_their_patients_and_devices() {
         for e in page["entry"].as_array().into_iter().flatten() {
             let o = &e["resource"];
             assert_eq!(o["code"]["coding"][0]["code"], "8867-4", "{o}");
-            let patient = o["subject"]["reference"].as_str().unwrap().trim_start_matches("Patient/").to_owned();
-            let t = osler_core::Timestamp::parse(o["effectiveDateTime"].as_str().unwrap()).unwrap().utc_ms;
+            let patient = o["subject"]["reference"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("Patient/")
+                .to_owned();
+            let t = osler_core::Timestamp::parse(o["effectiveDateTime"].as_str().unwrap())
+                .unwrap()
+                .utc_ms;
             got.push((patient, t));
         }
-        match page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+        match page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
             Some(n) => url = n["url"].as_str().unwrap().to_owned(),
             None => break,
         }
     }
     let want: Vec<(String, i64)> = sent.iter().map(|(p, t)| (p.to_string(), *t)).collect();
-    assert_eq!(got, want, "every patient's heart rate, in time order, across pages");
-    let count = get(&format!("{}/Observation?code=8867-4&date=ge{since}&_summary=count", hub.base)).json();
+    assert_eq!(
+        got, want,
+        "every patient's heart rate, in time order, across pages"
+    );
+    let count = get(&format!(
+        "{}/Observation?code=8867-4&date=ge{since}&_summary=count",
+        hub.base
+    ))
+    .json();
     assert_eq!(count["total"], 9);
-    let newest = get(&format!("{}/Observation?code=8867-4&_sort=-date&_count=1", hub.base)).json();
-    assert_eq!(newest["entry"][0]["resource"]["subject"]["reference"], "Patient/cleo");
+    let newest = get(&format!(
+        "{}/Observation?code=8867-4&_sort=-date&_count=1",
+        hub.base
+    ))
+    .json();
+    assert_eq!(
+        newest["entry"][0]["resource"]["subject"]["reference"],
+        "Patient/cleo"
+    );
 
     // The page's patients and devices come along once each, marked as included.
     let page = get(&format!(
@@ -586,13 +623,41 @@ fn observations_across_patients_with_their_patients_and_devices() {
     let included: Vec<String> = entries
         .iter()
         .filter(|e| e["search"]["mode"] == "include")
-        .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap(), e["resource"]["id"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
         .collect();
     // dev-1 is the test helpers' device, known only from readings: a minimal Device.
-    assert_eq!(included, ["Patient/anna", "Patient/ben", "Patient/cleo", "Device/dev-1", "Device/watch-1"]);
-    let anna = entries.iter().find(|e| e["resource"]["id"] == "anna").unwrap();
-    assert_eq!(anna["resource"]["name"][0]["family"], "Müller", "the enrolled Patient, not a stub");
-    assert_eq!(get(&format!("{}/Observation?_include=Observation:encounter&code=8867-4", hub.base)).outcome(400)["expression"][0], "_include");
+    assert_eq!(
+        included,
+        [
+            "Patient/anna",
+            "Patient/ben",
+            "Patient/cleo",
+            "Device/dev-1",
+            "Device/watch-1"
+        ]
+    );
+    let anna = entries
+        .iter()
+        .find(|e| e["resource"]["id"] == "anna")
+        .unwrap();
+    assert_eq!(
+        anna["resource"]["name"][0]["family"], "Müller",
+        "the enrolled Patient, not a stub"
+    );
+    assert_eq!(
+        get(&format!(
+            "{}/Observation?_include=Observation:encounter&code=8867-4",
+            hub.base
+        ))
+        .outcome(400)["expression"][0],
+        "_include"
+    );
 
     assert_valid_fhir(&dir.0, &api.served);
 }
