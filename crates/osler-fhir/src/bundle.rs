@@ -35,12 +35,24 @@ pub struct EntryRequest {
     pub if_none_exist: Option<Identifier>,
 }
 
+/// One entry of a request Bundle.
+#[derive(Clone, Debug, PartialEq)]
+// Creates are nearly every entry of a Bundle; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum BundleEntry {
+    /// POST an Observation.
+    Create(EntryRequest),
+    /// GET a URL relative to the base (`Patient/anna`, `Observation?patient=anna&code=...`):
+    /// clients batch their reads. Batch Bundles only.
+    Read { url: String },
+}
+
 /// A parsed request Bundle; each entry parsed on its own so that one bad entry in a batch
 /// fails alone.
 #[derive(Clone, Debug)]
 pub struct RequestBundle {
     pub kind: BundleKind,
-    pub entries: Vec<Result<EntryRequest, FhirError>>,
+    pub entries: Vec<Result<BundleEntry, FhirError>>,
 }
 
 /// Parses `If-None-Exist` (or `entry.request.ifNoneExist`): only `identifier=system|value`.
@@ -124,26 +136,46 @@ pub fn parse_bundle(v: &Json, received_ms: i64) -> Result<RequestBundle, FhirErr
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            parse_entry(e, received_ms).map_err(|err| err.within(&format!("Bundle.entry[{i}]")))
+            parse_entry(e, kind, received_ms)
+                .map_err(|err| err.within(&format!("Bundle.entry[{i}]")))
         })
         .collect();
     Ok(RequestBundle { kind, entries })
 }
 
-fn parse_entry(e: &Json, received_ms: i64) -> Result<EntryRequest, FhirError> {
+fn parse_entry(e: &Json, kind: BundleKind, received_ms: i64) -> Result<BundleEntry, FhirError> {
     let invalid = |path: &str, msg: &str| FhirError::at(ErrorKind::Invalid, path, msg);
     let req = e
         .get("request")
         .ok_or_else(|| invalid("request", "is required in a transaction or batch"))?;
     let method = req.get("method").and_then(Json::as_str);
     let url = req.get("url").and_then(Json::as_str).unwrap_or("");
+    if method == Some("GET") {
+        if kind == BundleKind::Transaction {
+            return Err(FhirError::at(
+                ErrorKind::NotSupported,
+                "request.method",
+                "GET entries are supported in batch Bundles; a transaction holds writes only",
+            ));
+        }
+        let relative = !url.is_empty() && !url.contains("://") && !url.starts_with('/');
+        if !relative {
+            return Err(invalid(
+                "request.url",
+                "a read is a URL relative to the base: Patient/anna or Observation?patient=anna",
+            ));
+        }
+        return Ok(BundleEntry::Read {
+            url: url.to_owned(),
+        });
+    }
     if method != Some("POST") || url.trim_end_matches('/').rsplit('/').next() != Some("Observation")
     {
         return Err(FhirError::at(
             ErrorKind::NotSupported,
             "request",
             format!(
-                "only POST Observation is supported in a Bundle, found {} {url:?}",
+                "a Bundle may POST Observations (and, in a batch, GET); found {} {url:?}",
                 method.unwrap_or("no method")
             ),
         ));
@@ -172,10 +204,10 @@ fn parse_entry(e: &Json, received_ms: i64) -> Result<EntryRequest, FhirError> {
         }
         err
     })?;
-    Ok(EntryRequest {
+    Ok(BundleEntry::Create(EntryRequest {
         input,
         if_none_exist,
-    })
+    }))
 }
 
 /// One entry of a transaction or batch response.
@@ -294,12 +326,23 @@ mod tests {
                 entry(hr(70.0), Some("identifier=urn:x|1")),
                 entry(bad, None),
                 {"request": {"method": "DELETE", "url": "Observation/1"}},
+                {"request": {"method": "GET", "url": "Patient/anna"}},
+                {"request": {"method": "GET", "url": "http://elsewhere/Patient/anna"}},
             ],
         });
         let parsed = parse_bundle(&b, 0).unwrap();
         assert_eq!(parsed.kind, BundleKind::Batch);
-        let first = parsed.entries[0].as_ref().unwrap();
+        let Ok(BundleEntry::Create(first)) = &parsed.entries[0] else {
+            panic!("{:?}", parsed.entries[0]);
+        };
         assert_eq!(first.if_none_exist.as_ref().unwrap().value, "1");
+        assert_eq!(
+            parsed.entries[3],
+            Ok(BundleEntry::Read {
+                url: "Patient/anna".into()
+            })
+        );
+        assert!(parsed.entries[4].is_err());
         let e = parsed.entries[1].as_ref().unwrap_err();
         assert_eq!(
             e.expression.as_deref(),

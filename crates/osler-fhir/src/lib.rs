@@ -17,7 +17,9 @@ pub mod resources;
 pub mod search;
 pub mod shape;
 
-pub use bundle::{BundleKind, EntryRequest, RequestBundle, parse_bundle, parse_if_none_exist};
+pub use bundle::{
+    BundleEntry, BundleKind, EntryRequest, RequestBundle, parse_bundle, parse_if_none_exist,
+};
 pub use observation::{
     SummaryView, observation_json, parse_observation, reading_error, summary_json,
 };

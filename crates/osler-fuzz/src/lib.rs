@@ -26,6 +26,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("batch_envelope", batch_envelope),
     ("edge_state", edge_state),
     ("edge_config", edge_config),
+    ("fhir_registry", fhir_registry),
+    ("hub_assignments", hub_assignments),
 ];
 
 /// The gateway's device format, as HTTP bodies and MQTT payloads arrive.
@@ -91,6 +93,10 @@ pub fn fhir_search(data: &[u8]) {
     if let Ok(params) = osler_fhir::search::parse_query(text) {
         let _ = osler_fhir::search::parse_observation_search(&params, false);
         let _ = osler_fhir::search::parse_observation_search(&params, true);
+        for kind in osler_registry::Kind::ALL {
+            let _ = osler_fhir::registry::parse_registry_search(kind, &params);
+        }
+        let _ = osler_fhir::shape::subset_of(&params);
         // The query written back reads as the same parameters.
         let again = osler_fhir::search::parse_query(&osler_fhir::search::encode_query(&params))
             .expect("an encoded query parses");
@@ -160,5 +166,62 @@ pub fn edge_config(data: &[u8]) {
         let again = osler_edge::EdgeConfig::from_toml(&printed)
             .unwrap_or_else(|e| panic!("the printed configuration does not read back: {e}"));
         assert_eq!(again, config, "{printed}");
+    }
+}
+
+/// A registry resource as a client writes it (the first byte picks the kind): what is accepted,
+/// served back and written again is the same resource with the same search terms, references
+/// and assignment, and cutting it to a subset never panics.
+pub fn fhir_registry(data: &[u8]) {
+    use osler_registry::{Kind, StoredResource, WriteMode};
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let kind = Kind::ALL[pick as usize % Kind::ALL.len()];
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(rest) else {
+        return;
+    };
+    let Ok(w) = osler_fhir::registry::prepare(kind, &v, "x", WriteMode::Update, None, NOW_MS)
+    else {
+        return;
+    };
+    let stored = StoredResource {
+        kind,
+        id: "x".into(),
+        version: 1,
+        updated_ms: NOW_MS,
+        body: w.body.clone(),
+    };
+    let mut served = osler_fhir::registry::resource_json(&stored);
+    let again = osler_fhir::registry::prepare(kind, &served, "x", WriteMode::Update, None, NOW_MS)
+        .unwrap_or_else(|e| panic!("a served {kind} does not check: {e}: {served}"));
+    assert_eq!(
+        (
+            &again.body,
+            &again.terms,
+            &again.refs,
+            &again.unique,
+            &again.assignment
+        ),
+        (&w.body, &w.terms, &w.refs, &w.unique, &w.assignment),
+        "{served}"
+    );
+    let deleted = osler_fhir::registry::deleted(&stored);
+    let _ = osler_fhir::registry::prepare(kind, &deleted, "x", WriteMode::Update, None, NOW_MS);
+    osler_fhir::shape::apply_subset(&mut served, &osler_fhir::shape::Subset::Summary);
+}
+
+/// The hub's device assignments as a gateway fetches them: never a panic, whatever arrives.
+pub fn hub_assignments(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let cache = osler_gateway::assignments::AssignmentCache::default();
+    if let Ok(n) = osler_gateway::assignments::apply(&cache, text) {
+        let a = cache.read().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(a.len(), n);
+        for x in a.iter() {
+            let _ = a.patient_at(&x.device, x.start_ms);
+        }
     }
 }

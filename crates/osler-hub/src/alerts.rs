@@ -302,6 +302,7 @@ async fn list(
         state: q.state,
         severity: q.severity,
         limit: q.limit.unwrap_or(100).min(10_000),
+        before_id: None,
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.alerts(&filter)).await {
@@ -400,7 +401,7 @@ async fn search_flags(
         return bad("malformed query string");
     };
     let mut filter = AlertFilter {
-        limit: 1000,
+        limit: 50,
         ..AlertFilter::default()
     };
     for (k, v) in &params {
@@ -415,9 +416,21 @@ async fn search_flags(
                     _ => return bad("status is active or inactive"),
                 })
             }
-            _ => return bad("supported parameters: patient, subject, status"),
+            "_count" => match v.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => filter.limit = n,
+                _ => return bad("_count is a number from 1 to 1000"),
+            },
+            "_cursor" => match v.parse::<i64>() {
+                Ok(id) => filter.before_id = Some(id),
+                Err(_) => return bad("_cursor is the one the previous page's next link gives"),
+            },
+            "_format" | "_pretty" | "_summary" | "_elements" => {}
+            _ => return bad("supported parameters: patient, subject, status, _count"),
         }
     }
+    // One more than the page, to know whether there is a next one.
+    let page = filter.limit;
+    filter.limit += 1;
     let store = state.store.clone();
     let Ok(Ok(list)) = tokio::task::spawn_blocking(move || store.alerts(&filter)).await else {
         return crate::reply::ApiError(osler_fhir::FhirError::new(
@@ -426,14 +439,33 @@ async fn search_flags(
         ))
         .into_response();
     };
+    let mut list = list;
+    let more = list.len() > page;
+    list.truncate(page);
     let base = crate::fhir_api::base_url(&state, &headers);
     let entries = list
         .iter()
         .map(|a| (format!("{base}/Flag/{}", a.id), flag_json(a)))
         .collect();
-    let self_link = format!("{base}/Flag?{}", osler_fhir::encode_query(&params));
+    let mut links = vec![(
+        "self",
+        format!("{base}/Flag?{}", osler_fhir::encode_query(&params)),
+    )];
+    if more && let Some(last) = list.last() {
+        let mut next: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| k != "_cursor")
+            .cloned()
+            .collect();
+        next.push(("_cursor".into(), last.id.to_string()));
+        links.push((
+            "next",
+            format!("{base}/Flag?{}", osler_fhir::encode_query(&next)),
+        ));
+    }
+    // No total: counting every alert of a population on every page is not worth its cost.
     crate::reply::fhir(
         StatusCode::OK,
-        &osler_fhir::bundle::searchset(Some(list.len() as u64), &[("self", self_link)], entries),
+        &osler_fhir::bundle::searchset(None, &links, entries),
     )
 }

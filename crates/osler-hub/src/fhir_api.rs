@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use osler_core::{Id, ReadingError};
 use osler_fhir::bundle::{response_bundle, response_entry, searchset, searchset_with};
 use osler_fhir::{
-    BundleKind, ErrorKind, FhirError, ObservationSearch, SummaryView, encode_query,
+    BundleEntry, BundleKind, ErrorKind, FhirError, ObservationSearch, SummaryView, encode_query,
     observation_json, parse_bundle, parse_if_none_exist, parse_observation,
     parse_observation_search, parse_query, summary_json,
 };
@@ -226,12 +226,23 @@ async fn transaction_or_batch(
     let bundle = parse_bundle(&json, received)?;
     let base = base_url(&state, &headers);
     let with_resources = prefers(&headers, "representation") == Some(true);
+    // Reads of a batch, run after its writes (so a batch can read what it wrote).
+    let mut reads: Vec<(usize, String)> = Vec::new();
     let prepared: Vec<Result<WriteOp, FhirError>> = bundle
         .entries
         .into_iter()
         .enumerate()
         .map(|(i, entry)| {
-            let req = entry?;
+            let req = match entry? {
+                BundleEntry::Create(req) => req,
+                BundleEntry::Read { url } => {
+                    reads.push((i, url));
+                    return Err(FhirError::new(
+                        ErrorKind::Internal,
+                        "a read, answered below",
+                    ));
+                }
+            };
             let reading = req
                 .input
                 .validate(received)
@@ -243,7 +254,7 @@ async fn transaction_or_batch(
             })
         })
         .collect();
-    let rejected = prepared.iter().filter(|p| p.is_err()).count() as u64;
+    let rejected = (prepared.iter().filter(|p| p.is_err()).count() - reads.len()) as u64;
     if rejected > 0 {
         state.metrics.rejected("invalid", rejected);
     }
@@ -329,11 +340,80 @@ async fn transaction_or_batch(
             for (slot, o) in slots.into_iter().zip(&result.outcomes) {
                 entries[slot] = answer(o);
             }
+            for (slot, url) in reads {
+                let host = headers.get(header::HOST).cloned();
+                entries[slot] = read_entry(state.clone(), host, url).await;
+            }
             Ok(fhir(
                 StatusCode::OK,
                 &response_bundle(BundleKind::Batch, entries),
             ))
         }
+    }
+}
+
+/// A batch's GET entry, answered by the hub's own routes (every read and search the API
+/// serves, with the same checks), as a response entry.
+fn read_entry(
+    state: Arc<AppState>,
+    host: Option<HeaderValue>,
+    url: String,
+) -> std::pin::Pin<Box<dyn Future<Output = Value> + Send>> {
+    // Boxed: this handler's future would otherwise contain the router's, which contains it.
+    Box::pin(read_entry_inner(state, host, url))
+}
+
+async fn read_entry_inner(state: Arc<AppState>, host: Option<HeaderValue>, url: String) -> Value {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::get(format!("/fhir/{url}"));
+    if let Some(h) = host {
+        req = req.header(header::HOST, h);
+    }
+    let failed = |e: FhirError| {
+        response_entry(
+            &status_line(e.kind.status()),
+            None,
+            None,
+            Some(e.to_outcome()),
+        )
+    };
+    let Ok(req) = req.body(Body::empty()) else {
+        return failed(FhirError::at(
+            ErrorKind::Invalid,
+            "request.url",
+            "not a URL",
+        ));
+    };
+    let Ok(resp) = crate::router(state).oneshot(req).await;
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    let header_of = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (etag, modified) = (header_of(header::ETAG), header_of(header::LAST_MODIFIED));
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return failed(FhirError::new(
+            ErrorKind::Internal,
+            "the read could not be completed",
+        ));
+    };
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let mut response = serde_json::json!({ "status": status_line(status.as_u16()) });
+    if let Some(e) = etag {
+        response["etag"] = Value::String(e);
+    }
+    if let Some(m) = modified {
+        response["lastModified"] = Value::String(m);
+    }
+    if status.is_success() {
+        serde_json::json!({ "resource": body, "response": response })
+    } else {
+        response["outcome"] = body;
+        serde_json::json!({ "response": response })
     }
 }
 
@@ -553,7 +633,7 @@ async fn last_n(
 
 /// A stored reading as FHIR: an Observation, or for a gateway's window summary an Observation
 /// over a period with its statistics (see `osler_fhir::summary_json`).
-fn stored_json(s: &StoredReading) -> serde_json::Value {
+pub(crate) fn stored_json(s: &StoredReading) -> serde_json::Value {
     match &s.summary {
         None => observation_json(&s.id.to_string(), &s.reading),
         Some(st) => summary_json(

@@ -11,6 +11,8 @@
 
 mod alerts;
 mod body;
+mod cors;
+mod everything;
 mod fhir_api;
 mod ingest;
 mod metrics;
@@ -49,6 +51,8 @@ pub struct HubConfig {
     /// The public base URL of the FHIR API (for links and fullUrls); derived from each
     /// request's Host header when absent.
     pub public_url: Option<String>,
+    /// Web origins whose browser apps may call the hub (CORS); none by default.
+    pub cors_origins: Vec<String>,
 }
 
 /// Errors that stop the hub from starting or running.
@@ -72,6 +76,7 @@ pub(crate) struct AppState {
     pub metrics: Metrics,
     pub public_url: Option<String>,
     pub max_body: usize,
+    pub cors_origins: Vec<String>,
     pub started: String,
     /// Turns true when the hub begins to shut down, so that long-lived responses (the alert
     /// stream) end and the graceful shutdown can finish.
@@ -118,6 +123,11 @@ impl Hub {
                 .public_url
                 .map(|u| u.trim_end_matches('/').to_owned()),
             max_body: config.max_body,
+            cors_origins: config
+                .cors_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_owned())
+                .collect(),
             started: osler_core::Timestamp::utc(now_ms()).to_string(),
             shutdown: tokio::sync::watch::Sender::new(false),
         });
@@ -154,11 +164,12 @@ impl Hub {
     }
 }
 
-fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(fhir_api::routes())
         .merge(registry_api::routes())
         .merge(plans::routes())
+        .merge(everything::routes())
         .merge(ingest::routes())
         .merge(alerts::routes())
         .route("/metrics", get(metrics_text))
@@ -166,6 +177,10 @@ fn router(state: Arc<AppState>) -> Router {
         .fallback(reply::not_found)
         .method_not_allowed_fallback(reply::method_not_allowed)
         .layer(axum::middleware::from_fn(negotiate::fhir_negotiation))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::cors,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

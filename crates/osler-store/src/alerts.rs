@@ -95,6 +95,8 @@ pub struct AlertFilter {
     pub state: Option<String>,
     pub severity: Option<String>,
     pub limit: usize,
+    /// Only alerts with a smaller id (keyset paging, newest first).
+    pub before_id: Option<i64>,
 }
 
 const COLUMNS: &str = "id, patient, rule, severity, state, raised_reading_ms, raised_at_ms, value, threshold, late, source, resolved_reading_ms, resolved_at_ms";
@@ -237,13 +239,20 @@ pub(crate) fn list(conn: &Connection, f: &AlertFilter) -> Result<Vec<AlertRecord
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM alert
          WHERE (?1 IS NULL OR patient=?1) AND (?2 IS NULL OR state=?2) AND (?3 IS NULL OR severity=?3)
-         ORDER BY id DESC LIMIT ?4"
+           AND id < ?4
+         ORDER BY id DESC"
     ))?;
+    // Stepped to the limit rather than `LIMIT ?`, which SQLite re-prepares at every run.
     let rows = stmt.query_map(
-        params![f.patient, f.state, f.severity, f.limit.max(1) as i64],
+        params![
+            f.patient,
+            f.state,
+            f.severity,
+            f.before_id.unwrap_or(i64::MAX)
+        ],
         record,
     )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows.take(f.limit.max(1)).collect::<Result<_, _>>()?)
 }
 
 /// Every override: (patient, rule, threshold).

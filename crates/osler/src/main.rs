@@ -58,6 +58,11 @@ enum Command {
         /// Public base URL of the FHIR API for links (default: from each request's Host header).
         #[arg(long, value_name = "URL")]
         public_url: Option<String>,
+        /// A web origin whose browser apps may call the hub (CORS), e.g.
+        /// https://dashboard.example.org; repeat for several. None by default: browsers on
+        /// other origins are refused.
+        #[arg(long = "cors-origin", value_name = "ORIGIN")]
+        cors_origins: Vec<String>,
     },
     /// Run an edge gateway: take readings over HTTP and MQTT, keep them on disk, send them to a hub.
     #[command(long_about = "Run an edge gateway.\n\n\
@@ -252,6 +257,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             max_body,
             public_url,
+            cors_origins,
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(async {
@@ -260,6 +266,7 @@ fn main() -> anyhow::Result<()> {
                     listen,
                     max_body,
                     public_url,
+                    cors_origins,
                 })
                 .await
                 .with_context(|| format!("cannot start the hub with data in {}", data.display()))?;

@@ -185,7 +185,10 @@ fn transactions_are_all_or_nothing_and_batches_are_not() {
     );
     let a = post(&hub.base, &t.to_string());
     let issue = a.outcome(422);
-    assert_eq!(issue["expression"][0], "Bundle.entry[1].resource");
+    assert_eq!(
+        issue["expression"][0],
+        "Bundle.entry[1].resource.valueQuantity.value"
+    );
     assert!(
         issue["diagnostics"]
             .as_str()
@@ -534,7 +537,8 @@ fn bad_input_is_refused_clearly_and_stores_nothing() {
         "patient=eve&_sort=date;DROP",
         "patient=eve&unknown=1",
         "patient=eve&_cursor=1%20OR%201=1",
-        "code=8867-4",
+        // Neither a patient, an identifier nor a code: a scan of everything, refused.
+        "date=ge2025-01-01",
     ] {
         let a = get(&format!("{url}?{q}"));
         if q.contains("code=8867-4'") {

@@ -155,6 +155,9 @@ fn patients_practitioners_and_organisations() {
     // The same body again makes no new version.
     p["gender"] = json!("female");
     assert_eq!(api.put("Patient/anna", p.clone())["meta"]["versionId"], "2");
+    // Nor does the resource as read (its id and meta included): a client's round trip.
+    let as_read = api.get("Patient/anna");
+    assert_eq!(api.put("Patient/anna", as_read)["meta"]["versionId"], "2");
 
     // Conditional create on the MRN finds Anna instead of making a second her.
     let a = api.send(

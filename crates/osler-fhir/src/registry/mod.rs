@@ -63,7 +63,7 @@ pub fn prepare(
         ));
     }
     let mut body: Map<String, Json> = o.clone();
-    body.remove("id");
+    body.shift_remove("id");
     if let Some(meta) = body.get_mut("meta") {
         let m = meta.as_object_mut().ok_or_else(|| {
             FhirError::at(
@@ -72,15 +72,15 @@ pub fn prepare(
                 "must be an object",
             )
         })?;
-        m.remove("versionId");
-        m.remove("lastUpdated");
+        m.shift_remove("versionId");
+        m.shift_remove("lastUpdated");
         check::only_known(
             m,
             &format!("{kind}.meta"),
             &["source", "profile", "security", "tag"],
         )?;
         if m.is_empty() {
-            body.remove("meta");
+            body.shift_remove("meta");
         }
     }
     if let Some(t) = body.get("text") {

@@ -21,7 +21,14 @@ const PLAIN_CODES: &[&str] = &["gender", "active", "status"];
 
 /// The parameters every search accepts that are not conditions.
 const CONTROL: &[&str] = &[
-    "_count", "_offset", "_sort", "_summary", "_format", "_pretty", "_total",
+    "_count",
+    "_offset",
+    "_sort",
+    "_summary",
+    "_format",
+    "_pretty",
+    "_total",
+    "_elements",
 ];
 
 pub fn parse_registry_search(
@@ -47,13 +54,9 @@ pub fn parse_registry_search(
             "_offset" => q.offset = parse_usize(name, value, 0, usize::MAX >> 1)?,
             "_summary" => match value.as_str() {
                 "count" => summary_count = true,
-                "false" => {}
-                _ => {
-                    return Err(bad(
-                        name,
-                        "only count and false are supported for registry searches",
-                    ));
-                }
+                // Subsets of each resource: cut by the hub on the way out (crate::shape).
+                "false" | "true" | "text" | "data" => {}
+                _ => return Err(bad(name, "one of true, text, data, count, false")),
             },
             "_format" => {
                 if !matches!(
@@ -63,7 +66,8 @@ pub fn parse_registry_search(
                     return Err(bad(name, "only JSON is served"));
                 }
             }
-            "_pretty" | "_total" => {}
+            // Handled on the way out (crate::shape) or not applicable (the total is always given).
+            "_pretty" | "_total" | "_elements" => {}
             "_sort" => q.sort = sort(kind, value)?,
             "_id" => {
                 q.ids = Some(value.split(',').map(str::to_owned).collect());
