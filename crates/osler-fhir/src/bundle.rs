@@ -45,6 +45,24 @@ pub enum BundleEntry {
     /// GET a URL relative to the base (`Patient/anna`, `Observation?patient=anna&code=...`):
     /// clients batch their reads. Batch Bundles only.
     Read { url: String },
+    /// POST or PUT a registry resource (Patient, Practitioner, ...), checked by the caller with
+    /// [`crate::registry::prepare`].
+    Resource(ResourceEntry),
+}
+
+/// A registry write inside a Bundle, as the entry's request gave it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceEntry {
+    pub kind: osler_registry::Kind,
+    pub resource: Json,
+    /// `PUT Kind/{id}`: the id; `None` for a POST or a conditional PUT.
+    pub id: Option<String>,
+    /// `PUT Kind?search`: the search parameters of a conditional update.
+    pub condition: Option<Vec<(String, String)>>,
+    /// `request.ifNoneExist` of a POST.
+    pub if_none_exist: Option<Vec<(String, String)>>,
+    /// `request.ifMatch`.
+    pub if_match: Option<String>,
 }
 
 /// A parsed request Bundle; each entry parsed on its own so that one bad entry in a batch
@@ -169,6 +187,10 @@ fn parse_entry(e: &Json, kind: BundleKind, received_ms: i64) -> Result<BundleEnt
             url: url.to_owned(),
         });
     }
+    let target = url.split(['/', '?']).next().unwrap_or("");
+    if let Some(kind) = osler_registry::Kind::parse(target) {
+        return resource_entry(e, req, kind, method, url);
+    }
     if method != Some("POST") || url.trim_end_matches('/').rsplit('/').next() != Some("Observation")
     {
         return Err(FhirError::at(
@@ -208,6 +230,66 @@ fn parse_entry(e: &Json, kind: BundleKind, received_ms: i64) -> Result<BundleEnt
         input,
         if_none_exist,
     }))
+}
+
+/// A registry entry: `POST Kind` (with `ifNoneExist`), `PUT Kind/{id}` (with `ifMatch`) or
+/// `PUT Kind?search`.
+fn resource_entry(
+    e: &Json,
+    req: &Json,
+    kind: osler_registry::Kind,
+    method: Option<&str>,
+    url: &str,
+) -> Result<BundleEntry, FhirError> {
+    let invalid = |path: &str, msg: String| FhirError::at(ErrorKind::Invalid, path, msg);
+    let resource = e
+        .get("resource")
+        .ok_or_else(|| invalid("resource", format!("is required to write a {kind}")))?
+        .clone();
+    let text = |k: &str| -> Result<Option<String>, FhirError> {
+        match req.get(k) {
+            None => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(invalid(&format!("request.{k}"), "must be a string".into())),
+        }
+    };
+    let rest = &url[kind.as_str().len()..];
+    let mut entry = ResourceEntry {
+        kind,
+        resource,
+        id: None,
+        condition: None,
+        if_none_exist: None,
+        if_match: text("ifMatch")?,
+    };
+    match (method, rest) {
+        (Some("POST"), "" | "/") => {
+            if let Some(q) = text("ifNoneExist")? {
+                entry.if_none_exist = Some(
+                    parse_query(q.trim_start_matches('?'))
+                        .map_err(|e| e.within("request.ifNoneExist"))?,
+                );
+            }
+        }
+        (Some("PUT"), r) if r.starts_with('/') && r.len() > 1 && !r[1..].contains(['/', '?']) => {
+            entry.id = Some(r[1..].to_owned());
+        }
+        (Some("PUT"), r) if r.starts_with('?') && r.len() > 1 => {
+            entry.condition = Some(parse_query(&r[1..]).map_err(|e| e.within("request.url"))?);
+        }
+        _ => {
+            return Err(FhirError::at(
+                ErrorKind::NotSupported,
+                "request",
+                format!(
+                    "a Bundle may POST {kind}, PUT {kind}/{{id}} or PUT {kind}?search; found {} {:?}",
+                    method.unwrap_or("no method"),
+                    url.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+    }
+    Ok(BundleEntry::Resource(entry))
 }
 
 /// One entry of a transaction or batch response.

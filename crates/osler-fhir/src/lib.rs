@@ -18,7 +18,8 @@ pub mod search;
 pub mod shape;
 
 pub use bundle::{
-    BundleEntry, BundleKind, EntryRequest, RequestBundle, parse_bundle, parse_if_none_exist,
+    BundleEntry, BundleKind, EntryRequest, RequestBundle, ResourceEntry, parse_bundle,
+    parse_if_none_exist,
 };
 pub use observation::{
     SummaryView, observation_json, parse_observation, reading_error, summary_json,

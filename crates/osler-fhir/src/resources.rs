@@ -32,7 +32,7 @@ fn registry_capability(kind: Kind) -> Json {
             "DELETE sets status to entered-in-error; the resource and its history stay"
         }
     };
-    json!({
+    let mut cap = json!({
         "type": kind.as_str(),
         "documentation": format!("Versioned; unknown elements are refused rather than dropped. {delete}."),
         "interaction": [
@@ -47,7 +47,15 @@ fn registry_capability(kind: Kind) -> Json {
         "conditionalUpdate": true,
         "conditionalDelete": "not-supported",
         "searchParam": params,
-    })
+    });
+    if kind == Kind::Patient {
+        cap["operation"] = json!([{
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            "documentation": "Paged: the Patient, its care teams, devices and their use, the practitioners and organisations they name, its Flags, then its Observations (start, end, _count)",
+        }]);
+    }
+    cap
 }
 
 /// The CapabilityStatement: what this server really supports, and nothing more.
@@ -102,7 +110,7 @@ pub fn capability_statement(version: &str, date: &str, base_url: &str) -> Json {
                 },
                 {
                     "type": "Flag",
-                    "documentation": "Alerts: active while open, with severity, value and threshold in extensions",
+                    "documentation": "Alerts: active while open, with severity, value and threshold in extensions. Searches are paged newest first (Bundle.link next) and carry no total.",
                     "interaction": [{"code": "read"}, {"code": "search-type"}],
                     "searchParam": [
                         search("patient", "reference", "The patient"),
@@ -136,8 +144,8 @@ pub fn capability_statement(version: &str, date: &str, base_url: &str) -> Json {
                 Unknown search parameters are refused (strict handling). Dates without a zone are read as UTC.",
             "resource": resources,
             "interaction": [
-                {"code": "transaction", "documentation": "POST Observations, all or nothing"},
-                {"code": "batch", "documentation": "POST Observations, each entry on its own"},
+                {"code": "transaction", "documentation": "POST Observations; POST, PUT Type/id or conditional PUT of registry resources; all or nothing"},
+                {"code": "batch", "documentation": "The writes of a transaction, and GET of any read or search, each entry on its own"},
             ],
         }],
     })

@@ -112,6 +112,20 @@ impl Alerts {
         Ok(result)
     }
 
+    /// Readings and registry resources of one Bundle, in one commit with their alerts.
+    pub(crate) async fn write_all(
+        self: &Arc<Self>,
+        store: &Store,
+        ops: Vec<WriteOp>,
+        writes: Vec<osler_registry::ResourceWrite>,
+        atomic: bool,
+    ) -> Result<WriteResult, osler_store::StoreError> {
+        let (rules, raised) = self.rules();
+        let mut result = store.write_all(ops, writes, atomic, rules).await?;
+        self.publish_raised(&raised, &mut result);
+        Ok(result)
+    }
+
     /// The rules as the store runs them inside a commit, and where the events they raised are
     /// left for publishing after it.
     fn rules(self: &Arc<Self>) -> (Rules, Arc<Mutex<Vec<AlertEvent>>>) {

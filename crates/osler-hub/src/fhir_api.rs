@@ -13,11 +13,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use osler_core::{Id, ReadingError};
-use osler_fhir::bundle::{response_bundle, response_entry, searchset, searchset_with};
+use osler_fhir::bundle::{searchset, searchset_with};
 use osler_fhir::{
-    BundleEntry, BundleKind, ErrorKind, FhirError, ObservationSearch, SummaryView, encode_query,
-    observation_json, parse_bundle, parse_if_none_exist, parse_observation,
-    parse_observation_search, parse_query, summary_json,
+    ErrorKind, FhirError, ObservationSearch, SummaryView, encode_query, observation_json,
+    parse_if_none_exist, parse_observation, parse_observation_search, parse_query, summary_json,
 };
 use osler_store::{Cursor, Query, ReadingId, StoredReading, WriteOp, WriteOutcome};
 use serde_json::Value;
@@ -30,8 +29,8 @@ type St = State<Arc<AppState>>;
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/fhir", post(transaction_or_batch))
-        .route("/fhir/", post(transaction_or_batch))
+        .route("/fhir", post(crate::bundle_api::transaction_or_batch))
+        .route("/fhir/", post(crate::bundle_api::transaction_or_batch))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/Observation", post(create).get(search))
         .route("/fhir/Observation/$lastn", get(last_n))
@@ -95,12 +94,12 @@ pub(crate) async fn read_json(
     })
 }
 
-fn invalid_reading(e: ReadingError) -> FhirError {
+pub(crate) fn invalid_reading(e: ReadingError) -> FhirError {
     osler_fhir::reading_error(&e)
 }
 
 /// An Observation element path as it reads inside a Bundle entry's resource.
-fn in_entry(mut e: FhirError, i: usize) -> FhirError {
+pub(crate) fn in_entry(mut e: FhirError, i: usize) -> FhirError {
     e.expression = e.expression.map(|x| match x.strip_prefix("Observation") {
         Some(rest) => format!("Bundle.entry[{i}].resource{rest}"),
         None => format!("Bundle.entry[{i}].resource.{x}"),
@@ -109,7 +108,7 @@ fn in_entry(mut e: FhirError, i: usize) -> FhirError {
 }
 
 /// Why a write outcome is a failure, as a FHIR error.
-fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
+pub(crate) fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
     match o {
         WriteOutcome::Created(_) | WriteOutcome::Existing(_) => None,
         WriteOutcome::Conflict { existing } => Some(FhirError::new(
@@ -142,7 +141,7 @@ pub(crate) fn prefers(headers: &HeaderMap, what: &str) -> Option<bool> {
     )
 }
 
-fn location(base: &str, s: &StoredReading) -> String {
+pub(crate) fn location(base: &str, s: &StoredReading) -> String {
     format!("{base}/Observation/{}", s.id)
 }
 
@@ -216,208 +215,7 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
     Ok(response)
 }
 
-async fn transaction_or_batch(
-    State(state): St,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let received = now_ms();
-    let json = read_json(&state, &headers, body).await?;
-    let bundle = parse_bundle(&json, received)?;
-    let base = base_url(&state, &headers);
-    let with_resources = prefers(&headers, "representation") == Some(true);
-    // Reads of a batch, run after its writes (so a batch can read what it wrote).
-    let mut reads: Vec<(usize, String)> = Vec::new();
-    let prepared: Vec<Result<WriteOp, FhirError>> = bundle
-        .entries
-        .into_iter()
-        .enumerate()
-        .map(|(i, entry)| {
-            let req = match entry? {
-                BundleEntry::Create(req) => req,
-                BundleEntry::Read { url } => {
-                    reads.push((i, url));
-                    return Err(FhirError::new(
-                        ErrorKind::Internal,
-                        "a read, answered below",
-                    ));
-                }
-            };
-            let reading = req
-                .input
-                .validate(received)
-                .map_err(|e| in_entry(invalid_reading(e), i))?;
-            Ok(WriteOp {
-                reading,
-                if_none_exist: req.if_none_exist,
-                by_device: false,
-            })
-        })
-        .collect();
-    let rejected = (prepared.iter().filter(|p| p.is_err()).count() - reads.len()) as u64;
-    if rejected > 0 {
-        state.metrics.rejected("invalid", rejected);
-    }
-
-    let answer = |o: &WriteOutcome| -> Value {
-        match o {
-            WriteOutcome::Created(s) | WriteOutcome::Existing(s) => {
-                let status = if matches!(o, WriteOutcome::Created(_)) {
-                    "201 Created"
-                } else {
-                    "200 OK"
-                };
-                let resource =
-                    with_resources.then(|| observation_json(&s.id.to_string(), &s.reading));
-                response_entry(status, Some(&location(&base, s)), resource, None)
-            }
-            failed => {
-                let e = outcome_error(failed)
-                    .unwrap_or_else(|| FhirError::new(ErrorKind::Internal, "unknown outcome"));
-                response_entry(
-                    &status_line(e.kind.status()),
-                    None,
-                    None,
-                    Some(e.to_outcome()),
-                )
-            }
-        }
-    };
-
-    match bundle.kind {
-        BundleKind::Transaction => {
-            if let Some(Err(e)) = prepared.iter().find(|p| p.is_err()) {
-                let mut e = e.clone();
-                e.message = format!("{} (transaction: nothing was stored)", e.message);
-                return Err(e.into());
-            }
-            let ops: Vec<WriteOp> = prepared.into_iter().filter_map(Result::ok).collect();
-            let result = state.alerts.write(&state.store, ops, true, None).await?;
-            if !result.committed {
-                let (i, e) = result
-                    .outcomes
-                    .iter()
-                    .enumerate()
-                    .find_map(|(i, o)| outcome_error(o).map(|e| (i, e)))
-                    .unwrap_or((
-                        0,
-                        FhirError::new(ErrorKind::Internal, "transaction was not committed"),
-                    ));
-                state.metrics.rejected("conflict", 1);
-                let mut e = e.within(&format!("Bundle.entry[{i}]"));
-                e.message = format!("{} (transaction: nothing was stored)", e.message);
-                return Err(e.into());
-            }
-            let entries = result.outcomes.iter().map(answer).collect();
-            Ok(fhir(
-                StatusCode::OK,
-                &response_bundle(BundleKind::Transaction, entries),
-            ))
-        }
-        BundleKind::Batch => {
-            let (ops, slots): (Vec<WriteOp>, Vec<usize>) = prepared
-                .iter()
-                .enumerate()
-                .filter_map(|(i, p)| p.as_ref().ok().map(|op| (op.clone(), i)))
-                .unzip();
-            let result = state.alerts.write(&state.store, ops, false, None).await?;
-            let mut entries: Vec<Value> = prepared
-                .iter()
-                .map(|p| match p {
-                    Err(e) => response_entry(
-                        &status_line(e.kind.status()),
-                        None,
-                        None,
-                        Some(e.to_outcome()),
-                    ),
-                    Ok(_) => Value::Null,
-                })
-                .collect();
-            let conflicts = result.outcomes.iter().filter(|o| !o.is_ok()).count() as u64;
-            if conflicts > 0 {
-                state.metrics.rejected("conflict", conflicts);
-            }
-            for (slot, o) in slots.into_iter().zip(&result.outcomes) {
-                entries[slot] = answer(o);
-            }
-            for (slot, url) in reads {
-                let host = headers.get(header::HOST).cloned();
-                entries[slot] = read_entry(state.clone(), host, url).await;
-            }
-            Ok(fhir(
-                StatusCode::OK,
-                &response_bundle(BundleKind::Batch, entries),
-            ))
-        }
-    }
-}
-
-/// A batch's GET entry, answered by the hub's own routes (every read and search the API
-/// serves, with the same checks), as a response entry.
-fn read_entry(
-    state: Arc<AppState>,
-    host: Option<HeaderValue>,
-    url: String,
-) -> std::pin::Pin<Box<dyn Future<Output = Value> + Send>> {
-    // Boxed: this handler's future would otherwise contain the router's, which contains it.
-    Box::pin(read_entry_inner(state, host, url))
-}
-
-async fn read_entry_inner(state: Arc<AppState>, host: Option<HeaderValue>, url: String) -> Value {
-    use tower::ServiceExt;
-    let mut req = axum::http::Request::get(format!("/fhir/{url}"));
-    if let Some(h) = host {
-        req = req.header(header::HOST, h);
-    }
-    let failed = |e: FhirError| {
-        response_entry(
-            &status_line(e.kind.status()),
-            None,
-            None,
-            Some(e.to_outcome()),
-        )
-    };
-    let Ok(req) = req.body(Body::empty()) else {
-        return failed(FhirError::at(
-            ErrorKind::Invalid,
-            "request.url",
-            "not a URL",
-        ));
-    };
-    let Ok(resp) = crate::router(state).oneshot(req).await;
-    let (parts, body) = resp.into_parts();
-    let status = parts.status;
-    let header_of = |name: header::HeaderName| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let (etag, modified) = (header_of(header::ETAG), header_of(header::LAST_MODIFIED));
-    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
-        return failed(FhirError::new(
-            ErrorKind::Internal,
-            "the read could not be completed",
-        ));
-    };
-    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let mut response = serde_json::json!({ "status": status_line(status.as_u16()) });
-    if let Some(e) = etag {
-        response["etag"] = Value::String(e);
-    }
-    if let Some(m) = modified {
-        response["lastModified"] = Value::String(m);
-    }
-    if status.is_success() {
-        serde_json::json!({ "resource": body, "response": response })
-    } else {
-        response["outcome"] = body;
-        serde_json::json!({ "response": response })
-    }
-}
-
-fn status_line(code: u16) -> String {
+pub(crate) fn status_line(code: u16) -> String {
     let reason = StatusCode::from_u16(code)
         .ok()
         .and_then(|s| s.canonical_reason())

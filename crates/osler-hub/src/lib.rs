@@ -11,6 +11,7 @@
 
 mod alerts;
 mod body;
+mod bundle_api;
 mod cors;
 mod everything;
 mod fhir_api;

@@ -65,7 +65,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 
 /// A new server-assigned id: 128 random bits in hex (unguessable, so that ids leak nothing
 /// about how many patients a clinic has).
-fn new_id() -> Result<String, ApiError> {
+pub(crate) fn new_id() -> Result<String, FhirError> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| {
         tracing::error!(error = %e, "no randomness for a new id");
@@ -140,7 +140,7 @@ fn stored_response(
 }
 
 /// What a refused write is, as a FHIR error naming the element at fault.
-fn refusal(kind: Kind, o: &WriteOutcome) -> FhirError {
+pub(crate) fn refusal(kind: Kind, o: &WriteOutcome) -> FhirError {
     match o {
         WriteOutcome::VersionConflict { current } => FhirError::new(
             ErrorKind::Precondition,

@@ -400,20 +400,22 @@ impl Store {
         writes: Vec<ResourceWrite>,
         rules: Option<Rules>,
     ) -> Result<WriteResult, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Job {
-                ops: Vec::new(),
-                atomic: false,
-                batch: None,
-                alerts: Vec::new(),
-                resources: writes,
-                rules,
-                reply,
-            })
+        self.submit_all(Vec::new(), writes, false, None, Vec::new(), rules)
             .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Readings and registry resources in one job (a FHIR Bundle): with `atomic`, all of it is
+    /// stored or none (a refused resource or a conflicting reading undoes the job); without, each
+    /// fails alone. `rules` judge the readings stored, in the same commit.
+    pub async fn write_all(
+        &self,
+        ops: Vec<WriteOp>,
+        writes: Vec<ResourceWrite>,
+        atomic: bool,
+        rules: Rules,
+    ) -> Result<WriteResult, StoreError> {
+        self.submit_all(ops, writes, atomic, None, Vec::new(), Some(rules))
+            .await
     }
 
     /// The current version of a registry resource.
@@ -503,6 +505,20 @@ impl Store {
         alerts: Vec<alerts::AlertWrite>,
         rules: Option<Rules>,
     ) -> Result<WriteResult, StoreError> {
+        self.submit_all(ops, Vec::new(), atomic, batch, alerts, rules)
+            .await
+    }
+
+    /// Queues one job for the writer and waits for its commit.
+    async fn submit_all(
+        &self,
+        ops: Vec<WriteOp>,
+        resources: Vec<ResourceWrite>,
+        atomic: bool,
+        batch: Option<BatchMark>,
+        alerts: Vec<alerts::AlertWrite>,
+        rules: Option<Rules>,
+    ) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .send(Job {
@@ -510,7 +526,7 @@ impl Store {
                 atomic,
                 batch,
                 alerts,
-                resources: Vec::new(),
+                resources,
                 rules,
                 reply,
             })

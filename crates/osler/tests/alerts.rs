@@ -167,7 +167,9 @@ fn every_injected_event_raises_its_alert_and_nothing_else_does() {
         r[0]["patient"].as_str().unwrap()
     ))
     .json();
-    assert!(flags["total"].as_u64().unwrap() >= 1);
+    // Paged, newest first, without a total (counting a population's alerts on every page is
+    // not worth it).
+    assert!(!flags["entry"].as_array().unwrap().is_empty(), "{flags}");
 }
 
 #[test]

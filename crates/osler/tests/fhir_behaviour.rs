@@ -166,6 +166,7 @@ fn batches_read_flags_page_and_everything_comes_in_pages() {
         {"request": {"method": "GET", "url": "Patient/nobody"}},
     ]});
     let r = post(b, &batch.to_string()).json();
+    let mut served = vec![r.clone()];
     let e = r["entry"].as_array().unwrap();
     assert_eq!(e[0]["response"]["status"], "201 Created", "{r}");
     assert_eq!(
@@ -228,7 +229,6 @@ fn batches_read_flags_page_and_everything_comes_in_pages() {
     let mut kinds = Vec::new();
     let mut observations = 0;
     let mut url = Some(format!("{b}/Patient/anna/$everything?_count=3"));
-    let mut served = Vec::new();
     while let Some(u) = url {
         let page = get(&u).json();
         for e in page["entry"].as_array().into_iter().flatten() {

@@ -664,3 +664,118 @@ fn observations_across_patients_with_their_patients_and_devices() {
 
     assert_valid_fhir(&dir.0, &api.served);
 }
+
+#[test]
+fn registry_writes_in_bundles_are_whole_or_entry_by_entry() {
+    let dir = TempDir::new("registry-bundles");
+    let hub = Hub::start(&dir.0);
+    let mut api = Api {
+        base: hub.base.clone(),
+        served: Vec::new(),
+    };
+    let put = |url: &str, resource: Value| json!({"resource": resource, "request": {"method": "PUT", "url": url}});
+    let obs = observation("b1", "8867-4", 64.0, "/min", &minutes_ago(5));
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        put("Practitioner/p1", json!({"resourceType": "Practitioner", "name": [{"family": "Ade"}]})),
+        put("Patient/b1", json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "B-1"}],
+            "generalPractitioner": [{"reference": "Practitioner/p1"}]})),
+        {"resource": obs, "request": {"method": "POST", "url": "Observation"}},
+        put("Device/d1", json!({"resourceType": "Device", "serialNumber": "SN-B1"})),
+        put("DeviceUseStatement/u1", json!({"resourceType": "DeviceUseStatement", "status": "active",
+            "subject": {"reference": "Patient/b1"}, "device": {"reference": "Device/d1"},
+            "timingPeriod": {"start": "2026-01-01T00:00:00Z"}})),
+    ]});
+    let r = api.send("POST", "", &tx, &[("Prefer", "return=representation")]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = r.json();
+    let statuses: Vec<&str> = r["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["201 Created"; 5], "{r}");
+    assert_eq!(r["entry"][1]["response"]["etag"], "W/\"1\"");
+    assert!(
+        r["entry"][1]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("/Patient/b1/_history/1")
+    );
+    assert_eq!(
+        api.get("DeviceUseStatement/u1")["device"]["reference"],
+        "Device/d1"
+    );
+
+    // A transaction with one entry the store refuses (an MRN that is b1's) stores nothing.
+    let obs2 = observation("b2", "8867-4", 65.0, "/min", &minutes_ago(4));
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        put("Practitioner/p2", json!({"resourceType": "Practitioner"})),
+        {"resource": obs2, "request": {"method": "POST", "url": "Observation"}},
+        put("Patient/b2", json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "B-1"}]})),
+    ]});
+    let issue = api.send("POST", "", &tx, &[]).outcome(409);
+    assert_eq!(
+        issue["expression"][0], "Bundle.entry[2].resource.identifier",
+        "{issue}"
+    );
+    assert!(
+        issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was stored")
+    );
+    assert_eq!(get(&format!("{}/Practitioner/p2", hub.base)).status, 404);
+    assert_eq!(count_for(&hub, "b2"), 0);
+    // One the checks refuse before the store names its element too.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        put("Practitioner/p3", json!({"resourceType": "Practitioner"})),
+        put("Patient/b3", json!({"resourceType": "Patient", "birthDate": "2999-01-01"})),
+    ]});
+    let issue = api.send("POST", "", &tx, &[]).outcome(422);
+    assert_eq!(
+        issue["expression"][0], "Bundle.entry[1].resource.birthDate",
+        "{issue}"
+    );
+    assert_eq!(get(&format!("{}/Practitioner/p3", hub.base)).status, 404);
+
+    // A batch: each entry on its own; conditional update and create by search.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        put("Patient?identifier=urn:mrn|B-1", json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "B-1"}],
+            "name": [{"family": "Berg"}], "generalPractitioner": [{"reference": "Practitioner/p1"}]})),
+        put("Patient/b4", json!({"resourceType": "Patient", "generalPractitioner": [{"reference": "Practitioner/nobody"}]})),
+        {"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "B-1"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|B-1"}},
+        put("Patient/b1", json!({"resourceType": "Patient"})),
+    ]});
+    let mut b = batch.clone();
+    b["entry"][3]["request"]["ifMatch"] = json!("W/\"1\"");
+    let r = api.send("POST", "", &b, &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = r.json();
+    let e = r["entry"].as_array().unwrap();
+    assert_eq!(e[0]["response"]["status"], "200 OK", "{r}");
+    assert!(
+        e[0]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .contains("/Patient/b1/_history/2"),
+        "{r}"
+    );
+    assert_eq!(e[1]["response"]["status"], "422 Unprocessable Entity");
+    assert_eq!(
+        e[1]["response"]["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[1].resource.generalPractitioner[0].reference",
+        "{r}"
+    );
+    assert_eq!(
+        e[2]["response"]["status"], "200 OK",
+        "the conditional create found b1: {r}"
+    );
+    assert_eq!(
+        e[3]["response"]["status"], "412 Precondition Failed",
+        "b1 is at version 2 now: {r}"
+    );
+    assert_eq!(api.get("Patient/b1")["name"][0]["family"], "Berg");
+    assert_valid_fhir(&dir.0, &api.served);
+}

@@ -1,0 +1,323 @@
+//! `POST /fhir`: transaction and batch Bundles. Entries create Observations, write registry
+//! resources (POST, PUT by id, conditional PUT) and, in a batch, read (GET). All the writes of
+//! a Bundle are one store job: a transaction is stored whole or not at all (a conflicting
+//! reading or a refused resource undoes it, and the answer names the entry); in a batch each
+//! entry fails alone. A batch's reads run after its writes, through the hub's own routes.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use osler_fhir::bundle::{response_bundle, response_entry};
+use osler_fhir::registry::{etag, parse_registry_search, prepare, resource_json};
+use osler_fhir::{
+    BundleEntry, BundleKind, ErrorKind, FhirError, ResourceEntry, observation_json, parse_bundle,
+};
+use osler_registry::{ResourceWrite, WriteMode};
+use osler_store::{WriteOp, WriteOutcome};
+use serde_json::Value;
+
+use crate::fhir_api::{
+    base_url, in_entry, invalid_reading, location, outcome_error, prefers, read_json, status_line,
+};
+use crate::registry_api::{new_id, refusal};
+use crate::reply::{ApiError, fhir};
+use crate::{AppState, now_ms};
+
+/// What became of an entry before the store saw it.
+enum Slot {
+    Op(usize),
+    Resource(usize),
+    Read(String),
+    Refused(FhirError),
+}
+
+/// A registry entry made ready for the store; errors located inside the entry.
+fn prepare_entry(e: ResourceEntry, i: usize, now: i64) -> Result<ResourceWrite, FhirError> {
+    let kind = e.kind;
+    let at = |err: FhirError| {
+        let mut err = err;
+        err.expression = err.expression.map(|x| match x.strip_prefix(kind.as_str()) {
+            Some(rest) => format!("Bundle.entry[{i}].resource{rest}"),
+            None if x == "resourceType" => format!("Bundle.entry[{i}].resource.resourceType"),
+            None => format!("Bundle.entry[{i}].{x}"),
+        });
+        err
+    };
+    let if_match = match &e.if_match {
+        None => None,
+        Some(t) => Some(osler_fhir::registry::parse_etag(t).ok_or_else(|| {
+            FhirError::at(
+                ErrorKind::BadParameter,
+                format!("Bundle.entry[{i}].request.ifMatch"),
+                "must name a version: W/\"3\"",
+            )
+        })?),
+    };
+    let search = |q: &[(String, String)], what: &str| {
+        parse_registry_search(kind, q)
+            .map(|s| s.query)
+            .map_err(|err| err.within(&format!("Bundle.entry[{i}].request.{what}")))
+    };
+    let (id, mode) = match (&e.id, &e.condition, &e.if_none_exist) {
+        (Some(id), _, _) => (id.clone(), WriteMode::Update),
+        (None, Some(q), _) => {
+            let id = e
+                .resource
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            (
+                id.map_or_else(new_id, Ok)?,
+                WriteMode::UpdateMatching(search(q, "url")?),
+            )
+        }
+        (None, None, Some(q)) => (
+            new_id()?,
+            WriteMode::CreateIfNoneExist(search(q, "ifNoneExist")?),
+        ),
+        (None, None, None) => (new_id()?, WriteMode::Create),
+    };
+    if osler_core::Id::parse(&id).is_none() {
+        return Err(FhirError::at(
+            ErrorKind::Invalid,
+            format!("Bundle.entry[{i}].request.url"),
+            "an id is 1-64 letters, digits, '-' or '.'",
+        ));
+    }
+    prepare(kind, &e.resource, &id, mode, if_match, now).map_err(at)
+}
+
+pub(crate) async fn transaction_or_batch(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received = now_ms();
+    let json = read_json(&state, &headers, body).await?;
+    let bundle = parse_bundle(&json, received)?;
+    let base = base_url(&state, &headers);
+    let with_resources = prefers(&headers, "representation") == Some(true);
+    let (mut ops, mut writes, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, entry) in bundle.entries.into_iter().enumerate() {
+        let slot = match entry {
+            Err(e) => Slot::Refused(e),
+            Ok(BundleEntry::Read { url }) => Slot::Read(url),
+            Ok(BundleEntry::Create(req)) => match req.input.validate(received) {
+                Ok(reading) => {
+                    ops.push(WriteOp {
+                        reading,
+                        if_none_exist: req.if_none_exist,
+                        by_device: false,
+                    });
+                    Slot::Op(ops.len() - 1)
+                }
+                Err(e) => Slot::Refused(in_entry(invalid_reading(e), i)),
+            },
+            Ok(BundleEntry::Resource(r)) => match prepare_entry(r, i, received) {
+                Ok(w) => {
+                    writes.push(w);
+                    Slot::Resource(writes.len() - 1)
+                }
+                Err(e) => Slot::Refused(e),
+            },
+        };
+        slots.push(slot);
+    }
+    let refused = slots
+        .iter()
+        .filter(|s| matches!(s, Slot::Refused(_)))
+        .count() as u64;
+    if refused > 0 {
+        state.metrics.rejected("invalid", refused);
+    }
+    let atomic = bundle.kind == BundleKind::Transaction;
+    if atomic && let Some(Slot::Refused(e)) = slots.iter().find(|s| matches!(s, Slot::Refused(_))) {
+        let mut e = e.clone();
+        e.message = format!("{} (transaction: nothing was stored)", e.message);
+        return Err(e.into());
+    }
+    let kinds: Vec<_> = writes.iter().map(|w| w.kind).collect();
+    let result = if ops.is_empty() && writes.is_empty() {
+        None
+    } else {
+        Some(
+            state
+                .alerts
+                .write_all(&state.store, ops, writes, atomic)
+                .await?,
+        )
+    };
+    if atomic
+        && let Some(r) = &result
+        && !r.committed
+    {
+        // The first entry that failed, named.
+        let failed = slots.iter().enumerate().find_map(|(i, s)| match s {
+            Slot::Op(k) => {
+                outcome_error(&r.outcomes[*k]).map(|e| e.within(&format!("Bundle.entry[{i}]")))
+            }
+            Slot::Resource(k) => r.resources[*k]
+                .stored()
+                .is_none()
+                .then(|| refused_in(kinds[*k], &r.resources[*k], i)),
+            _ => None,
+        });
+        let mut e = failed.unwrap_or_else(|| {
+            FhirError::new(ErrorKind::Internal, "transaction was not committed")
+        });
+        state.metrics.rejected("conflict", 1);
+        e.message = format!("{} (transaction: nothing was stored)", e.message);
+        return Err(e.into());
+    }
+    let mut entries = Vec::with_capacity(slots.len());
+    for (i, slot) in slots.into_iter().enumerate() {
+        let entry = match slot {
+            Slot::Refused(e) => failed_entry(&e),
+            Slot::Op(k) => {
+                let o = result.as_ref().map(|r| &r.outcomes[k]);
+                match o {
+                    Some(o @ (WriteOutcome::Created(s) | WriteOutcome::Existing(s))) => {
+                        let status = if matches!(o, WriteOutcome::Created(_)) {
+                            "201 Created"
+                        } else {
+                            "200 OK"
+                        };
+                        let resource =
+                            with_resources.then(|| observation_json(&s.id.to_string(), &s.reading));
+                        response_entry(status, Some(&location(&base, s)), resource, None)
+                    }
+                    Some(failed) => {
+                        state.metrics.rejected("conflict", 1);
+                        failed_entry(&outcome_error(failed).unwrap_or_else(|| {
+                            FhirError::new(ErrorKind::Internal, "unknown outcome")
+                        }))
+                    }
+                    None => failed_entry(&FhirError::new(ErrorKind::Internal, "no outcome")),
+                }
+            }
+            Slot::Resource(k) => match result.as_ref().map(|r| &r.resources[k]) {
+                Some(o) => match o.stored() {
+                    Some(s) => {
+                        let status = if matches!(o, osler_registry::WriteOutcome::Created(_)) {
+                            "201 Created"
+                        } else {
+                            "200 OK"
+                        };
+                        let loc = format!("{base}/{}/{}/_history/{}", s.kind, s.id, s.version);
+                        let mut e = response_entry(
+                            status,
+                            Some(&loc),
+                            with_resources.then(|| resource_json(s)),
+                            None,
+                        );
+                        e["response"]["etag"] = Value::String(etag(s.version));
+                        // An instant here, not the HTTP date of the Last-Modified header.
+                        e["response"]["lastModified"] =
+                            Value::String(osler_fhir::registry::last_updated(s.updated_ms));
+                        e
+                    }
+                    None => failed_entry(&refused_in(kinds[k], o, i)),
+                },
+                None => failed_entry(&FhirError::new(ErrorKind::Internal, "no outcome")),
+            },
+            Slot::Read(url) => {
+                let host = headers.get(header::HOST).cloned();
+                read_entry(state.clone(), host, url).await
+            }
+        };
+        entries.push(entry);
+    }
+    Ok(fhir(StatusCode::OK, &response_bundle(bundle.kind, entries)))
+}
+
+/// The store's refusal of entry `i`'s resource, located inside the entry.
+fn refused_in(kind: osler_registry::Kind, o: &osler_registry::WriteOutcome, i: usize) -> FhirError {
+    let mut e = refusal(kind, o);
+    e.expression = Some(match e.expression.take() {
+        Some(x) => match x.strip_prefix(kind.as_str()) {
+            Some(rest) => format!("Bundle.entry[{i}].resource{rest}"),
+            None => format!("Bundle.entry[{i}].resource.{x}"),
+        },
+        None => format!("Bundle.entry[{i}]"),
+    });
+    e
+}
+
+fn failed_entry(e: &FhirError) -> Value {
+    response_entry(
+        &status_line(e.kind.status()),
+        None,
+        None,
+        Some(e.to_outcome()),
+    )
+}
+
+/// A batch's GET entry, answered by the hub's own routes (every read and search the API
+/// serves, with the same checks), as a response entry.
+fn read_entry(
+    state: Arc<AppState>,
+    host: Option<HeaderValue>,
+    url: String,
+) -> std::pin::Pin<Box<dyn Future<Output = Value> + Send>> {
+    // Boxed: this handler's future would otherwise contain the router's, which contains it.
+    Box::pin(read_entry_inner(state, host, url))
+}
+
+async fn read_entry_inner(state: Arc<AppState>, host: Option<HeaderValue>, url: String) -> Value {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::get(format!("/fhir/{url}"));
+    if let Some(h) = host {
+        req = req.header(header::HOST, h);
+    }
+    let failed = |e: FhirError| {
+        response_entry(
+            &status_line(e.kind.status()),
+            None,
+            None,
+            Some(e.to_outcome()),
+        )
+    };
+    let Ok(req) = req.body(Body::empty()) else {
+        return failed(FhirError::at(
+            ErrorKind::Invalid,
+            "request.url",
+            "not a URL",
+        ));
+    };
+    let Ok(resp) = crate::router(state).oneshot(req).await;
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    let header_of = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let etag = header_of(header::ETAG);
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return failed(FhirError::new(
+            ErrorKind::Internal,
+            "the read could not be completed",
+        ));
+    };
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let mut response = serde_json::json!({ "status": status_line(status.as_u16()) });
+    if let Some(e) = etag {
+        response["etag"] = Value::String(e);
+    }
+    // response.lastModified is an instant: the resource's own meta.lastUpdated (the
+    // Last-Modified header is an HTTP date).
+    if let Some(m) = body["meta"]["lastUpdated"].as_str() {
+        response["lastModified"] = Value::String(m.to_owned());
+    }
+    if status.is_success() {
+        serde_json::json!({ "resource": body, "response": response })
+    } else {
+        response["outcome"] = body;
+        serde_json::json!({ "response": response })
+    }
+}
