@@ -249,6 +249,7 @@ pub fn run(args: HubBenchArgs) -> anyhow::Result<()> {
                 reading: r,
                 if_none_exist: None,
                 by_device: false,
+                correction: None,
             });
             if chunk.len() == 20_000 {
                 let res = store.write_blocking(std::mem::take(&mut chunk), false)?;

@@ -221,6 +221,7 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
                     },
                     if_none_exist: None,
                     by_device: false,
+                    correction: None,
                 });
                 if chunk.len() == 50_000 {
                     store.write_blocking(std::mem::take(&mut chunk), false)?;

@@ -65,6 +65,8 @@ pub enum Status {
     Preliminary = 1,
     Amended = 2,
     Corrected = 3,
+    /// The reading should never have been: kept, with its history, and judged by no rule.
+    EnteredInError = 4,
 }
 
 impl Status {
@@ -74,6 +76,7 @@ impl Status {
             Status::Preliminary => "preliminary",
             Status::Amended => "amended",
             Status::Corrected => "corrected",
+            Status::EnteredInError => "entered-in-error",
         }
     }
     pub fn from_code(code: &str) -> Option<Status> {
@@ -82,9 +85,17 @@ impl Status {
             Status::Preliminary,
             Status::Amended,
             Status::Corrected,
+            Status::EnteredInError,
         ]
         .into_iter()
         .find(|s| s.code() == code)
+    }
+    /// A correction of a reading sent before (amended, corrected, entered in error).
+    pub fn is_correction(self) -> bool {
+        matches!(
+            self,
+            Status::Amended | Status::Corrected | Status::EnteredInError
+        )
     }
     pub fn from_u8(n: u8) -> Option<Status> {
         [
@@ -92,6 +103,7 @@ impl Status {
             Status::Preliminary,
             Status::Amended,
             Status::Corrected,
+            Status::EnteredInError,
         ]
         .into_iter()
         .find(|s| *s as u8 == n)

@@ -118,7 +118,7 @@ pub fn parse_observation(v: &Json, received_ms: i64) -> Result<ReadingInput, Fhi
     let status = Status::from_code(status_code).ok_or_else(|| {
         invalid(
             "Observation.status",
-            format!("{status_code:?} is not accepted for a stored reading; use final, preliminary, amended or corrected"),
+            format!("{status_code:?} is not accepted for a stored reading; use final, preliminary, amended, corrected or entered-in-error"),
         )
     })?;
 
@@ -714,7 +714,7 @@ mod tests {
             (
                 {
                     let mut v = hr();
-                    v["status"] = json!("entered-in-error");
+                    v["status"] = json!("cancelled");
                     v
                 },
                 "Observation.status",

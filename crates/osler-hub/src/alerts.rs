@@ -71,7 +71,7 @@ impl Alerts {
             open.iter().any(|a| a.patient == patient && a.rule == rule)
         });
         for a in &open {
-            engine.restore_open(&a.patient, &a.rule, a.value);
+            engine.restore_open(&a.patient, &a.rule, a.value, a.raised_reading_ms);
         }
         let (stream, _) = broadcast::channel(16_384);
         Ok(Alerts {

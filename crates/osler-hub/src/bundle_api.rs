@@ -16,7 +16,7 @@ use osler_fhir::{
     BundleEntry, BundleKind, ErrorKind, FhirError, ResourceEntry, observation_json, parse_bundle,
 };
 use osler_registry::{ResourceWrite, WriteMode};
-use osler_store::{WriteOp, WriteOutcome};
+use osler_store::{Correction, WriteOp, WriteOutcome};
 use serde_json::Value;
 
 use crate::fhir_api::{
@@ -108,6 +108,9 @@ pub(crate) async fn transaction_or_batch(
             Ok(BundleEntry::Create(req)) => match req.input.validate(received) {
                 Ok(reading) => {
                     ops.push(WriteOp {
+                        // An amended, corrected or entered-in-error reading replaces the one
+                        // stored under its identity.
+                        correction: reading.status.is_correction().then(Correction::default),
                         reading,
                         if_none_exist: req.if_none_exist,
                         by_device: false,
@@ -179,7 +182,11 @@ pub(crate) async fn transaction_or_batch(
             Slot::Op(k) => {
                 let o = result.as_ref().map(|r| &r.outcomes[k]);
                 match o {
-                    Some(o @ (WriteOutcome::Created(s) | WriteOutcome::Existing(s))) => {
+                    Some(
+                        o @ (WriteOutcome::Created(s)
+                        | WriteOutcome::Existing(s)
+                        | WriteOutcome::Corrected(s)),
+                    ) => {
                         let status = if matches!(o, WriteOutcome::Created(_)) {
                             "201 Created"
                         } else {

@@ -18,7 +18,7 @@ use osler_fhir::{
     ErrorKind, FhirError, ObservationSearch, SummaryView, encode_query, observation_json,
     parse_if_none_exist, parse_observation, parse_observation_search, parse_query, summary_json,
 };
-use osler_store::{Cursor, Query, ReadingId, StoredReading, WriteOp, WriteOutcome};
+use osler_store::{Correction, Cursor, Query, ReadingId, StoredReading, WriteOp, WriteOutcome};
 use serde_json::Value;
 
 use crate::body::{BodyError, read_body};
@@ -34,7 +34,9 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/Observation", post(create).get(search))
         .route("/fhir/Observation/$lastn", get(last_n))
-        .route("/fhir/Observation/{id}", get(read))
+        .route("/fhir/Observation/{id}", get(read).put(correct))
+        .route("/fhir/Observation/{id}/_history", get(history))
+        .route("/fhir/Observation/{id}/_history/{vid}", get(vread))
 }
 
 /// The FHIR base URL as the client sees it.
@@ -110,12 +112,18 @@ pub(crate) fn in_entry(mut e: FhirError, i: usize) -> FhirError {
 /// Why a write outcome is a failure, as a FHIR error.
 pub(crate) fn outcome_error(o: &WriteOutcome) -> Option<FhirError> {
     match o {
-        WriteOutcome::Created(_) | WriteOutcome::Existing(_) => None,
+        WriteOutcome::Created(_) | WriteOutcome::Existing(_) | WriteOutcome::Corrected(_) => None,
+        WriteOutcome::VersionConflict { current } => Some(FhirError::new(
+            ErrorKind::Precondition,
+            format!(
+                "the Observation is at version {current}; read it again and reapply the correction (If-Match)"
+            ),
+        )),
         WriteOutcome::Conflict { existing } => Some(FhirError::new(
             ErrorKind::Conflict,
             format!(
                 "Observation/{} already holds a different reading for this patient, metric and device at this time; \
-                 a reading's time identifies it, and corrections are not accepted by create",
+                 a reading's time identifies it: correct it with PUT, or send it with status amended, corrected or entered-in-error",
                 existing.id
             ),
         )),
@@ -177,6 +185,9 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
         .write(
             &state.store,
             vec![WriteOp {
+                // An amended, corrected or entered-in-error reading replaces the one stored
+                // under its identity (kept as its previous version).
+                correction: reading.status.is_correction().then(Correction::default),
                 reading,
                 if_none_exist,
                 by_device: false,
@@ -190,7 +201,7 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
     };
     let (status, stored) = match outcome {
         WriteOutcome::Created(s) => (StatusCode::CREATED, s),
-        WriteOutcome::Existing(s) => (StatusCode::OK, s),
+        WriteOutcome::Existing(s) | WriteOutcome::Corrected(s) => (StatusCode::OK, s),
         failed => {
             state.metrics.rejected("conflict", 1);
             let e = outcome_error(&failed)
@@ -199,19 +210,30 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
         }
     };
     let base = base_url(&state, &headers);
-    let mut response = if prefers(&headers, "minimal") == Some(true) {
-        status.into_response()
+    // A new reading is version 1; one found or corrected is at the version the store holds.
+    let version = if status == StatusCode::CREATED {
+        1
     } else {
-        fhir(
-            status,
-            &observation_json(&stored.id.to_string(), &stored.reading),
-        )
+        let store = state.store.clone();
+        let id = stored.id;
+        tokio::task::spawn_blocking(move || store.reading_versions(id))
+            .await??
+            .len()
+            .max(1) as u64
     };
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&location(&base, &stored)) {
-        h.insert(header::LOCATION, v);
+    let mut response = if prefers(&headers, "minimal") == Some(true) {
+        let mut r = status.into_response();
+        if let Ok(v) = HeaderValue::from_str(&osler_fhir::registry::etag(version)) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        r
+    } else {
+        versioned(status, version, &stored)
+    };
+    let loc = format!("{}/_history/{version}", location(&base, &stored));
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        response.headers_mut().insert(header::LOCATION, v);
     }
-    h.insert(header::ETAG, HeaderValue::from_static("W/\"1\""));
     Ok(response)
 }
 
@@ -223,23 +245,222 @@ pub(crate) fn status_line(code: u16) -> String {
     format!("{code} {reason}")
 }
 
-async fn read(State(state): St, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let not_found = || {
-        FhirError::at(
+fn observation_not_found(id: &str) -> FhirError {
+    FhirError::at(
+        ErrorKind::NotFound,
+        "Observation.id",
+        format!(
+            "Observation/{} is not known",
+            id.chars().take(64).collect::<String>()
+        ),
+    )
+}
+
+/// A stored reading with its version as FHIR: `meta.versionId`, and the ETag and
+/// Last-Modified (when the hub received this version) headers.
+fn versioned(status: StatusCode, version: u64, s: &StoredReading) -> Response {
+    let mut json = stored_json(s);
+    json["meta"]["versionId"] = Value::String(version.to_string());
+    let mut r = fhir(status, &json);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&osler_fhir::registry::etag(version)) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&crate::reply::http_date(s.reading.received_ms)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    r
+}
+
+async fn read(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = ReadingId::parse(&id).ok_or_else(|| observation_not_found(&id))?;
+    let store = state.store.clone();
+    let versions = if rid.is_summary() {
+        // A window summary has one version; it is never corrected.
+        let s = tokio::task::spawn_blocking(move || store.get(rid)).await??;
+        s.map(|s| vec![(1, s)]).unwrap_or_default()
+    } else {
+        tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??
+    };
+    let Some((v, s)) = versions.into_iter().next() else {
+        return Err(observation_not_found(&id).into());
+    };
+    let known = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+        .and_then(osler_fhir::registry::parse_etag);
+    if known == Some(v) {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(e) = HeaderValue::from_str(&osler_fhir::registry::etag(v)) {
+            r.headers_mut().insert(header::ETAG, e);
+        }
+        return Ok(r);
+    }
+    Ok(versioned(StatusCode::OK, v, &s))
+}
+
+/// `PUT /fhir/Observation/{id}`: a correction of the stored reading. The body must describe
+/// the same reading (patient, code, device, time: what identifies it); a changed value needs
+/// status amended, corrected or entered-in-error. The previous version stays readable.
+async fn correct(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received = now_ms();
+    let rid = ReadingId::parse(&id)
+        .filter(|r| !r.is_summary())
+        .ok_or_else(|| observation_not_found(&id))?;
+    let json = read_json(&state, &headers, body).await?;
+    if let Some(body_id) = json.get("id")
+        && body_id.as_str() != Some(id.as_str())
+    {
+        return Err(FhirError::at(
+            ErrorKind::Malformed,
+            "Observation.id",
+            "the id in the body differs from the id in the URL",
+        )
+        .into());
+    }
+    let reading = parse_observation(&json, received)?
+        .validate(received)
+        .map_err(invalid_reading)?;
+    let store = state.store.clone();
+    let Some(current) = tokio::task::spawn_blocking(move || store.get(rid)).await?? else {
+        return Err(FhirError::at(
             ErrorKind::NotFound,
             "Observation.id",
+            "no reading is stored under this id; create a reading with POST /fhir/Observation",
+        )
+        .into());
+    };
+    let was = &current.reading;
+    let same_identity = was.patient == reading.patient
+        && was.metric == reading.metric
+        && was.device == reading.device
+        && was.taken.utc_ms == reading.taken.utc_ms;
+    if !same_identity {
+        return Err(FhirError::at(
+            ErrorKind::Conflict,
+            "Observation",
+            "a correction keeps what identifies the reading (subject, code, device, effectiveDateTime); \
+             a different reading is a new Observation",
+        )
+        .into());
+    }
+    if was.value != reading.value && !reading.status.is_correction() {
+        return Err(FhirError::at(
+            ErrorKind::Invalid,
+            "Observation.status",
+            "a changed value needs status amended or corrected (or entered-in-error), so that readers can tell it was changed",
+        )
+        .into());
+    }
+    let if_match = match headers.get("if-match") {
+        None => None,
+        Some(h) => Some(
+            h.to_str()
+                .ok()
+                .and_then(osler_fhir::registry::parse_etag)
+                .ok_or_else(|| {
+                    FhirError::new(
+                        ErrorKind::BadParameter,
+                        "If-Match must name a version: W/\"2\"",
+                    )
+                })?,
+        ),
+    };
+    let op = WriteOp {
+        reading,
+        if_none_exist: None,
+        by_device: false,
+        correction: Some(Correction { if_match }),
+    };
+    let result = state
+        .alerts
+        .write(&state.store, vec![op], false, None)
+        .await?;
+    match result.outcomes.into_iter().next() {
+        Some(WriteOutcome::Corrected(_) | WriteOutcome::Existing(_)) => {
+            let store = state.store.clone();
+            let versions =
+                tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??;
+            let Some((v, s)) = versions.into_iter().next() else {
+                return Err(
+                    FhirError::new(ErrorKind::Internal, "the corrected reading is gone").into(),
+                );
+            };
+            Ok(versioned(StatusCode::OK, v, &s))
+        }
+        Some(o) => Err(outcome_error(&o)
+            .unwrap_or_else(|| FhirError::new(ErrorKind::Internal, "unknown outcome"))
+            .into()),
+        None => Err(FhirError::new(ErrorKind::Internal, "the store answered no outcome").into()),
+    }
+}
+
+/// `GET /fhir/Observation/{id}/_history`: every version, newest first.
+async fn history(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = ReadingId::parse(&id).ok_or_else(|| observation_not_found(&id))?;
+    let store = state.store.clone();
+    let versions = tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??;
+    if versions.is_empty() {
+        return Err(observation_not_found(&id).into());
+    }
+    let base = base_url(&state, &headers);
+    let n = versions.len();
+    let entries: Vec<Value> = versions
+        .iter()
+        .map(|(v, s)| {
+            let mut json = stored_json(s);
+            json["meta"]["versionId"] = Value::String(v.to_string());
+            serde_json::json!({
+                "fullUrl": format!("{base}/Observation/{id}"),
+                "resource": json,
+                "request": {
+                    "method": if *v == 1 { "POST" } else { "PUT" },
+                    "url": if *v == 1 { "Observation".to_owned() } else { format!("Observation/{id}") },
+                },
+                "response": {
+                    "status": if *v == 1 { "201 Created" } else { "200 OK" },
+                    "etag": osler_fhir::registry::etag(*v),
+                },
+            })
+        })
+        .collect();
+    Ok(fhir(
+        StatusCode::OK,
+        &serde_json::json!({"resourceType": "Bundle", "type": "history", "total": n, "entry": entries}),
+    ))
+}
+
+async fn vread(
+    State(state): St,
+    Path((id, vid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let rid = ReadingId::parse(&id).ok_or_else(|| observation_not_found(&id))?;
+    let want: u64 = vid.parse().map_err(|_| observation_not_found(&id))?;
+    let store = state.store.clone();
+    let versions = tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??;
+    match versions.into_iter().find(|(v, _)| *v == want) {
+        Some((v, s)) => Ok(versioned(StatusCode::OK, v, &s)),
+        None => Err(FhirError::new(
+            ErrorKind::NotFound,
             format!(
-                "Observation/{} is not known",
+                "Observation/{} has no version {want}",
                 id.chars().take(64).collect::<String>()
             ),
         )
-    };
-    let rid = ReadingId::parse(&id).ok_or_else(not_found)?;
-    let store = state.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.get(rid)).await??;
-    match found {
-        Some(s) => Ok(fhir(StatusCode::OK, &stored_json(&s))),
-        None => Err(not_found().into()),
+        .into()),
     }
 }
 

@@ -129,6 +129,7 @@ async fn batch(
                     reading,
                     if_none_exist: None,
                     by_device: entry.a,
+                    correction: None,
                 });
                 op_seqs.push(seq);
                 op_raw.push(entry.to_json());

@@ -394,6 +394,14 @@ impl Stream {
         }
     }
 
+    /// Removes the reading at `t`, if there is one (a reading entered in error).
+    fn remove(&mut self, t: i64) {
+        let i = self.points.partition_point(|(ts, _)| *ts < t);
+        if self.points.get(i).is_some_and(|(ts, _)| *ts == t) {
+            self.points.remove(i);
+        }
+    }
+
     /// The history up to and including `t`, newest first, as (time, value of `part`).
     fn up_to(&self, t: i64, part: usize) -> impl Iterator<Item = (i64, f64)> + Clone + '_ {
         let end = self.points.partition_point(|(ts, _)| *ts <= t);
@@ -404,12 +412,20 @@ impl Stream {
     }
 }
 
+/// An open alert as the engine tracks it.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    /// The worst value seen while open (for `Updated` events).
+    worst: f64,
+    /// When the reading that raised it was taken: a correction of that reading re-judges it.
+    raised_ms: i64,
+}
+
 /// One patient's history and open alerts.
 #[derive(Default)]
 struct PatientState {
     streams: HashMap<Metric, Stream>,
-    /// Open alerts: rule -> the worst value seen while open (for `Updated` events).
-    open: HashMap<&'static str, f64>,
+    open: HashMap<&'static str, Open>,
 }
 
 /// The rule engine: history per patient and metric, one open/closed state per patient and rule.
@@ -446,9 +462,11 @@ impl Engine {
 
     /// Marks an alert as open with the worst value seen so far (restoring persisted state
     /// after a restart).
-    pub fn restore_open(&mut self, patient: &str, rule: &str, worst: f64) {
+    pub fn restore_open(&mut self, patient: &str, rule: &str, worst: f64, raised_ms: i64) {
         if let Some(r) = Rule::by_id(rule) {
-            self.patient(patient).open.insert(r.id, worst);
+            self.patient(patient)
+                .open
+                .insert(r.id, Open { worst, raised_ms });
         }
     }
 
@@ -467,6 +485,11 @@ impl Engine {
     }
 
     /// Adds a reading at its own time and evaluates the metric's rules there.
+    ///
+    /// A correction (status amended, corrected or entered in error) replaces the reading at its
+    /// time (entered in error removes it). An open alert that the corrected reading raised is
+    /// judged again there: if the rule no longer holds at that reading, the alert resolves at
+    /// it. A corrected value that now breaches raises as any reading does.
     pub fn observe(&mut self, r: &Reading, overrides: Option<&Overrides>) -> Vec<AlertEvent> {
         let critical_only = self.critical_only;
         let applies = move |rule: &&'static Rule| {
@@ -488,7 +511,13 @@ impl Engine {
         };
         let state = self.patient(r.patient.as_str());
         let stream = state.streams.entry(r.metric).or_default();
-        stream.insert(t, values);
+        let correction = r.status.is_correction();
+        let withdrawn = r.status == osler_core::Status::EnteredInError;
+        if withdrawn {
+            stream.remove(t);
+        } else {
+            stream.insert(t, values);
+        }
         // Measured from the newest reading, or from this one when it is older: a backlog
         // arriving after newer readings still builds its history.
         if let Some(&(newest, _)) = stream.points.back() {
@@ -512,19 +541,37 @@ impl Engine {
             // at a handful of readings, and a long window is only walked while it breaches).
             let hist = stream.up_to(t, rule.part);
             let value = rule.part_value(&r.value);
-            let worst = state.open.get(rule.id).copied();
-            let change = match worst {
+            let open = state.open.get(rule.id).copied();
+            // The alert this very reading raised, now corrected: does the rule still hold here?
+            let retracted = |o: &Open| {
+                correction
+                    && o.raised_ms == t
+                    && (withdrawn || !fires(rule, threshold, stream.up_to(t, rule.part)))
+            };
+            let change = match open {
+                None if withdrawn => continue,
                 None if fires(rule, threshold, hist.clone()) => {
-                    state.open.insert(rule.id, value);
+                    state.open.insert(
+                        rule.id,
+                        Open {
+                            worst: value,
+                            raised_ms: t,
+                        },
+                    );
                     Change::Raised
                 }
                 None => continue,
+                Some(o) if retracted(&o) => {
+                    state.open.remove(rule.id);
+                    Change::Resolved
+                }
+                Some(_) if withdrawn => continue,
                 Some(_) if clears(rule, threshold, hist) => {
                     state.open.remove(rule.id);
                     Change::Resolved
                 }
-                Some(w) if rule.worsened(value, w, threshold) => {
-                    state.open.insert(rule.id, value);
+                Some(o) if rule.worsened(value, o.worst, threshold) => {
+                    state.open.insert(rule.id, Open { worst: value, ..o });
                     Change::Updated
                 }
                 Some(_) => continue,

@@ -290,3 +290,38 @@ fn every_default_lies_within_the_bounds_a_plan_may_set() {
     assert!(e.contains("85") && e.contains("NEWS2"), "{e}");
     assert!(spo2.check_threshold(88.0).is_ok());
 }
+
+#[test]
+fn a_correction_of_the_reading_that_raised_an_alert_judges_it_again() {
+    let mut e = Engine::new();
+    let spo2 = |t: i64, v: f64, status: Status| Reading {
+        status,
+        ..reading(Metric::Spo2, t, Value::Scalar(v))
+    };
+    // Three lows of five raise; the third raised it.
+    let mut events = Vec::new();
+    for (i, v) in [97.0, 90.0, 90.0, 96.0, 90.0].into_iter().enumerate() {
+        events.extend(e.observe(&spo2(i as i64 * 60_000, v, Status::Final), None));
+    }
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].change, events[0].reading_ms),
+        (Change::Raised, 4 * 60_000)
+    );
+    // Correcting an earlier low (not the one that raised it) leaves the alert as it is.
+    assert!(
+        e.observe(&spo2(60_000, 91.0, Status::Corrected), None)
+            .is_empty()
+    );
+    // The raising reading entered in error: with it gone, the rule no longer holds there.
+    let withdrawn = e.observe(&spo2(4 * 60_000, 90.0, Status::EnteredInError), None);
+    assert_eq!(withdrawn.len(), 1, "{withdrawn:?}");
+    assert_eq!(withdrawn[0].change, Change::Resolved);
+    assert!(!e.is_open("p1", "spo2-low"));
+    // A correction that breaches raises like any reading.
+    let raised = e.observe(&spo2(5 * 60_000, 85.0, Status::Amended), None);
+    assert_eq!(
+        raised.iter().map(|x| x.change).collect::<Vec<_>>(),
+        [Change::Raised]
+    );
+}

@@ -150,6 +150,17 @@ pub struct WriteOp {
     /// assignment covering that time, the reading is held (`WriteOutcome::Held`) and stored
     /// when one is written.
     pub by_device: bool,
+    /// A correction of the reading stored under the same identity: a different value or
+    /// status replaces it, the old version is kept (`reading_version`), never overwritten
+    /// silently. Without it, a different reading under a taken identity is a `Conflict`.
+    pub correction: Option<Correction>,
+}
+
+/// How a correction may replace a stored reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Correction {
+    /// `If-Match`: the version the client corrects; another current version is a conflict.
+    pub if_match: Option<u64>,
 }
 
 /// What became of one [`WriteOp`].
@@ -171,6 +182,10 @@ pub enum WriteOutcome {
     /// Attributed by device, but no assignment covers its time: kept durably with the reason
     /// and stored under its patient as soon as an assignment covering it is written.
     Held,
+    /// A correction replaced the stored reading; the previous version is kept.
+    Corrected(StoredReading),
+    /// A correction's `If-Match` named another version than the current one.
+    VersionConflict { current: u64 },
 }
 
 impl WriteOutcome {
@@ -182,6 +197,7 @@ impl WriteOutcome {
                 | WriteOutcome::AlreadyCommitted
                 | WriteOutcome::DeadLettered
                 | WriteOutcome::Held
+                | WriteOutcome::Corrected(_)
         )
     }
 }
@@ -672,6 +688,12 @@ impl Store {
     /// Newest `max` readings per metric for a patient (FHIR `$lastn`).
     pub fn last_n(&self, q: &Query, max: usize) -> Result<Vec<StoredReading>, StoreError> {
         self.read(|c| query::last_n(c, q, max))
+    }
+
+    /// Every version of a stored reading, newest (the current one) first, each with its
+    /// version number.
+    pub fn reading_versions(&self, id: ReadingId) -> Result<Vec<(u64, StoredReading)>, StoreError> {
+        self.read(|c| query::versions(c, id))
     }
 
     /// Readings that carry this sender identifier.

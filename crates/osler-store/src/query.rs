@@ -636,3 +636,30 @@ pub(crate) fn recent(
     }
     Ok(out)
 }
+
+/// Every version of a reading, the current one first, each with its number.
+pub(crate) fn versions(
+    conn: &Connection,
+    id: ReadingId,
+) -> Result<Vec<(u64, StoredReading)>, StoreError> {
+    let Some(current) = get(conn, id)? else {
+        return Ok(Vec::new());
+    };
+    let key = (
+        current.reading.patient.clone(),
+        current.reading.metric,
+        current.reading.device.clone(),
+    );
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS}, vid FROM reading_version WHERE series=?1 AND t=?2 ORDER BY vid DESC"
+    ))?;
+    let mut rows = stmt.query(params![id.series, id.t_ms])?;
+    let mut older = Vec::new();
+    while let Some(row) = rows.next()? {
+        let vid: i64 = row.get(7)?;
+        older.push((vid.max(1) as u64, decode(&key, id.series, row)?));
+    }
+    let mut out = vec![(older.len() as u64 + 1, current)];
+    out.extend(older);
+    Ok(out)
+}

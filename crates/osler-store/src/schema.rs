@@ -10,7 +10,7 @@ pub(crate) const SCHEMA_VERSION: i64 = 2;
 /// What each older schema needs to become the current one, after the CREATE statements
 /// below have made any table it lacks. Version 2 added the registry (resources, their versions
 /// and search terms, device assignments, readings held for want of an assignment) and the
-/// monitoring plans' history: new tables only, so nobody's readings or alerts move; the
+/// monitoring plans' history and the earlier versions of corrected readings: new tables only, so nobody's readings or alerts move; the
 /// thresholds set before are recorded as plan changes by an unknown author at upgrade time
 /// (their real time and author were never kept).
 const MIGRATIONS: &[(i64, &str)] = &[(
@@ -97,6 +97,19 @@ CREATE TABLE IF NOT EXISTS plan_change(
     at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS plan_change_of ON plan_change(patient, at_ms);
+CREATE TABLE IF NOT EXISTS reading_version(
+    series INTEGER NOT NULL,
+    t INTEGER NOT NULL,
+    vid INTEGER NOT NULL,
+    v REAL NOT NULL,
+    v2 REAL,
+    tz INTEGER NOT NULL,
+    rx INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    ident TEXT,
+    replaced_ms INTEGER NOT NULL,
+    PRIMARY KEY(series, t, vid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS summary(
     series INTEGER NOT NULL,
     t INTEGER NOT NULL,

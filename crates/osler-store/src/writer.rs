@@ -28,7 +28,9 @@ fn stored_readings<'a>(ops: &'a [WriteOp], outcomes: &'a [WriteOutcome]) -> Vec<
     ops.iter()
         .zip(outcomes)
         .filter_map(|(op, o)| match o {
-            WriteOutcome::Created(s) | WriteOutcome::Existing(s) => Some(&s.reading),
+            WriteOutcome::Created(s) | WriteOutcome::Existing(s) | WriteOutcome::Corrected(s) => {
+                Some(&s.reading)
+            }
             WriteOutcome::AlreadyCommitted => Some(&op.reading),
             _ => None,
         })
@@ -212,6 +214,7 @@ impl Writer {
                     reading,
                     if_none_exist: None,
                     by_device: false,
+                    correction: None,
                 };
                 let outcome = self.apply(&op, new_series)?;
                 crate::held::remove(&self.conn, h.id)?;
@@ -406,6 +409,9 @@ impl Writer {
                 && existing.status == r.status
                 && existing.taken.offset_min == r.taken.offset_min
                 && (r.identifier.is_none() || existing.identifier == r.identifier);
+            if let Some(c) = op.correction {
+                return self.correct(id, existing, r, c, same);
+            }
             let stored = StoredReading {
                 id,
                 reading: existing,
@@ -429,6 +435,87 @@ impl Writer {
         Ok(WriteOutcome::Created(StoredReading {
             id,
             reading: r.clone(),
+            summary: None,
+        }))
+    }
+
+    /// Replaces the stored reading `existing` by its correction `r`, keeping `existing` as the
+    /// previous version; the same reading again changes nothing.
+    fn correct(
+        &mut self,
+        id: ReadingId,
+        existing: Reading,
+        r: &Reading,
+        c: crate::Correction,
+        same: bool,
+    ) -> Result<WriteOutcome, StoreError> {
+        let earlier: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM reading_version WHERE series=?1 AND t=?2")?
+            .query_row(params![id.series, id.t_ms], |row| row.get(0))?;
+        let current = earlier as u64 + 1;
+        if let Some(v) = c.if_match
+            && v != current
+        {
+            return Ok(WriteOutcome::VersionConflict { current });
+        }
+        if same {
+            return Ok(WriteOutcome::Existing(StoredReading {
+                id,
+                reading: existing,
+                summary: None,
+            }));
+        }
+        let parts = |v: &Value| match *v {
+            Value::Scalar(a) => (a, None),
+            Value::Pair(a, b) => (a, Some(b)),
+        };
+        let (v, v2) = parts(&existing.value);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO reading_version(series, t, vid, v, v2, tz, rx, status, ident, replaced_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                id.series,
+                id.t_ms,
+                current as i64,
+                v,
+                v2,
+                existing.taken.offset_min,
+                existing.received_ms - existing.taken.utc_ms,
+                existing.status as u8,
+                existing.identifier.as_ref().map(ident_text),
+                r.received_ms
+            ])?;
+        let (v, v2) = parts(&r.value);
+        let identifier = r.identifier.as_ref().or(existing.identifier.as_ref());
+        self.conn
+            .prepare_cached(
+                "UPDATE reading SET v=?3, v2=?4, tz=?5, rx=?6, status=?7, ident=?8 WHERE series=?1 AND t=?2",
+            )?
+            .execute(params![
+                id.series,
+                id.t_ms,
+                v,
+                v2,
+                r.taken.offset_min,
+                r.received_ms - r.taken.utc_ms,
+                r.status as u8,
+                identifier.map(ident_text)
+            ])?;
+        if let Some(i) = &r.identifier
+            && existing.identifier.as_ref() != Some(i)
+        {
+            self.conn
+                .prepare_cached("INSERT OR IGNORE INTO ident(h, series, t) VALUES (?1, ?2, ?3)")?
+                .execute(params![ident_hash(&i.system, &i.value), id.series, id.t_ms])?;
+        }
+        let mut now = r.clone();
+        now.identifier = identifier.cloned();
+        Ok(WriteOutcome::Corrected(StoredReading {
+            id,
+            reading: now,
             summary: None,
         }))
     }

@@ -160,6 +160,7 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
                     reading: reading(&name, t),
                     if_none_exist: None,
                     by_device: true,
+                    correction: None,
                 };
                 let out = store
                     .write_blocking(vec![op], false)

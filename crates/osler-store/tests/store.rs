@@ -43,6 +43,7 @@ fn op(r: Reading) -> WriteOp {
         reading: r,
         if_none_exist: None,
         by_device: false,
+        correction: None,
     }
 }
 
@@ -139,6 +140,7 @@ fn conditional_create_matches_identifiers() {
         reading: r,
         if_none_exist: Some(ident.clone()),
         by_device: false,
+        correction: None,
     };
     let res = store.write_blocking(vec![cond(r.clone())], false).unwrap();
     assert!(matches!(res.outcomes[0], WriteOutcome::Created(_)));
@@ -645,11 +647,13 @@ fn searches_across_patients_merge_every_series_in_order() {
                     ),
                     if_none_exist: None,
                     by_device: false,
+                    correction: None,
                 });
                 ops.push(WriteOp {
                     reading: reading(&patient, Metric::Spo2, Some(&device), t, 97.0),
                     if_none_exist: None,
                     by_device: false,
+                    correction: None,
                 });
             }
         }

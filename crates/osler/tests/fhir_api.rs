@@ -45,7 +45,8 @@ fn metadata_tells_the_truth() {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    assert!(!interactions.contains(&"update") && !interactions.contains(&"delete"));
+    // Corrections are updates; nothing clinical is deleted.
+    assert!(interactions.contains(&"update") && !interactions.contains(&"delete"));
     assert_eq!(obs["operation"][0]["name"], "lastn");
 
     // Exactly the types served, and every search parameter it lists is one the hub takes.
@@ -118,10 +119,12 @@ fn create_read_and_conditional_create() {
     assert_eq!(a.status, 201, "{}", a.text);
     let created = a.json();
     let id = created["id"].as_str().unwrap().to_owned();
+    // Location names the version created, which the ETag and meta.versionId name too.
     assert_eq!(
         a.location.as_deref(),
-        Some(format!("{}/Observation/{id}", hub.base).as_str())
+        Some(format!("{}/Observation/{id}/_history/1", hub.base).as_str())
     );
+    assert_eq!(created["meta"]["versionId"], "1");
     assert_eq!(created["valueQuantity"]["value"], json!(72));
     assert_eq!(created["subject"]["reference"], "Patient/anna");
 
