@@ -367,3 +367,76 @@ fn mqtt_bursts_restarts_and_dropped_connections_lose_nothing() {
     let s = gw.status();
     assert!(s["ingest"]["received"].as_u64().unwrap() >= 18_800, "{s}");
 }
+
+/// Over MQTT too, a device that names only its serial number has its readings attributed to
+/// the patient whose DeviceUseStatement covers their time, and an unassigned one is held.
+#[test]
+fn mqtt_readings_of_a_device_that_knows_only_itself_are_attributed() {
+    broker_up();
+    let dir = TempDir::new("mqtt-attribution");
+    let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
+    let hub = Hub::start(&hub_dir);
+    let put = |path: &str, body: serde_json::Value| {
+        let a = send(
+            "PUT",
+            &format!("{}/{path}", hub.base),
+            &body.to_string(),
+            &[],
+        );
+        assert!(a.status < 300, "{path}: {}", a.text);
+    };
+    put(
+        "Patient/mq-anna",
+        serde_json::json!({"resourceType": "Patient"}),
+    );
+    put(
+        "Device/mq-watch",
+        serde_json::json!({"resourceType": "Device", "serialNumber": "MQ-SN-1"}),
+    );
+    put(
+        "DeviceUseStatement/mq-u1",
+        serde_json::json!({"resourceType": "DeviceUseStatement", "status": "active",
+        "subject": {"reference": "Patient/mq-anna"}, "device": {"reference": "Device/mq-watch"},
+        "timingPeriod": {"start": minutes_ago(60)}}),
+    );
+    let prefix = format!("osler-attr-{}", std::process::id());
+    enrol(&hub_dir, &gw_dir);
+    let gw = Gateway::start(
+        &gw_dir,
+        &hub.root(),
+        0,
+        &[
+            "--mqtt",
+            BROKER,
+            "--mqtt-topic",
+            &format!("{prefix}/+/readings"),
+        ],
+    );
+    let reading = |serial: &str, at: &str| {
+        format!(
+            r#"{{"device":"{serial}","metric":"heart-rate","value":71,"unit":"/min","time":"{at}"}}"#
+        )
+    };
+    let at = minutes_ago(2);
+    let stray_at = minutes_ago(3);
+    // Until the subscription is live, the same reading again (a resend is stored once).
+    let arrived = wait_for(Duration::from_secs(20), || {
+        publish(
+            &format!("{prefix}/MQ-SN-1/readings"),
+            &reading("MQ-SN-1", &at),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        (count_for(&hub, "mq-anna") > 0).then_some(())
+    });
+    assert!(arrived.is_some(), "{}", gw.status());
+    publish(
+        &format!("{prefix}/MQ-SN-9/readings"),
+        &reading("MQ-SN-9", &stray_at),
+    );
+    let held = wait_for(Duration::from_secs(20), || {
+        let h = get(&format!("{}/registry/held", hub.root())).json();
+        (h["held"].as_array().unwrap().len() == 1).then_some(h)
+    });
+    assert!(held.is_some(), "{}", gw.status());
+    assert_eq!(count_for(&hub, "mq-anna"), 1);
+}
