@@ -585,7 +585,7 @@ impl Take<'_, '_> {
         // engine raised and the outbox refused would never be raised again.
         group
             .alerts
-            .extend(self.alerts.evaluate(&unit.readings, self.overrides));
+            .extend(self.alerts.evaluate(&unit.readings, self.overrides, false));
         let attributed: Vec<Reading> = unit
             .by_device
             .iter()
@@ -594,7 +594,7 @@ impl Take<'_, '_> {
             .collect();
         group
             .alerts
-            .extend(self.alerts.evaluate(&attributed, self.overrides));
+            .extend(self.alerts.evaluate(&attributed, self.overrides, true));
         if room == Room::AlertsOnly {
             return Ok(false);
         }

@@ -33,21 +33,32 @@ impl Default for LocalAlerts {
 
 impl LocalAlerts {
     /// Runs readings through the critical rules; returns alert entries for the alerts lane.
+    /// With `by_device`, the readings' patients come from the gateway's copy of the device
+    /// assignments: each entry names the device, so that the hub can check the attribution.
     pub fn evaluate(
         &self,
         readings: &[Reading],
         overrides: &HashMap<String, Overrides>,
+        by_device: bool,
     ) -> Vec<String> {
         let events: Vec<_> = {
             let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
             readings
                 .iter()
-                .flat_map(|r| engine.observe(r, overrides.get(r.patient.as_str())))
+                .flat_map(|r| {
+                    let device = by_device
+                        .then(|| r.device.as_ref().map(|d| d.to_string()))
+                        .flatten();
+                    engine
+                        .observe(r, overrides.get(r.patient.as_str()))
+                        .into_iter()
+                        .map(move |e| (e, device.clone()))
+                })
                 .collect()
         };
         let mut out = Vec::with_capacity(events.len());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        for e in events {
+        for (e, device) in events {
             let change = e.change.as_str();
             tracing::warn!(patient = %e.patient, rule = e.rule, severity = e.severity.as_str(), change, "edge alert");
             recent.push_back(json!({
@@ -71,6 +82,7 @@ impl LocalAlerts {
                     v: e.value,
                     th: e.threshold,
                     late: e.late,
+                    d: device,
                 }
                 .to_json(),
             );

@@ -200,8 +200,49 @@ async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Res
     };
     let mut events = Vec::new();
     let mut rejected = Vec::new();
+    // Alerts on readings the gateway attributed by device: believed only when the hub's own
+    // assignments name the same patient at that time (a gateway that has not yet seen a
+    // reassignment guesses the previous wearer). The reading itself arrives in the readings
+    // lane, and the hub's rules judge it for the right patient.
+    let store = state.store.clone();
+    let checks: Vec<(usize, String, i64)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| a.d.clone().map(|d| (i, d, a.t)))
+        .collect();
+    let attributed = match tokio::task::spawn_blocking(move || {
+        checks
+            .into_iter()
+            .map(|(i, d, t)| store.patient_at(&d, t).map(|p| (i, p)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    {
+        Ok(Ok(a)) => a,
+        _ => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store failed; nothing was acknowledged, retry",
+            );
+        }
+    };
     for (i, a) in entries.iter().enumerate() {
         let seq = env.header.first_seq + i as u64;
+        if let Some((_, hub_patient)) = attributed.iter().find(|(j, _)| *j == i)
+            && hub_patient.as_deref() != Some(a.p.as_str())
+        {
+            rejected.push((
+                seq,
+                a.to_json(),
+                format!(
+                    "the gateway attributed device {:?}'s reading to {:?} by its copy of the assignments; the hub's assign it to {}: the hub judges the reading itself",
+                    a.d.as_deref().unwrap_or(""),
+                    a.p,
+                    hub_patient.as_deref().map_or("nobody".to_owned(), |p| format!("{p:?}"))
+                ),
+            ));
+            continue;
+        }
         let change = match a.change.as_str() {
             "raised" => Some(osler_rules::Change::Raised),
             "updated" => Some(osler_rules::Change::Updated),

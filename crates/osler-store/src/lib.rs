@@ -484,6 +484,15 @@ impl Store {
         self.read(|c| held::list(c, limit))
     }
 
+    /// The patient a device (its id, or an identifier such as a serial number) was assigned
+    /// to at `t_ms`, by the assignments in force.
+    pub fn patient_at(&self, device: &str, t_ms: i64) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            let resolved = registry::resolve_device(c, device)?;
+            registry::patient_at(c, &resolved, t_ms)
+        })
+    }
+
     /// Every device assignment in force, each with every name its device goes by (its id and
     /// identifier values: what a device may report itself as).
     pub fn assignments(&self) -> Result<Vec<(Assignment, Vec<String>)>, StoreError> {

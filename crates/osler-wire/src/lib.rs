@@ -221,6 +221,11 @@ pub struct AlertEntry {
     /// The deciding reading arrived late at the gateway.
     #[serde(default)]
     pub late: bool,
+    /// The device of the deciding reading when the gateway attributed that reading by device:
+    /// `p` is then the gateway's guess from its copy of the assignments, which the hub checks
+    /// against its own before it believes the alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d: Option<String>,
 }
 
 impl AlertEntry {

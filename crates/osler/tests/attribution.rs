@@ -38,9 +38,11 @@ fn from_device(serial: &str, time: &str, value: f64) -> String {
         .to_string()
 }
 
+/// When each of a patient's heart-rate readings was taken, in order.
 fn times(hub: &Hub, patient: &str) -> Vec<String> {
     let mut t: Vec<String> = all_observations(&hub.base, patient)
         .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "8867-4")
         .map(|o| o["effectiveDateTime"].as_str().unwrap().to_owned())
         .collect();
     t.sort();
@@ -66,6 +68,16 @@ fn readings_of_a_device_go_to_whoever_wore_it_then() {
         &hub,
         "Device/watch-1",
         json!({"resourceType": "Device", "serialNumber": "SN-4711", "status": "active"}),
+    );
+    put(
+        &hub,
+        "Device/cuff-1",
+        json!({"resourceType": "Device", "serialNumber": "CUFF-1", "status": "active"}),
+    );
+    put(
+        &hub,
+        "DeviceUseStatement/c1",
+        usage("anna", "cuff-1", &minutes_ago(60), None),
     );
     let handover = seconds_ago(600);
     put(
@@ -93,6 +105,19 @@ fn readings_of_a_device_go_to_whoever_wore_it_then() {
         "DeviceUseStatement/u2",
         usage("ben", "watch-1", &handover, None),
     );
+    // Nor that the cuff, which it believes still on Anna, went to Ben.
+    let cuff_start = minutes_ago(60);
+    let cuff_moved = seconds_ago(420);
+    put(
+        &hub,
+        "DeviceUseStatement/c1",
+        usage("anna", "cuff-1", &cuff_start, Some(&cuff_moved)),
+    );
+    put(
+        &hub,
+        "DeviceUseStatement/c2",
+        usage("ben", "cuff-1", &cuff_moved, None),
+    );
 
     let before = seconds_ago(900);
     let after = seconds_ago(300);
@@ -113,6 +138,16 @@ fn readings_of_a_device_go_to_whoever_wore_it_then() {
         )
         .status,
         200
+    );
+    // A hypertensive crisis from the cuff: the gateway's critical rules raise it for Anna (its
+    // stale guess); the hub believes its own assignments and raises it for Ben.
+    let crisis = json!({"device": "CUFF-1", "metric": "blood-pressure", "value": [205, 110], "unit": "mm[Hg]",
+                        "time": seconds_ago(240)}).to_string();
+    let a = post(&format!("{}/readings", gw.url), &crisis);
+    assert!(
+        a.status == 200 && a.text.contains("\"accepted\":1"),
+        "{}",
+        a.text
     );
     // A device nobody has registered or assigned yet.
     let stray = seconds_ago(120);
@@ -155,9 +190,32 @@ fn readings_of_a_device_go_to_whoever_wore_it_then() {
             .collect::<Vec<_>>(),
         vec![norm(&handover), norm(&after)]
     );
+    let alerts = get(&format!("{}/alerts?state=raised", hub.root())).json();
+    let who: Vec<(&str, &str)> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["patient"].as_str().unwrap(), a["rule"].as_str().unwrap()))
+        .collect();
+    assert!(who.contains(&("ben", "bp-crisis-systolic")), "{alerts}");
+    assert!(
+        !who.iter().any(|(p, _)| *p == "anna"),
+        "no alert for the previous wearer: {alerts}"
+    );
+    let gw_alerts = get(&format!("{}/alerts", gw.url)).json();
+    assert!(
+        gw_alerts.to_string().contains("anna"),
+        "the gateway did guess Anna: {gw_alerts}"
+    );
     // The observations name the registered Device, not the serial it reported.
-    let o = &all_observations(&hub.base, "ben")[0];
-    assert_eq!(o["device"]["reference"], "Device/watch-1", "{o}");
+    for o in all_observations(&hub.base, "ben") {
+        let want = if o["code"]["coding"][0]["code"] == "8867-4" {
+            "Device/watch-1"
+        } else {
+            "Device/cuff-1"
+        };
+        assert_eq!(o["device"]["reference"], want, "{o}");
+    }
 
     // The stray reading is held on the hub, with why, and nowhere else.
     let held = get(&format!("{}/registry/held", hub.root())).json();
