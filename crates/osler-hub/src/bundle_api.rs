@@ -175,6 +175,27 @@ pub(crate) async fn transaction_or_batch(
         e.message = format!("{} (transaction: nothing was stored)", e.message);
         return Err(e.into());
     }
+    // The version of every reading found or corrected rather than created (a new one is 1).
+    let found: Vec<osler_store::ReadingId> = result
+        .iter()
+        .flat_map(|r| &r.outcomes)
+        .filter_map(|o| match o {
+            WriteOutcome::Existing(s) | WriteOutcome::Corrected(s) => Some(s.id),
+            _ => None,
+        })
+        .collect();
+    let versions: std::collections::HashMap<osler_store::ReadingId, u64> = if found.is_empty() {
+        Default::default()
+    } else {
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || {
+            found
+                .into_iter()
+                .map(|id| Ok((id, store.reading_versions(id)?.len().max(1) as u64)))
+                .collect::<Result<_, osler_store::StoreError>>()
+        })
+        .await??
+    };
     let mut entries = Vec::with_capacity(slots.len());
     for (i, slot) in slots.into_iter().enumerate() {
         let entry = match slot {
@@ -192,9 +213,16 @@ pub(crate) async fn transaction_or_batch(
                         } else {
                             "200 OK"
                         };
-                        let resource =
-                            with_resources.then(|| observation_json(&s.id.to_string(), &s.reading));
-                        response_entry(status, Some(&location(&base, s)), resource, None)
+                        let version = versions.get(&s.id).copied().unwrap_or(1);
+                        let resource = with_resources.then(|| {
+                            let mut j = observation_json(&s.id.to_string(), &s.reading);
+                            j["meta"]["versionId"] = Value::String(version.to_string());
+                            j
+                        });
+                        let loc = format!("{}/_history/{version}", location(&base, s));
+                        let mut e = response_entry(status, Some(&loc), resource, None);
+                        e["response"]["etag"] = Value::String(etag(version));
+                        e
                     }
                     Some(failed) => {
                         state.metrics.rejected("conflict", 1);

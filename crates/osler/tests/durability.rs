@@ -21,9 +21,10 @@ fn locations(resp: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The id at the end of a location URL.
+/// The id in a location URL (`.../Observation/{id}/_history/{vid}`).
 fn id_of(location: &str) -> String {
-    location.rsplit('/').next().unwrap().to_owned()
+    let resource = location.split("/_history/").next().unwrap();
+    resource.rsplit('/').next().unwrap().to_owned()
 }
 
 #[test]

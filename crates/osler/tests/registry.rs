@@ -696,6 +696,15 @@ fn registry_writes_in_bundles_are_whole_or_entry_by_entry() {
         .collect();
     assert_eq!(statuses, ["201 Created"; 5], "{r}");
     assert_eq!(r["entry"][1]["response"]["etag"], "W/\"1\"");
+    // The Observation created in the Bundle names its version too.
+    assert!(
+        r["entry"][2]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("/_history/1"),
+        "{r}"
+    );
+    assert_eq!(r["entry"][2]["resource"]["meta"]["versionId"], "1");
     assert!(
         r["entry"][1]["response"]["location"]
             .as_str()
