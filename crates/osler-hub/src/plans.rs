@@ -5,7 +5,8 @@
 //! Routes: `GET /plans/{patient}[?at=ISO]` (the plan now, or as it stood at a time),
 //! `GET /plans/{patient}/history` (every change, oldest first), `PUT /plans/{patient}/{rule}`
 //! with `{"threshold": 88, "reason": "...", "author": "Practitioner/id"}` (`"threshold": null`
-//! goes back to the rule's default). A threshold outside the bounds the rule declares (each
+//! goes back to the rule's default; `"applies": false` says the rule does not apply to this
+//! patient, `"applies": true` puts it back). A threshold outside the bounds the rule declares (each
 //! cited) is refused, and so are a missing reason, an author who is not a Practitioner on this
 //! hub and a patient it does not know. Until accounts exist (the access-control issue) the
 //! author is declared by the client, not authenticated.
@@ -53,10 +54,13 @@ fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
         .iter()
         .map(|r| {
             let change = last.get(r.id);
+            let value = change.and_then(|c| c.value);
+            let applies = !value.is_some_and(|v| r.is_off(v));
             let mut v = json!({
                 "title": r.title,
+                "applies": applies,
                 "default": r.threshold,
-                "threshold": change.and_then(|c| c.value).unwrap_or(r.threshold),
+                "threshold": if applies { json!(value.unwrap_or(r.threshold)) } else { Value::Null },
                 "source": r.source,
                 "bounds": [r.bounds.0, r.bounds.1],
                 "bounds_source": r.bounds_source,
@@ -110,10 +114,17 @@ async fn history(State(state): St, Path(patient): Path<String>) -> Response {
     match tokio::task::spawn_blocking(move || store.plan_changes(&p, None)).await {
         Ok(Ok(changes)) => axum::Json(json!({
             "patient": patient,
-            "changes": changes.iter().map(|c| json!({
-                "rule": c.rule, "threshold": c.value, "author": c.author,
-                "reason": c.reason, "at": time(c.at_ms),
-            })).collect::<Vec<_>>(),
+            "changes": changes.iter().map(|c| {
+                let off = Rule::by_id(&c.rule).is_some_and(|r| c.value.is_some_and(|v| r.is_off(v)));
+                json!({
+                    "rule": c.rule,
+                    "applies": !off,
+                    "threshold": if off { None } else { c.value },
+                    "author": c.author,
+                    "reason": c.reason,
+                    "at": time(c.at_ms),
+                })
+            }).collect::<Vec<_>>(),
         }))
         .into_response(),
         _ => error(
@@ -127,7 +138,12 @@ async fn history(State(state): St, Path(patient): Path<String>) -> Response {
 #[serde(deny_unknown_fields)]
 struct Change {
     /// `null` goes back to the rule's default.
+    #[serde(default)]
     threshold: Option<f64>,
+    /// `false`: the rule does not apply to this patient (it never fires for them; an open alert
+    /// of it resolves at their next reading). `true` (the default) puts it back.
+    #[serde(default)]
+    applies: Option<bool>,
     reason: String,
     author: String,
 }
@@ -155,6 +171,13 @@ async fn set(
             );
         }
     };
+    let off = body.applies == Some(false);
+    if off && body.threshold.is_some() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "threshold: a rule that does not apply has no threshold; leave it out",
+        );
+    }
     if let Some(t) = body.threshold
         && let Err(why) = r.check_threshold(t)
     {
@@ -163,6 +186,13 @@ async fn set(
             format!("threshold: {why}"),
         );
     }
+    // The rule switched off is stored as its off threshold, which every engine (the hub's, and
+    // gateways' of any release) reads as "never fires".
+    let value = if off {
+        Some(r.off_threshold())
+    } else {
+        body.threshold
+    };
     let reason = body.reason.trim();
     if reason.is_empty() {
         return error(
@@ -211,7 +241,7 @@ async fn set(
     let write = AlertWrite::Override {
         patient: patient.clone(),
         rule: r.id.to_owned(),
-        value: body.threshold,
+        value,
         author: body.author.clone(),
         reason: reason.to_owned(),
         at_ms: at,
@@ -222,10 +252,11 @@ async fn set(
             "the store failed; nothing changed",
         );
     }
-    state.alerts.set_override(&patient, r.id, body.threshold);
+    state.alerts.set_override(&patient, r.id, value);
     axum::Json(json!({
-        "patient": patient, "rule": r.id,
-        "threshold": body.threshold.unwrap_or(r.threshold), "default": r.threshold,
+        "patient": patient, "rule": r.id, "applies": !off,
+        "threshold": if off { Value::Null } else { json!(body.threshold.unwrap_or(r.threshold)) },
+        "default": r.threshold,
         "set_by": body.author, "set_at": time(at), "reason": reason,
     }))
     .into_response()

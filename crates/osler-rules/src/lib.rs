@@ -272,6 +272,22 @@ impl Rule {
         RULES.iter().find(|r| r.id == id)
     }
 
+    /// The threshold that switches this rule off for a patient whose plan says it does not
+    /// apply: past every value (the largest finite number on the breaching side), so the rule
+    /// never fires and an open alert resolves at the next reading. Finite, so that it travels
+    /// in JSON to every gateway, old or new, and means the same there.
+    pub fn off_threshold(&self) -> f64 {
+        match self.direction {
+            Direction::Above => f64::MAX,
+            Direction::Below => f64::MIN,
+        }
+    }
+
+    /// Whether a threshold is [`Rule::off_threshold`].
+    pub fn is_off(&self, threshold: f64) -> bool {
+        threshold == self.off_threshold()
+    }
+
     /// Whether a monitoring plan may set this threshold; the reason, for a person, if not.
     pub fn check_threshold(&self, threshold: f64) -> Result<(), String> {
         let (lo, hi) = self.bounds;

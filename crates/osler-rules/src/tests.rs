@@ -325,3 +325,26 @@ fn a_correction_of_the_reading_that_raised_an_alert_judges_it_again() {
         [Change::Raised]
     );
 }
+
+#[test]
+fn a_rule_switched_off_never_fires_and_lets_an_open_alert_resolve() {
+    let mut e = Engine::new();
+    let rule = Rule::by_id("bp-crisis-systolic").unwrap();
+    let bp = |t: i64, sys: f64| reading(Metric::BloodPressure, t, Value::Pair(sys, 90.0));
+    let raised = e.observe(&bp(0, 200.0), None);
+    assert_eq!(raised[0].change, Change::Raised);
+    let mut off = Overrides::new();
+    off.insert(rule.id.to_owned(), rule.off_threshold());
+    assert!(rule.is_off(rule.off_threshold()) && !rule.is_off(rule.threshold));
+    let next = e.observe(&bp(60_000, 230.0), Some(&off));
+    assert_eq!(
+        next.iter().map(|x| x.change).collect::<Vec<_>>(),
+        [Change::Resolved]
+    );
+    assert!(
+        e.observe(&bp(120_000, 260.0), Some(&off)).is_empty(),
+        "never again while off"
+    );
+    let low = Rule::by_id("spo2-low").unwrap();
+    assert_eq!(low.off_threshold(), f64::MIN);
+}

@@ -365,6 +365,54 @@ fn monitoring_plans_set_thresholds_within_bounds_and_keep_their_history() {
         .map(|a| a["patient"].as_str().unwrap())
         .collect();
     assert_eq!(patients, ["other"]);
+    // A rule can be switched off for one patient (with a reason), and back on.
+    assert_eq!(set("ath", "glucose-low", json!({"applies": false, "threshold": 80, "reason": "x", "author": "Practitioner/dr-ade"})).status, 422);
+    let a = set(
+        "ath",
+        "glucose-low",
+        json!({"applies": false, "reason": "not diabetic; the CGM was a trial", "author": "Practitioner/dr-ade"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let lows: Vec<Value> = (0..20)
+        .map(|i| observation("ath", "99504-3", 60.0, "mg/dL", &minutes_ago(40 - i)))
+        .collect();
+    assert_eq!(
+        post(&hub.base, &bundle("batch", &lows, &[]).to_string()).status,
+        200
+    );
+    let glucose = get(&format!("{}/alerts?patient=ath", hub.root())).json();
+    assert!(
+        !glucose.to_string().contains("glucose-low"),
+        "switched off: {glucose}"
+    );
+    let plan = get(&format!("{}/plans/ath", hub.root())).json();
+    assert_eq!(
+        (
+            plan["rules"]["glucose-low"]["applies"].clone(),
+            plan["rules"]["glucose-low"]["threshold"].clone()
+        ),
+        (json!(false), Value::Null)
+    );
+    assert_eq!(plan["rules"]["spo2-low"]["applies"], true);
+    let feed = get(&format!("{}/alerts/overrides", hub.root())).json();
+    assert!(
+        feed["overrides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["rule"] == "glucose-low" && o["threshold"].as_f64().is_some()),
+        "gateways get a finite threshold: {feed}"
+    );
+    let a = set(
+        "ath",
+        "glucose-low",
+        json!({"applies": true, "reason": "CGM for good now", "author": "Practitioner/dr-ade"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(
+        get(&format!("{}/plans/ath", hub.root())).json()["rules"]["glucose-low"]["threshold"],
+        json!(70.0)
+    );
     // Back to the default: a change too, kept with the others.
     let a = set("ath", "spo2-low", change(Value::Null, "exacerbation over"));
     assert_eq!(a.status, 200, "{}", a.text);
@@ -374,7 +422,8 @@ fn monitoring_plans_set_thresholds_within_bounds_and_keep_their_history() {
     let now = get(&format!("{}/plans/ath", hub.root())).json();
     assert_eq!(now["rules"]["spo2-low"]["threshold"], json!(92.0));
     let history = get(&format!("{}/plans/ath/history", hub.root())).json();
-    assert_eq!(history["changes"].as_array().unwrap().len(), 2, "{history}");
+    assert_eq!(history["changes"].as_array().unwrap().len(), 4, "{history}");
+    assert_eq!(history["changes"][1]["applies"], false, "{history}");
     let first_at = history["changes"][0]["at"].as_str().unwrap().to_owned();
     let then = get(&format!("{}/plans/ath?at={first_at}", hub.root())).json();
     assert_eq!(
