@@ -104,7 +104,13 @@ impl Hub {
     pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
         let data = config.data.clone();
         let (store, alerts) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&data, StoreOptions::default())?;
+            let store = Store::open(
+                &data,
+                StoreOptions {
+                    patient_stub: Some(osler_fhir::registry::patient_stub()),
+                    ..StoreOptions::default()
+                },
+            )?;
             let alerts = alerts::Alerts::load(&store)?;
             Ok::<_, osler_store::StoreError>((store, alerts))
         })

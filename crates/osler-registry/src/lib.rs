@@ -298,6 +298,14 @@ pub struct ResourceWrite {
     pub now_ms: i64,
 }
 
+/// The minimal resource that stands for a patient known only from readings, until enrolled:
+/// its JSON body (as the FHIR crate writes it) and search terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stub {
+    pub body: String,
+    pub terms: Vec<Term>,
+}
+
 /// A stored version of a resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredResource {

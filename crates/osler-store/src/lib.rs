@@ -278,6 +278,10 @@ pub struct StoreOptions {
     pub max_group_readings: usize,
     /// Pending write jobs before writers wait (backpressure instead of unbounded memory).
     pub queue_depth: usize,
+    /// The minimal Patient resource that a patient known only from readings is given (version
+    /// 1, so that it is read, searched and included like any; enrolling it makes version 2).
+    /// `None`: no registry resource for them.
+    pub patient_stub: Option<osler_registry::Stub>,
 }
 
 impl Default for StoreOptions {
@@ -285,6 +289,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_group_readings: 50_000,
             queue_depth: 1024,
+            patient_stub: None,
         }
     }
 }
@@ -359,7 +364,17 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         stats.readings.store(readings, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(options.queue_depth);
-        let writer = writer::Writer::new(conn, stats.clone(), options.max_group_readings)?;
+        if let Some(stub) = &options.patient_stub {
+            // Patients known from readings before (a database of an older release, or one
+            // opened without stubs) get theirs now.
+            registry::stub_missing_patients(&conn, stub)?;
+        }
+        let writer = writer::Writer::new(
+            conn,
+            stats.clone(),
+            options.max_group_readings,
+            options.patient_stub.clone(),
+        )?;
         let handle = std::thread::Builder::new()
             .name("osler-store-writer".into())
             .spawn(move || writer.run(rx))

@@ -548,3 +548,64 @@ pub(crate) fn patient_at(
     .optional()
     .map_err(Into::into)
 }
+
+/// Gives a patient known only from readings its minimal Patient (version 1), unless the
+/// registry has one already.
+pub(crate) fn insert_stub(
+    conn: &Connection,
+    id: &str,
+    stub: &osler_registry::Stub,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let kind = Kind::Patient.as_str();
+    let new = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO resource(kind, id, vid, updated_ms) VALUES (?1, ?2, 1, ?3)",
+        )?
+        .execute(params![kind, id, now_ms])?;
+    if new == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO resource_version(kind, id, vid, updated_ms, body) VALUES (?1, ?2, 1, ?3, ?4)",
+    )?
+    .execute(params![kind, id, now_ms, stub.body])?;
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO resource_term(kind, param, value, id) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for t in &stub.terms {
+        insert.execute(params![kind, t.param, t.value, id])?;
+    }
+    Ok(())
+}
+
+/// Gives every patient known from readings but missing from the registry its minimal Patient
+/// (at start-up: a database of the previous release, or one written without stubs).
+pub(crate) fn stub_missing_patients(
+    conn: &Connection,
+    stub: &osler_registry::Stub,
+) -> Result<(), StoreError> {
+    let missing: Vec<(String, i64)> = conn
+        .prepare(
+            "SELECT p.id, p.created_ms FROM patient p
+             WHERE NOT EXISTS (SELECT 1 FROM resource r WHERE r.kind = 'Patient' AND r.id = p.id)",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for (id, created) in &missing {
+        if let Err(e) = insert_stub(conn, id, stub, *created) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    conn.execute_batch("COMMIT")?;
+    tracing::info!(
+        patients = missing.len(),
+        "patients known from readings given their minimal Patient"
+    );
+    Ok(())
+}

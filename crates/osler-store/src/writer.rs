@@ -41,6 +41,7 @@ pub(crate) struct Writer {
     conn: Connection,
     stats: Arc<StoreStats>,
     max_group: usize,
+    patient_stub: Option<osler_registry::Stub>,
     series: HashMap<SeriesKey, i64>,
 }
 
@@ -49,6 +50,7 @@ impl Writer {
         conn: Connection,
         stats: Arc<StoreStats>,
         max_group: usize,
+        patient_stub: Option<osler_registry::Stub>,
     ) -> Result<Writer, StoreError> {
         let mut series = HashMap::new();
         {
@@ -63,6 +65,7 @@ impl Writer {
             conn,
             stats,
             max_group,
+            patient_stub,
             series,
         })
     }
@@ -124,6 +127,17 @@ impl Writer {
         for job in jobs.iter_mut() {
             self.conn.execute_batch("SAVEPOINT job")?;
             let mark = new_series.len();
+            // Registry writes first: a Bundle that enrols a patient and posts their readings
+            // creates the Patient as written, not a minimal one that the readings would make.
+            let mut resources = Vec::with_capacity(job.resources.len());
+            let mut released = Vec::new();
+            for w in &job.resources {
+                let outcome = crate::registry::apply(&self.conn, w)?;
+                if let Some(device) = crate::registry::device_of(w, &outcome) {
+                    self.release(&device, &mut released, new_series)?;
+                }
+                resources.push(outcome);
+            }
             let outcomes = match &job.batch {
                 None => {
                     let mut outcomes = Vec::with_capacity(job.ops.len());
@@ -134,15 +148,6 @@ impl Writer {
                 }
                 Some(batch) => self.apply_batch(&job.ops, batch, new_series)?,
             };
-            let mut resources = Vec::with_capacity(job.resources.len());
-            let mut released = Vec::new();
-            for w in &job.resources {
-                let outcome = crate::registry::apply(&self.conn, w)?;
-                if let Some(device) = crate::registry::device_of(w, &outcome) {
-                    self.release(&device, &mut released, new_series)?;
-                }
-                resources.push(outcome);
-            }
             let failed = outcomes.iter().any(|o| !o.is_ok())
                 || resources.iter().any(|o| o.stored().is_none());
             if job.atomic && failed {
@@ -584,9 +589,15 @@ impl Writer {
         let r_metric = key.1;
         let device = key.2.as_ref().map_or("", Id::as_str).to_owned();
         let device = device.as_str();
-        self.conn
+        let new_patient = self
+            .conn
             .prepare_cached("INSERT OR IGNORE INTO patient(id, created_ms) VALUES (?1, ?2)")?
             .execute(params![r_patient.as_str(), now])?;
+        if new_patient == 1
+            && let Some(stub) = &self.patient_stub
+        {
+            crate::registry::insert_stub(&self.conn, r_patient.as_str(), stub, now)?;
+        }
         if !device.is_empty() {
             self.conn
                 .prepare_cached("INSERT OR IGNORE INTO device(id, created_ms) VALUES (?1, ?2)")?

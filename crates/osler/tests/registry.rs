@@ -312,15 +312,29 @@ fn patients_practitioners_and_organisations() {
         post(&format!("{}/Observation", hub.base), &o.to_string()).status,
         201
     );
+    let stub = api.get("Patient/walk-in");
     assert_eq!(
-        api.get("Patient/walk-in"),
-        json!({"resourceType": "Patient", "id": "walk-in", "active": true})
+        (stub["active"].clone(), stub["meta"]["versionId"].clone()),
+        (json!(true), json!("1")),
+        "{stub}"
+    );
+    assert_eq!(
+        api.search_ids("Patient?_id=walk-in&active=true"),
+        vec!["walk-in"],
+        "found by search as any Patient"
     );
     api.put(
         "Patient/walk-in",
         json!({"resourceType": "Patient", "name": [{"family": "Walker"}], "active": true}),
     );
-    assert_eq!(api.get("Patient/walk-in")["name"][0]["family"], "Walker");
+    let enrolled = api.get("Patient/walk-in");
+    assert_eq!(
+        (
+            enrolled["name"][0]["family"].clone(),
+            enrolled["meta"]["versionId"].clone()
+        ),
+        (json!("Walker"), json!("2"))
+    );
     assert_eq!(count_for(&hub, "walk-in"), 1);
 
     // Delete marks, never erases: the resource stays, inactive, with its history.

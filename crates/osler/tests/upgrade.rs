@@ -71,7 +71,10 @@ fn a_hub_database_of_the_previous_release_is_migrated_in_place() {
         assert_eq!(plan["rules"]["spo2-low"]["threshold"], 88.0, "{plan}");
         // The old release kept no author or time: the migration says so rather than invent.
         assert_eq!(plan["rules"]["spo2-low"]["set_by"], "unknown", "{plan}");
-        // Patients and devices known from the old readings are there to enrol.
+        // Patients and devices known from the old readings are there to enrol, and patients
+        // are found by search like any.
+        let found = get(&format!("{}/Patient?_id=fx-anna,fx-ben", hub.base)).json();
+        assert_eq!(found["total"], 2, "{found}");
         assert_eq!(get(&format!("{}/Device/watch-1", hub.base)).status, 200);
         if round == 0 {
             let a = send(
@@ -80,7 +83,9 @@ fn a_hub_database_of_the_previous_release_is_migrated_in_place() {
                 &json!({"resourceType": "Patient", "name": [{"family": "Fixture"}]}).to_string(),
                 &[],
             );
-            assert_eq!(a.status, 201, "{}", a.text);
+            // The migration gave fx-anna its minimal Patient: enrolling is its version 2.
+            assert_eq!(a.status, 200, "{}", a.text);
+            assert_eq!(a.json()["meta"]["versionId"], "2");
         }
         assert_eq!(
             get(&format!("{}/Patient/fx-anna", hub.base)).json()["name"][0]["family"],

@@ -105,6 +105,19 @@ pub fn prepare(
     })
 }
 
+/// The minimal Patient that stands for one known only from readings (`{"active": true}`), as the
+/// store keeps it until the patient is enrolled under the same id.
+pub fn patient_stub() -> osler_registry::Stub {
+    let json = json!({"resourceType": "Patient", "active": true});
+    // A constant the checks accept (a test below proves it); a failure would be a bug here.
+    let w = prepare(Kind::Patient, &json, "stub", WriteMode::Update, None, 0)
+        .expect("the minimal Patient is valid");
+    osler_registry::Stub {
+        body: w.body,
+        terms: w.terms,
+    }
+}
+
 /// A stored version as the client sees it: `resourceType`, `id` and `meta` first.
 pub fn resource_json(s: &StoredResource) -> Json {
     let mut out = Map::new();
@@ -197,4 +210,20 @@ pub fn history_bundle(base: &str, versions: &[StoredResource]) -> Json {
         "total": versions.len(),
         "entry": entries,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minimal_patient_is_valid_and_searchable_as_active() {
+        let stub = patient_stub();
+        assert_eq!(stub.body, r#"{"resourceType":"Patient","active":true}"#);
+        assert!(
+            stub.terms
+                .iter()
+                .any(|t| t.param == "active" && t.value == "true")
+        );
+    }
 }
