@@ -21,7 +21,7 @@ use osler_store::{Cursor, Query, Store, StoreError};
 use serde_json::Value;
 
 use crate::AppState;
-use crate::fhir_api::{base_url, stored_json};
+use crate::fhir_api::{base_url, next_link, stored_json};
 use crate::registry_api::resource_or_stub;
 use crate::reply::{ApiError, fhir};
 
@@ -208,13 +208,7 @@ async fn everything(
     let path = format!("{base}/Patient/{id}/$everything");
     let mut links = vec![("self", format!("{path}?{}", encode_query(&params)))];
     if let Some(c) = page.next {
-        let mut next: Vec<(String, String)> = params
-            .iter()
-            .filter(|(k, _)| k != "_cursor")
-            .cloned()
-            .collect();
-        next.push(("_cursor".into(), format!("{}.{}", c.t_ms, c.series)));
-        links.push(("next", format!("{path}?{}", encode_query(&next))));
+        links.push(("next", next_link(&path, &params, c)));
     }
     Ok(fhir(StatusCode::OK, &searchset(None, &links, entries)))
 }

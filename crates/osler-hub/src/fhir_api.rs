@@ -564,15 +564,9 @@ async fn search(
         .await??;
     let mut links = vec![("self", self_link)];
     if let Some(c) = page.next {
-        let mut next: Vec<(String, String)> = params
-            .iter()
-            .filter(|(k, _)| k != "_cursor")
-            .cloned()
-            .collect();
-        next.push(("_cursor".into(), format!("{}.{}", c.t_ms, c.series)));
         links.push((
             "next",
-            format!("{base}/Observation?{}", encode_query(&next)),
+            next_link(&format!("{base}/Observation"), &params, c),
         ));
     }
     let included = if s.include_patient || s.include_device {
@@ -648,6 +642,17 @@ async fn last_n(
             entries(&base, &found),
         ),
     ))
+}
+
+/// The `next` link of a keyset-paged search: the same parameters, `_cursor` after `c`.
+pub(crate) fn next_link(path: &str, params: &[(String, String)], c: Cursor) -> String {
+    let mut next: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "_cursor")
+        .cloned()
+        .collect();
+    next.push(("_cursor".into(), format!("{}.{}", c.t_ms, c.series)));
+    format!("{path}?{}", encode_query(&next))
 }
 
 /// A stored reading as FHIR: an Observation, or for a gateway's window summary an Observation

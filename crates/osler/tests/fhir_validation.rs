@@ -109,24 +109,7 @@ fn everything_served_is_valid_fhir_r4() {
     served.push(post(&format!("{}/Observation", hub.base), "{").json());
     served.push(get(&format!("{}/Observation?patient=val&bogus=1", hub.base)).json());
 
-    let file = dir.0.join("served.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&served).unwrap()).unwrap();
-    let out = Command::new(python())
-        .arg(workspace().join("scripts/validate_fhir.py"))
-        .arg(&file)
-        .output()
-        .expect("run the validator");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "validator failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains(&format!("validated {} resources", served.len()))
-            && stdout.contains(": 0 problems"),
-        "{stdout}"
-    );
+    assert_valid_fhir(&dir.0, &served);
 }
 
 /// The validator itself must be able to fail: a resource with a diastolic pressure coded as
