@@ -104,8 +104,10 @@ pub fn capability_statement(version: &str, date: &str, base_url: &str) -> Json {
                         search("identifier", "token", "system|value"),
                         search("_count", "number", "Page size, 1-1000 (default 50); 0 returns only the total"),
                         search("_sort", "string", "date (default) or -date"),
-                        search("_summary", "token", "count returns only the total"),
+                        search("_summary", "token", "count returns only the total; true, text and data return subsets"),
+                        search("_elements", "string", "Only these top-level elements (and the mandatory ones), tagged SUBSETTED"),
                     ],
+                    "searchInclude": ["Observation:patient", "Observation:subject", "Observation:device"],
                     "operation": [{
                         "name": "lastn",
                         "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn",

@@ -48,6 +48,14 @@ fn metadata_tells_the_truth() {
     // Corrections are updates; nothing clinical is deleted.
     assert!(interactions.contains(&"update") && !interactions.contains(&"delete"));
     assert_eq!(obs["operation"][0]["name"], "lastn");
+    assert_eq!(
+        obs["searchInclude"],
+        json!([
+            "Observation:patient",
+            "Observation:subject",
+            "Observation:device"
+        ])
+    );
 
     // Exactly the types served, and every search parameter it lists is one the hub takes.
     let resources = cs["rest"][0]["resource"].as_array().unwrap();
