@@ -18,6 +18,7 @@ mod fhir_api;
 mod ingest;
 mod metrics;
 mod negotiate;
+mod observation_versions;
 mod plans;
 mod registry_api;
 mod reply;

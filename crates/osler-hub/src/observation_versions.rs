@@ -1,0 +1,238 @@
+//! An Observation's versions: read (ETag, Last-Modified, If-None-Match), correction by `PUT`
+//! (same reading, a status that says it changed, `If-Match`), `_history` and vread. The
+//! previous versions of a corrected reading are the store's `reading_version`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use osler_fhir::{ErrorKind, FhirError, parse_observation};
+use osler_store::{Correction, ReadingId, StoredReading, WriteOp, WriteOutcome};
+use serde_json::Value;
+
+use crate::fhir_api::{base_url, invalid_reading, outcome_error, read_json, stored_json};
+use crate::reply::{ApiError, fhir};
+use crate::{AppState, now_ms};
+
+type St = State<Arc<AppState>>;
+
+fn observation_not_found(id: &str) -> FhirError {
+    FhirError::at(
+        ErrorKind::NotFound,
+        "Observation.id",
+        format!(
+            "Observation/{} is not known",
+            id.chars().take(64).collect::<String>()
+        ),
+    )
+}
+
+/// A stored reading with its version as FHIR: `meta.versionId`, and the ETag and
+/// Last-Modified (when the hub received this version) headers.
+pub(crate) fn versioned(status: StatusCode, version: u64, s: &StoredReading) -> Response {
+    let mut json = stored_json(s);
+    json["meta"]["versionId"] = Value::String(version.to_string());
+    let mut r = fhir(status, &json);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&osler_fhir::registry::etag(version)) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&crate::reply::http_date(s.reading.received_ms)) {
+        h.insert(header::LAST_MODIFIED, v);
+    }
+    r
+}
+
+pub(crate) async fn read(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = ReadingId::parse(&id).ok_or_else(|| observation_not_found(&id))?;
+    let store = state.store.clone();
+    let versions = if rid.is_summary() {
+        // A window summary has one version; it is never corrected.
+        let s = tokio::task::spawn_blocking(move || store.get(rid)).await??;
+        s.map(|s| vec![(1, s)]).unwrap_or_default()
+    } else {
+        tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??
+    };
+    let Some((v, s)) = versions.into_iter().next() else {
+        return Err(observation_not_found(&id).into());
+    };
+    let known = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+        .and_then(osler_fhir::registry::parse_etag);
+    if known == Some(v) {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(e) = HeaderValue::from_str(&osler_fhir::registry::etag(v)) {
+            r.headers_mut().insert(header::ETAG, e);
+        }
+        return Ok(r);
+    }
+    Ok(versioned(StatusCode::OK, v, &s))
+}
+
+/// `PUT /fhir/Observation/{id}`: a correction of the stored reading. The body must describe
+/// the same reading (patient, code, device, time: what identifies it); a changed value needs
+/// status amended, corrected or entered-in-error. The previous version stays readable.
+pub(crate) async fn correct(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received = now_ms();
+    let rid = ReadingId::parse(&id)
+        .filter(|r| !r.is_summary())
+        .ok_or_else(|| observation_not_found(&id))?;
+    let json = read_json(&state, &headers, body).await?;
+    if let Some(body_id) = json.get("id")
+        && body_id.as_str() != Some(id.as_str())
+    {
+        return Err(FhirError::at(
+            ErrorKind::Malformed,
+            "Observation.id",
+            "the id in the body differs from the id in the URL",
+        )
+        .into());
+    }
+    let reading = parse_observation(&json, received)?
+        .validate(received)
+        .map_err(invalid_reading)?;
+    let store = state.store.clone();
+    let Some(current) = tokio::task::spawn_blocking(move || store.get(rid)).await?? else {
+        return Err(FhirError::at(
+            ErrorKind::NotFound,
+            "Observation.id",
+            "no reading is stored under this id; create a reading with POST /fhir/Observation",
+        )
+        .into());
+    };
+    let was = &current.reading;
+    let same_identity = was.patient == reading.patient
+        && was.metric == reading.metric
+        && was.device == reading.device
+        && was.taken.utc_ms == reading.taken.utc_ms;
+    if !same_identity {
+        return Err(FhirError::at(
+            ErrorKind::Conflict,
+            "Observation",
+            "a correction keeps what identifies the reading (subject, code, device, effectiveDateTime); \
+             a different reading is a new Observation",
+        )
+        .into());
+    }
+    if was.value != reading.value && !reading.status.is_correction() {
+        return Err(FhirError::at(
+            ErrorKind::Invalid,
+            "Observation.status",
+            "a changed value needs status amended or corrected (or entered-in-error), so that readers can tell it was changed",
+        )
+        .into());
+    }
+    let if_match = match headers.get("if-match") {
+        None => None,
+        Some(h) => Some(
+            h.to_str()
+                .ok()
+                .and_then(osler_fhir::registry::parse_etag)
+                .ok_or_else(|| {
+                    FhirError::new(
+                        ErrorKind::BadParameter,
+                        "If-Match must name a version: W/\"2\"",
+                    )
+                })?,
+        ),
+    };
+    let op = WriteOp {
+        reading,
+        if_none_exist: None,
+        by_device: false,
+        correction: Some(Correction { if_match }),
+    };
+    let result = state
+        .alerts
+        .write(&state.store, vec![op], false, None)
+        .await?;
+    match result.outcomes.into_iter().next() {
+        Some(WriteOutcome::Corrected(_) | WriteOutcome::Existing(_)) => {
+            let store = state.store.clone();
+            let versions =
+                tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??;
+            let Some((v, s)) = versions.into_iter().next() else {
+                return Err(
+                    FhirError::new(ErrorKind::Internal, "the corrected reading is gone").into(),
+                );
+            };
+            Ok(versioned(StatusCode::OK, v, &s))
+        }
+        Some(o) => Err(outcome_error(&o)
+            .unwrap_or_else(|| FhirError::new(ErrorKind::Internal, "unknown outcome"))
+            .into()),
+        None => Err(FhirError::new(ErrorKind::Internal, "the store answered no outcome").into()),
+    }
+}
+
+/// `GET /fhir/Observation/{id}/_history`: every version, newest first.
+pub(crate) async fn history(
+    State(state): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rid = ReadingId::parse(&id).ok_or_else(|| observation_not_found(&id))?;
+    let store = state.store.clone();
+    let versions = tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??;
+    if versions.is_empty() {
+        return Err(observation_not_found(&id).into());
+    }
+    let base = base_url(&state, &headers);
+    let n = versions.len();
+    let entries: Vec<Value> = versions
+        .iter()
+        .map(|(v, s)| {
+            let mut json = stored_json(s);
+            json["meta"]["versionId"] = Value::String(v.to_string());
+            serde_json::json!({
+                "fullUrl": format!("{base}/Observation/{id}"),
+                "resource": json,
+                "request": {
+                    "method": if *v == 1 { "POST" } else { "PUT" },
+                    "url": if *v == 1 { "Observation".to_owned() } else { format!("Observation/{id}") },
+                },
+                "response": {
+                    "status": if *v == 1 { "201 Created" } else { "200 OK" },
+                    "etag": osler_fhir::registry::etag(*v),
+                },
+            })
+        })
+        .collect();
+    Ok(fhir(
+        StatusCode::OK,
+        &serde_json::json!({"resourceType": "Bundle", "type": "history", "total": n, "entry": entries}),
+    ))
+}
+
+pub(crate) async fn vread(
+    State(state): St,
+    Path((id, vid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let rid = ReadingId::parse(&id).ok_or_else(|| observation_not_found(&id))?;
+    let want: u64 = vid.parse().map_err(|_| observation_not_found(&id))?;
+    let store = state.store.clone();
+    let versions = tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??;
+    match versions.into_iter().find(|(v, _)| *v == want) {
+        Some((v, s)) => Ok(versioned(StatusCode::OK, v, &s)),
+        None => Err(FhirError::new(
+            ErrorKind::NotFound,
+            format!(
+                "Observation/{} has no version {want}",
+                id.chars().take(64).collect::<String>()
+            ),
+        )
+        .into()),
+    }
+}
