@@ -100,6 +100,88 @@ pub fn parse_if_none_exist(text: &str) -> Result<Identifier, FhirError> {
     }
 }
 
+/// Resolves the names a transaction's entries give each other before the server has given them
+/// ids: each registry resource created by `POST Kind` with a `urn:uuid:` (or `urn:oid:`)
+/// `fullUrl` gets the id `new_id` makes (its request becomes `PUT Kind/{id}`: the same create,
+/// with the id chosen), a `PUT Kind/{id}` entry's `fullUrl` stands for `Kind/{id}`, and every
+/// `reference` in the Bundle to such a `fullUrl` is rewritten to `Kind/{id}`. A conditional create
+/// (`ifNoneExist`) keeps its placeholder: which resource it stands for is known only when the
+/// store runs it, and a reference to it is refused by the checks like any unknown reference.
+/// Batches are left alone: their entries do not depend on each other.
+pub fn resolve_placeholders<E>(
+    bundle: &mut Json,
+    mut new_id: impl FnMut() -> Result<String, E>,
+) -> Result<(), E> {
+    if bundle.get("type").and_then(Json::as_str) != Some("transaction") {
+        return Ok(());
+    }
+    let Some(entries) = bundle.get_mut("entry").and_then(Json::as_array_mut) else {
+        return Ok(());
+    };
+    let mut names: std::collections::HashMap<String, String> = Default::default();
+    for e in entries.iter_mut() {
+        let Some(full) = e.get("fullUrl").and_then(Json::as_str) else {
+            continue;
+        };
+        if !(full.starts_with("urn:uuid:") || full.starts_with("urn:oid:")) {
+            continue;
+        }
+        let full = full.to_owned();
+        let Some(req) = e.get_mut("request").and_then(Json::as_object_mut) else {
+            continue;
+        };
+        let method = req.get("method").and_then(Json::as_str).unwrap_or("");
+        let url = req
+            .get("url")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .trim_end_matches('/');
+        let kind = url
+            .split(['/', '?'])
+            .next()
+            .and_then(osler_registry::Kind::parse);
+        let Some(kind) = kind else { continue };
+        match method {
+            "POST" if url == kind.as_str() && !req.contains_key("ifNoneExist") => {
+                let id = new_id()?;
+                req.insert("method".into(), json!("PUT"));
+                req.insert("url".into(), json!(format!("{kind}/{id}")));
+                names.insert(full, format!("{kind}/{id}"));
+            }
+            "PUT" if url.len() > kind.as_str().len() + 1 && !url.contains('?') => {
+                names.insert(full, url.to_owned());
+            }
+            _ => {}
+        }
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    fn rewrite(v: &mut Json, names: &std::collections::HashMap<String, String>) {
+        match v {
+            Json::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    if k == "reference"
+                        && let Some(to) = x.as_str().and_then(|r| names.get(r))
+                    {
+                        *x = json!(to);
+                    } else {
+                        rewrite(x, names);
+                    }
+                }
+            }
+            Json::Array(a) => a.iter_mut().for_each(|x| rewrite(x, names)),
+            _ => {}
+        }
+    }
+    for e in entries.iter_mut() {
+        if let Some(r) = e.get_mut("resource") {
+            rewrite(r, &names);
+        }
+    }
+    Ok(())
+}
+
 /// Parses a `transaction` or `batch` Bundle of Observation creates.
 pub fn parse_bundle(v: &Json, received_ms: i64) -> Result<RequestBundle, FhirError> {
     let o = v.as_object().ok_or_else(|| {

@@ -80,7 +80,14 @@ pub fn fhir_observation(data: &[u8]) {
 
 /// A request Bundle (transaction or batch).
 pub fn fhir_bundle(data: &[u8]) {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = osler_fhir::parse_bundle(&v, NOW_MS);
+        // As the hub reads a transaction: placeholders resolved first.
+        let mut n = 0;
+        let _ = osler_fhir::bundle::resolve_placeholders(&mut v, || {
+            n += 1;
+            Ok::<_, ()>(format!("id{n}"))
+        });
         let _ = osler_fhir::parse_bundle(&v, NOW_MS);
     }
 }

@@ -96,7 +96,9 @@ pub(crate) async fn transaction_or_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received = now_ms();
-    let json = read_json(&state, &headers, body).await?;
+    let mut json = read_json(&state, &headers, body).await?;
+    // Entries that name each other by urn:uuid get their ids before anything is checked.
+    osler_fhir::bundle::resolve_placeholders(&mut json, new_id)?;
     let bundle = parse_bundle(&json, received)?;
     let base = base_url(&state, &headers);
     let with_resources = prefers(&headers, "representation") == Some(true);

@@ -802,3 +802,63 @@ fn registry_writes_in_bundles_are_whole_or_entry_by_entry() {
     assert_eq!(api.get("Patient/b1")["name"][0]["family"], "Berg");
     assert_valid_fhir(&dir.0, &api.served);
 }
+
+#[test]
+fn a_transaction_names_its_new_resources_by_urn_uuid() {
+    let dir = TempDir::new("registry-uuid");
+    let hub = Hub::start(&dir.0);
+    let mut api = Api {
+        base: hub.base.clone(),
+        served: Vec::new(),
+    };
+    let (p, d) = (
+        "urn:uuid:5e0a6d3c-1b3e-4c55-9f1e-2a7c1d1e0001",
+        "urn:uuid:5e0a6d3c-1b3e-4c55-9f1e-2a7c1d1e0002",
+    );
+    let mut obs = observation("x", "8867-4", 66.0, "/min", &minutes_ago(3));
+    obs["subject"] = json!({"reference": p});
+    obs["device"] = json!({"reference": d});
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": p, "resource": {"resourceType": "Patient", "name": [{"family": "Neu"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": d, "resource": {"resourceType": "Device", "serialNumber": "SN-NEU"},
+         "request": {"method": "POST", "url": "Device"}},
+        {"resource": {"resourceType": "DeviceUseStatement", "status": "active",
+            "subject": {"reference": p}, "device": {"reference": d},
+            "timingPeriod": {"start": minutes_ago(60)}},
+         "request": {"method": "POST", "url": "DeviceUseStatement"}},
+        {"resource": obs, "request": {"method": "POST", "url": "Observation"}},
+    ]});
+    let r = api.send("POST", "", &tx, &[("Prefer", "return=representation")]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = r.json();
+    let e = r["entry"].as_array().unwrap();
+    let patient = e[0]["resource"]["id"].as_str().unwrap().to_owned();
+    let device = e[1]["resource"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(e[0]["response"]["status"], "201 Created", "{r}");
+    assert_eq!(
+        e[2]["resource"]["subject"]["reference"],
+        format!("Patient/{patient}"),
+        "{r}"
+    );
+    assert_eq!(
+        e[2]["resource"]["device"]["reference"],
+        format!("Device/{device}")
+    );
+    assert_eq!(
+        e[3]["resource"]["subject"]["reference"],
+        format!("Patient/{patient}")
+    );
+    assert_eq!(count_for(&hub, &patient), 1);
+    // A placeholder nothing in the Bundle names is refused, naming the element.
+    let mut lost = observation("x", "8867-4", 67.0, "/min", &minutes_ago(2));
+    lost["subject"] = json!({"reference": "urn:uuid:00000000-0000-0000-0000-000000000000"});
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": lost, "request": {"method": "POST", "url": "Observation"}}]});
+    let issue = api.send("POST", "", &tx, &[]).outcome(422);
+    assert_eq!(
+        issue["expression"][0], "Bundle.entry[0].resource.subject.reference",
+        "{issue}"
+    );
+    assert_valid_fhir(&dir.0, &api.served);
+}
