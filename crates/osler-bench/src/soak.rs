@@ -117,10 +117,27 @@ impl Pipeline<'_> {
     }
 }
 
+/// A port free now for a process restarted at the same address, chosen below the kernel's
+/// ephemeral range: a port from it can be taken meanwhile by the gateway's own connection to an
+/// absent hub (a socket given the destination port as its source connects to itself).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let from = 10_000u16;
+    let span = low.saturating_sub(from).max(1);
+    // Each call moves on, so that two calls never name the same port.
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = from + start.wrapping_add(n) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port below the ephemeral range")
 }
 
 fn kill9(mut s: Server) {

@@ -136,12 +136,27 @@ fn spawn_printing_url(mut cmd: Command, log: Option<&Path>, what: &str) -> (Chil
 }
 
 /// A free loopback port (bound and released; good enough on a test machine).
+/// A port free now, for a process to bind later (a restart at the same address), chosen below
+/// the kernel's ephemeral range: a port from that range can be taken meanwhile by a client's
+/// own connection to it (a gateway retrying an absent hub connects to itself when the kernel
+/// gives its socket the destination port as source), and the hub could then not bind it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, span) = (10_000u32, low.saturating_sub(10_000).max(1));
+    // Test binaries run in parallel: start from a place of this process's own.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < span, "no free port below the ephemeral range");
+        let port = (from + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running gateway.
