@@ -480,15 +480,16 @@ impl Store {
         with_total: bool,
     ) -> Result<(Vec<StoredResource>, Option<u64>), StoreError> {
         self.read(|c| {
+            let f = registry::filter(c, q)?;
             let total = if with_total {
-                Some(registry::count(c, q)?)
+                Some(registry::count(c, &f)?)
             } else {
                 None
             };
             let page = if q.limit == 0 {
                 Vec::new()
             } else {
-                registry::search(c, q)?
+                registry::search(c, q, &f)?
             };
             Ok((page, total))
         })

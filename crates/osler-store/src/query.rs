@@ -65,6 +65,26 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
+impl Page {
+    /// The first `limit` of `found` (in page order, read one past the limit to know whether
+    /// a next page exists), and the cursor after them when there is more.
+    fn of(mut found: Vec<StoredReading>, limit: usize) -> Page {
+        let next = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(|s| Cursor {
+                t_ms: s.id.t_ms,
+                series: s.id.series,
+            })
+        } else {
+            None
+        };
+        Page {
+            readings: found,
+            next,
+        }
+    }
+}
+
 const COLUMNS: &str = "t, v, v2, tz, rx, status, ident";
 
 fn decode(
@@ -332,19 +352,7 @@ pub(crate) fn search(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
     if q.descending {
         found.reverse();
     }
-    let next = if found.len() > q.limit {
-        found.truncate(q.limit);
-        found.last().map(|s| Cursor {
-            t_ms: s.id.t_ms,
-            series: s.id.series,
-        })
-    } else {
-        None
-    };
-    Ok(Page {
-        readings: found,
-        next,
-    })
+    Ok(Page::of(found, q.limit))
 }
 
 /// One source of a merge across series: a series' readings (`id` > 0) or its summaries
@@ -466,19 +474,7 @@ fn search_across(conn: &Connection, q: &Query) -> Result<Page, StoreError> {
             heap.push(Reverse((rank(next), i)));
         }
     }
-    let next = if found.len() > q.limit {
-        found.truncate(q.limit);
-        found.last().map(|s| Cursor {
-            t_ms: s.id.t_ms,
-            series: s.id.series,
-        })
-    } else {
-        None
-    };
-    Ok(Page {
-        readings: found,
-        next,
-    })
+    Ok(Page::of(found, q.limit))
 }
 
 pub(crate) fn count(conn: &Connection, q: &Query) -> Result<u64, StoreError> {

@@ -194,10 +194,17 @@ fn estimate(conn: &Connection, kind: Kind, c: &ParamCond) -> Result<u64, StoreEr
     Ok(n.max(0) as u64)
 }
 
+/// A query's WHERE clause over `resource r` and its parameters, made once for the page and the
+/// total (choosing the driving condition reads the terms).
+pub(crate) struct Filter {
+    sql: String,
+    args: Vec<Sql>,
+}
+
 /// The WHERE clause of a query over `resource r`, and its parameters. The most selective
 /// condition drives (its matching ids are looked up by primary key); the others are checked
 /// per candidate against its own terms, so "given=Anna&family=Berg" costs what Berg costs.
-fn where_clause(conn: &Connection, q: &ResourceQuery) -> Result<(String, Vec<Sql>), StoreError> {
+pub(crate) fn filter(conn: &Connection, q: &ResourceQuery) -> Result<Filter, StoreError> {
     let mut sql = String::from("r.kind = ?");
     let mut args: Vec<Sql> = vec![Sql::Text(q.kind.as_str().to_owned())];
     if let Some(ids) = &q.ids {
@@ -243,15 +250,14 @@ fn where_clause(conn: &Connection, q: &ResourceQuery) -> Result<(String, Vec<Sql
         args.push(Sql::Text(c.param.clone()));
         args.append(&mut targs);
     }
-    Ok((sql, args))
+    Ok(Filter { sql, args })
 }
 
 /// The number of resources a query matches.
-pub(crate) fn count(conn: &Connection, q: &ResourceQuery) -> Result<u64, StoreError> {
-    let (w, args) = where_clause(conn, q)?;
+pub(crate) fn count(conn: &Connection, f: &Filter) -> Result<u64, StoreError> {
     let n: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM resource r WHERE {w}"))?
-        .query_row(params_from_iter(args), |r| r.get(0))?;
+        .prepare_cached(&format!("SELECT count(*) FROM resource r WHERE {}", f.sql))?
+        .query_row(params_from_iter(f.args.iter()), |r| r.get(0))?;
     Ok(n.max(0) as u64)
 }
 
@@ -259,8 +265,9 @@ pub(crate) fn count(conn: &Connection, q: &ResourceQuery) -> Result<u64, StoreEr
 pub(crate) fn search(
     conn: &Connection,
     q: &ResourceQuery,
+    f: &Filter,
 ) -> Result<Vec<StoredResource>, StoreError> {
-    let (w, mut args) = where_clause(conn, q)?;
+    let (w, mut args) = (&f.sql, f.args.clone());
     let mut order = Vec::new();
     for s in &q.sort {
         let dir = if s.descending { "DESC" } else { "ASC" };
@@ -352,14 +359,12 @@ fn term_owner(
 /// anything is written, so a refused write leaves nothing behind.
 pub(crate) fn apply(conn: &Connection, w: &ResourceWrite) -> Result<WriteOutcome, StoreError> {
     let matching = |q: &ResourceQuery| -> Result<Vec<StoredResource>, StoreError> {
-        search(
-            conn,
-            &ResourceQuery {
-                offset: 0,
-                limit: 2,
-                ..q.clone()
-            },
-        )
+        let q = ResourceQuery {
+            offset: 0,
+            limit: 2,
+            ..q.clone()
+        };
+        search(conn, &q, &filter(conn, &q)?)
     };
     let (id, existing) = match &w.mode {
         WriteMode::Create => {
