@@ -37,15 +37,6 @@ enum Slot {
 /// A registry entry made ready for the store; errors located inside the entry.
 fn prepare_entry(e: ResourceEntry, i: usize, now: i64) -> Result<ResourceWrite, FhirError> {
     let kind = e.kind;
-    let at = |err: FhirError| {
-        let mut err = err;
-        err.expression = err.expression.map(|x| match x.strip_prefix(kind.as_str()) {
-            Some(rest) => format!("Bundle.entry[{i}].resource{rest}"),
-            None if x == "resourceType" => format!("Bundle.entry[{i}].resource.resourceType"),
-            None => format!("Bundle.entry[{i}].{x}"),
-        });
-        err
-    };
     let if_match = match &e.if_match {
         None => None,
         Some(t) => Some(osler_fhir::registry::parse_etag(t).ok_or_else(|| {
@@ -87,7 +78,7 @@ fn prepare_entry(e: ResourceEntry, i: usize, now: i64) -> Result<ResourceWrite, 
             "an id is 1-64 letters, digits, '-' or '.'",
         ));
     }
-    prepare(kind, &e.resource, &id, mode, if_match, now).map_err(at)
+    prepare(kind, &e.resource, &id, mode, if_match, now).map_err(|e| in_entry(e, i, kind.as_str()))
 }
 
 pub(crate) async fn transaction_or_batch(
@@ -119,7 +110,7 @@ pub(crate) async fn transaction_or_batch(
                     });
                     Slot::Op(ops.len() - 1)
                 }
-                Err(e) => Slot::Refused(in_entry(invalid_reading(e), i)),
+                Err(e) => Slot::Refused(in_entry(invalid_reading(e), i, "Observation")),
             },
             Ok(BundleEntry::Resource(r)) => match prepare_entry(r, i, received) {
                 Ok(w) => {
@@ -199,6 +190,7 @@ pub(crate) async fn transaction_or_batch(
         .await??
     };
     let mut entries = Vec::with_capacity(slots.len());
+    let mut router: Option<axum::Router> = None;
     for (i, slot) in slots.into_iter().enumerate() {
         let entry = match slot {
             Slot::Refused(e) => failed_entry(&e),
@@ -261,8 +253,10 @@ pub(crate) async fn transaction_or_batch(
                 None => failed_entry(&FhirError::new(ErrorKind::Internal, "no outcome")),
             },
             Slot::Read(url) => {
+                // The routes, built once for all of the batch's reads.
+                let routes = router.get_or_insert_with(|| crate::router(state.clone()));
                 let host = headers.get(header::HOST).cloned();
-                read_entry(state.clone(), host, url).await
+                read_entry(routes.clone(), host, url).await
             }
         };
         entries.push(entry);
@@ -272,14 +266,9 @@ pub(crate) async fn transaction_or_batch(
 
 /// The store's refusal of entry `i`'s resource, located inside the entry.
 fn refused_in(kind: osler_registry::Kind, o: &osler_registry::WriteOutcome, i: usize) -> FhirError {
-    let mut e = refusal(kind, o);
-    e.expression = Some(match e.expression.take() {
-        Some(x) => match x.strip_prefix(kind.as_str()) {
-            Some(rest) => format!("Bundle.entry[{i}].resource{rest}"),
-            None => format!("Bundle.entry[{i}].resource.{x}"),
-        },
-        None => format!("Bundle.entry[{i}]"),
-    });
+    let mut e = in_entry(refusal(kind, o), i, kind.as_str());
+    e.expression
+        .get_or_insert_with(|| format!("Bundle.entry[{i}]"));
     e
 }
 
@@ -295,15 +284,15 @@ fn failed_entry(e: &FhirError) -> Value {
 /// A batch's GET entry, answered by the hub's own routes (every read and search the API
 /// serves, with the same checks), as a response entry.
 fn read_entry(
-    state: Arc<AppState>,
+    routes: axum::Router,
     host: Option<HeaderValue>,
     url: String,
 ) -> std::pin::Pin<Box<dyn Future<Output = Value> + Send>> {
     // Boxed: this handler's future would otherwise contain the router's, which contains it.
-    Box::pin(read_entry_inner(state, host, url))
+    Box::pin(read_entry_inner(routes, host, url))
 }
 
-async fn read_entry_inner(state: Arc<AppState>, host: Option<HeaderValue>, url: String) -> Value {
+async fn read_entry_inner(routes: axum::Router, host: Option<HeaderValue>, url: String) -> Value {
     use tower::ServiceExt;
     let mut req = axum::http::Request::get(format!("/fhir/{url}"));
     if let Some(h) = host {
@@ -324,7 +313,7 @@ async fn read_entry_inner(state: Arc<AppState>, host: Option<HeaderValue>, url: 
             "not a URL",
         ));
     };
-    let Ok(resp) = crate::router(state).oneshot(req).await;
+    let Ok(resp) = routes.oneshot(req).await;
     let (parts, body) = resp.into_parts();
     let status = parts.status;
     let header_of = |name: header::HeaderName| {

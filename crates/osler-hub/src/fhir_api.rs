@@ -109,9 +109,10 @@ pub(crate) fn invalid_reading(e: ReadingError) -> FhirError {
     osler_fhir::reading_error(&e)
 }
 
-/// An Observation element path as it reads inside a Bundle entry's resource.
-pub(crate) fn in_entry(mut e: FhirError, i: usize) -> FhirError {
-    e.expression = e.expression.map(|x| match x.strip_prefix("Observation") {
+/// An element path of a resource (`Patient.birthDate`) as it reads inside Bundle entry `i`
+/// (`Bundle.entry[3].resource.birthDate`).
+pub(crate) fn in_entry(mut e: FhirError, i: usize, resource_type: &str) -> FhirError {
+    e.expression = e.expression.map(|x| match x.strip_prefix(resource_type) {
         Some(rest) => format!("Bundle.entry[{i}].resource{rest}"),
         None => format!("Bundle.entry[{i}].resource.{x}"),
     });

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use osler_fhir::{ErrorKind, FhirError, parse_observation};
 use osler_store::{Correction, ReadingId, StoredReading, WriteOp, WriteOutcome};
 use serde_json::Value;
@@ -67,11 +67,7 @@ pub(crate) async fn read(
         .and_then(|h| h.to_str().ok())
         .and_then(osler_fhir::registry::parse_etag);
     if known == Some(v) {
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(e) = HeaderValue::from_str(&osler_fhir::registry::etag(v)) {
-            r.headers_mut().insert(header::ETAG, e);
-        }
-        return Ok(r);
+        return Ok(crate::registry_api::not_modified(v));
     }
     Ok(versioned(StatusCode::OK, v, &s))
 }
@@ -134,20 +130,7 @@ pub(crate) async fn correct(
         )
         .into());
     }
-    let if_match = match headers.get("if-match") {
-        None => None,
-        Some(h) => Some(
-            h.to_str()
-                .ok()
-                .and_then(osler_fhir::registry::parse_etag)
-                .ok_or_else(|| {
-                    FhirError::new(
-                        ErrorKind::BadParameter,
-                        "If-Match must name a version: W/\"2\"",
-                    )
-                })?,
-        ),
-    };
+    let if_match = crate::registry_api::if_match(&headers)?;
     let op = WriteOp {
         reading,
         if_none_exist: None,

@@ -99,7 +99,17 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>
         .transpose()
 }
 
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
+/// 304 Not Modified with the ETag of `version`: the client's copy is current.
+pub(crate) fn not_modified(version: u64) -> Response {
+    let mut r = StatusCode::NOT_MODIFIED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag(version)) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+/// The version an `If-Match` header names, if there is one.
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
     header_text(headers, "if-match")?
         .map(|h| {
             parse_etag(h).ok_or_else(|| {
@@ -341,11 +351,7 @@ async fn read(
     if let Some(h) = header_text(&headers, "if-none-match")?
         && parse_etag(h) == Some(s.version)
     {
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&etag(s.version)) {
-            r.headers_mut().insert(header::ETAG, v);
-        }
-        return Ok(r);
+        return Ok(not_modified(s.version));
     }
     let base = base_url(&state, &headers);
     let mut r = stored_response(StatusCode::OK, &base, &s, &HeaderMap::new());
