@@ -6,7 +6,6 @@
 //! accepted batch is committed (with its sequence high-water mark) before it is acknowledged;
 //! a resend is recognised by its sequence numbers and acknowledged again without storing twice.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -52,7 +51,7 @@ fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
 
 async fn batch(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::tls::Peer(peer)): ConnectInfo<crate::tls::Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {

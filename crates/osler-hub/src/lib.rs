@@ -20,8 +20,10 @@ mod metrics;
 mod negotiate;
 mod observation_versions;
 mod plans;
+pub mod prepare;
 mod registry_api;
 mod reply;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +57,9 @@ pub struct HubConfig {
     pub public_url: Option<String>,
     /// Web origins whose browser apps may call the hub (CORS); none by default.
     pub cors_origins: Vec<String>,
+    /// Serve plain HTTP instead of HTTPS (development only): refused unless `listen` is a
+    /// loopback address.
+    pub insecure_http: bool,
 }
 
 /// Errors that stop the hub from starting or running.
@@ -70,6 +75,22 @@ pub enum HubError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("{0} is not a prepared hub: run `osler hub init --data {0}` first")]
+    NotPrepared(PathBuf),
+    #[error("{0} is a prepared hub already: init refuses to overwrite its keys")]
+    Prepared(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] osler_tls::TlsError),
+    #[error(
+        "plain HTTP is for development on this machine only: {0} is not a loopback address \
+         (drop --insecure-http to serve HTTPS)"
+    )]
+    PlainNotLoopback(SocketAddr),
 }
 
 pub(crate) struct AppState {
@@ -88,6 +109,8 @@ pub(crate) struct AppState {
 /// A hub bound to its address with its store open, ready to [`run`](Hub::run).
 pub struct Hub {
     listener: TcpListener,
+    /// `None` only with `insecure_http`.
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<AppState>,
 }
 
@@ -103,6 +126,14 @@ pub(crate) fn now_ms() -> i64 {
 impl Hub {
     /// Opens the store and binds the listener.
     pub async fn bind(config: HubConfig) -> Result<Hub, HubError> {
+        let tls = if config.insecure_http {
+            if !config.listen.ip().is_loopback() {
+                return Err(HubError::PlainNotLoopback(config.listen));
+            }
+            None
+        } else {
+            Some(prepare::server_tls(&config.data)?)
+        };
         let data = config.data.clone();
         let (store, alerts) = tokio::task::spawn_blocking(move || {
             let store = Store::open(
@@ -139,7 +170,11 @@ impl Hub {
             started: osler_core::Timestamp::utc(now_ms()).to_string(),
             shutdown: tokio::sync::watch::Sender::new(false),
         });
-        Ok(Hub { listener, state })
+        Ok(Hub {
+            listener,
+            tls,
+            state,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -148,6 +183,12 @@ impl Hub {
         self.listener
             .local_addr()
             .expect("a bound listener has a local address")
+    }
+
+    /// The FHIR base URL as this hub is reached on its own address.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/fhir", self.local_addr())
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
@@ -161,13 +202,22 @@ impl Hub {
             shutdown.await;
             state.shutdown.send_replace(true);
         };
-        tracing::info!(addr = %self.local_addr(), db = %self.state.store.path().display(), "hub serving");
-        axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+        tracing::info!(url = %self.url(), db = %self.state.store.path().display(), "hub serving");
+        let service = app.into_make_service_with_connect_info::<tls::Peer>();
+        match self.tls {
+            Some(config) => {
+                let listener =
+                    tls::TlsListener::new(self.listener, config).map_err(HubError::Serve)?;
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                axum::serve(self.listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
         .map_err(HubError::Serve)
     }
 }

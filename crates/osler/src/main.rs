@@ -63,6 +63,10 @@ enum Command {
         /// other origins are refused.
         #[arg(long = "cors-origin", value_name = "ORIGIN")]
         cors_origins: Vec<String>,
+        /// Serve plain HTTP instead of HTTPS, for development on this machine: refused unless
+        /// --listen is a loopback address. Without it the hub needs `osler hub init` first.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Run an edge gateway: take readings over HTTP and MQTT, keep them on disk, send them to a hub.
     #[command(long_about = "Run an edge gateway.\n\n\
@@ -152,6 +156,32 @@ struct GatewayArgs {
 
 #[derive(Subcommand)]
 enum HubAdmin {
+    /// Prepare a hub's data directory: its own certificate authority and server certificate,
+    /// and the audit log's signing key. Asks nothing; refuses a directory prepared before.
+    #[command(long_about = "Prepare a hub's data directory before its first `osler serve`.\n\n\
+        Makes the hub's own certificate authority (tls/ca.pem), a server certificate signed by\n\
+        it for the names and addresses given (localhost, 127.0.0.1 and ::1 by default), and the\n\
+        audit log's signing key. Private keys are written owner-only. It asks nothing on a\n\
+        terminal, and refuses a directory that is prepared already (its keys are never\n\
+        overwritten); a directory holding an older hub's database is prepared around it.\n\n\
+        Clients trust the hub by its CA:  osler hub ca --data DIR > hub-ca.pem\n\
+          curl --cacert hub-ca.pem https://localhost:8080/fhir/metadata")]
+    Init {
+        /// The hub's data directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// A DNS name clients reach the hub by; repeat for several.
+        #[arg(long = "name", value_name = "DNS")]
+        names: Vec<String>,
+        /// An IP address clients reach the hub at; repeat for several.
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<std::net::IpAddr>,
+    },
+    /// Print the hub's CA certificate (PEM) to standard output, for clients to trust.
+    Ca {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
     /// Trust a gateway's key (re-enrolling replaces the key and lifts a revocation).
     Enrol {
         /// The hub's data directory.
@@ -258,6 +288,7 @@ fn main() -> anyhow::Result<()> {
             max_body,
             public_url,
             cors_origins,
+            insecure_http,
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(async {
@@ -267,11 +298,12 @@ fn main() -> anyhow::Result<()> {
                     max_body,
                     public_url,
                     cors_origins,
+                    insecure_http,
                 })
                 .await
                 .with_context(|| format!("cannot start the hub with data in {}", data.display()))?;
                 // Tests and scripts read this line to learn the port when listening on port 0.
-                println!("http://{}/fhir", hub.local_addr());
+                println!("{}", hub.url());
                 hub.run(shutdown_signal())
                     .await
                     .context("the hub stopped with an error")
@@ -382,6 +414,26 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
 
 fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
     match which {
+        HubAdmin::Init {
+            data,
+            names,
+            addresses,
+        } => {
+            let p = osler_hub::prepare::init(&data, &names, &addresses, now_ms())
+                .with_context(|| format!("cannot prepare {}", data.display()))?;
+            let mut on: Vec<String> = p.names.clone();
+            on.extend(p.addresses.iter().map(|a| a.to_string()));
+            if on.is_empty() {
+                on = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            }
+            println!("prepared {}", data.display());
+            println!("certificate authority: {}", p.ca_file.display());
+            println!("server certificate for: {}", on.join(", "));
+            println!("next: osler serve --data {}", data.display());
+        }
+        HubAdmin::Ca { data } => {
+            print!("{}", osler_hub::prepare::ca_pem(&data)?);
+        }
         HubAdmin::Enrol {
             data,
             gateway,
