@@ -9,6 +9,7 @@
 //! **Architecture invariant:** nothing here knows about SQL or HTTP routing; callers hand in
 //! parsed JSON and readings, and take back JSON values.
 
+pub mod audit;
 pub mod bundle;
 pub mod observation;
 pub mod outcome;

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{DB_FILE, StoreError, schema};
+use ed25519_dalek::SigningKey;
+
+use crate::{DB_FILE, StoreError, TokenRecord, schema};
 
 /// A gateway's enrolment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,24 +31,133 @@ fn open(dir: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Enrols (or re-enrols, replacing its key and lifting a revocation) a gateway.
-pub fn enrol(dir: &Path, id: &str, public_key: &str, now_ms: i64) -> Result<(), StoreError> {
-    open(dir)?.execute(
-        "INSERT INTO gateway(id, public_key, enrolled_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)
-         ON CONFLICT(id) DO UPDATE SET public_key = excluded.public_key,
-             enrolled_ms = excluded.enrolled_ms, revoked_ms = NULL",
-        params![id, public_key, now_ms],
-    )?;
-    Ok(())
+/// Runs `f` in one immediate transaction on a connection of its own, with `audit` appended
+/// to the audit log in the same transaction: the change and its record commit together or
+/// not at all.
+pub(crate) fn in_transaction<T>(
+    dir: &Path,
+    key: &SigningKey,
+    audit: &[String],
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let conn = open(dir)?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = f(&conn).and_then(|v| {
+        crate::security::append(&conn, key, audit)?;
+        Ok(v)
+    });
+    match result {
+        Ok(v) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
-/// Revokes a gateway's key. Returns false if the gateway was never enrolled.
-pub fn revoke(dir: &Path, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-    let n = open(dir)?.execute(
-        "UPDATE gateway SET revoked_ms = ?2 WHERE id = ?1",
-        params![id, now_ms],
-    )?;
-    Ok(n > 0)
+/// Enrols (or re-enrols, replacing its key and lifting a revocation) a gateway, recording
+/// `audit`.
+pub fn enrol(
+    dir: &Path,
+    key: &SigningKey,
+    id: &str,
+    public_key: &str,
+    now_ms: i64,
+    audit: &[String],
+) -> Result<(), StoreError> {
+    in_transaction(dir, key, audit, |c| {
+        c.execute(
+            "INSERT INTO gateway(id, public_key, enrolled_ms, revoked_ms) VALUES (?1, ?2, ?3, NULL)
+             ON CONFLICT(id) DO UPDATE SET public_key = excluded.public_key,
+                 enrolled_ms = excluded.enrolled_ms, revoked_ms = NULL",
+            params![id, public_key, now_ms],
+        )?;
+        Ok(())
+    })
+}
+
+/// Revokes a gateway's key, recording `audit`. Returns false (and records nothing) if the
+/// gateway was never enrolled.
+pub fn revoke(
+    dir: &Path,
+    key: &SigningKey,
+    id: &str,
+    now_ms: i64,
+    audit: &[String],
+) -> Result<bool, StoreError> {
+    let known = open(dir)?
+        .query_row("SELECT 1 FROM gateway WHERE id = ?1", [id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !known {
+        return Ok(false);
+    }
+    in_transaction(dir, key, audit, |c| {
+        c.execute(
+            "UPDATE gateway SET revoked_ms = ?2 WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        Ok(true)
+    })
+}
+
+/// Stores a new token (its hash only), recording `audit`.
+pub fn create_token(
+    dir: &Path,
+    key: &SigningKey,
+    hash: &[u8; 32],
+    token: &TokenRecord,
+    audit: &[String],
+) -> Result<(), StoreError> {
+    in_transaction(dir, key, audit, |c| {
+        crate::security::insert_token(c, hash, token)
+    })
+}
+
+/// Revokes a token, by its hash or its public id, recording `audit` (only when one was
+/// found). Returns the token.
+pub fn revoke_token(
+    dir: &Path,
+    key: &SigningKey,
+    hash: Option<&[u8; 32]>,
+    id: Option<&str>,
+    now_ms: i64,
+    audit: &[String],
+) -> Result<Option<TokenRecord>, StoreError> {
+    let conn = open(dir)?;
+    let found = match (hash, id) {
+        (Some(h), _) => crate::security::token_by_hash(&conn, h)?,
+        (None, Some(id)) => crate::security::tokens(&conn)?
+            .into_iter()
+            .find(|t| t.id == id),
+        (None, None) => None,
+    };
+    drop(conn);
+    if found.is_none() {
+        return Ok(None);
+    }
+    in_transaction(dir, key, audit, |c| {
+        crate::security::revoke_token(c, hash, id, now_ms)
+    })
+}
+
+/// Every token (hashes are not returned: they are of no use to anyone).
+pub fn tokens(dir: &Path) -> Result<Vec<TokenRecord>, StoreError> {
+    crate::security::tokens(&open(dir)?)
+}
+
+/// The whole audit log, in order, in one read transaction (a consistent snapshot): the
+/// entries with their signatures.
+pub fn audit_log(dir: &Path) -> Result<Vec<crate::AuditRow>, StoreError> {
+    let conn = open(dir)?;
+    conn.execute_batch("BEGIN")?;
+    let size = crate::security::audit_size(&conn)?;
+    let rows = crate::security::audit_rows(&conn, 1, size)?;
+    conn.execute_batch("COMMIT")?;
+    Ok(rows)
 }
 
 /// Every enrolled gateway.

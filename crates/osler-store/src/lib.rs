@@ -45,6 +45,7 @@ mod registry;
 
 pub use held::HeldReading;
 mod schema;
+mod security;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +58,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 pub use query::{Cursor, Page, Query};
+pub use security::{AuditRow, TokenRecord};
 
 /// The name of the database file inside the hub's data directory.
 pub const DB_FILE: &str = "hub.db";
@@ -80,6 +82,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("this store has no audit key, so it cannot record what must be audited")]
+    NoAuditKey,
 }
 
 /// The stable identity of a stored reading: its series and its time taken. Written as
@@ -282,6 +286,9 @@ pub struct StoreOptions {
     /// 1, so that it is read, searched and included like any; enrolling it makes version 2).
     /// `None`: no registry resource for them.
     pub patient_stub: Option<osler_registry::Stub>,
+    /// The audit log's signing key (its 32-byte seed). A job that carries audit entries is
+    /// refused without one.
+    pub audit_key: Option<[u8; 32]>,
 }
 
 impl Default for StoreOptions {
@@ -290,6 +297,7 @@ impl Default for StoreOptions {
             max_group_readings: 50_000,
             queue_depth: 1024,
             patient_stub: None,
+            audit_key: None,
         }
     }
 }
@@ -312,6 +320,7 @@ pub(crate) struct Job {
     resources: Vec<ResourceWrite>,
     rules: Option<Rules>,
     reply: oneshot::Sender<Result<WriteResult, StoreError>>,
+    audit: Vec<String>,
 }
 
 /// The alert rules as the store runs them: given the readings a job left stored (new ones,
@@ -348,6 +357,7 @@ pub struct Store {
     /// Copies the WAL into the database file off the writer's path (see `schema`).
     checkpointer: Option<std::thread::JoinHandle<()>>,
     checkpoint_stop: Arc<std::sync::atomic::AtomicBool>,
+    audit_key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl Store {
@@ -364,6 +374,9 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         stats.readings.store(readings, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(options.queue_depth);
+        let audit_key = options
+            .audit_key
+            .map(|k| ed25519_dalek::SigningKey::from_bytes(&k));
         if let Some(stub) = &options.patient_stub {
             // Patients known from readings before (a database of an older release, or one
             // opened without stubs) get theirs now.
@@ -374,6 +387,7 @@ impl Store {
             stats.clone(),
             options.max_group_readings,
             options.patient_stub.clone(),
+            audit_key.clone(),
         )?;
         let handle = std::thread::Builder::new()
             .name("osler-store-writer".into())
@@ -394,6 +408,7 @@ impl Store {
                 })?
         };
         Ok(Store {
+            audit_key,
             checkpointer: Some(checkpointer),
             checkpoint_stop,
             path,
@@ -419,7 +434,16 @@ impl Store {
     /// Stores `ops` and resolves once they are durable. With `atomic`, either every op
     /// succeeds and all are stored, or nothing is.
     pub async fn write(&self, ops: Vec<WriteOp>, atomic: bool) -> Result<WriteResult, StoreError> {
-        self.submit(ops, atomic, None, Vec::new(), None).await
+        self.submit(ops, atomic, None, Vec::new(), None, Vec::new())
+            .await
+    }
+
+    /// Appends audit entries (FHIR AuditEvent JSON, one object each) on their own, and
+    /// resolves once they are durable: for what changed nothing (a read, a refusal).
+    pub async fn audit(&self, entries: Vec<String>) -> Result<(), StoreError> {
+        self.submit(Vec::new(), false, None, Vec::new(), None, entries)
+            .await
+            .map(|_| ())
     }
 
     /// Writes registry resources, each on its own (one refused leaves the others), and
@@ -430,8 +454,9 @@ impl Store {
         &self,
         writes: Vec<ResourceWrite>,
         rules: Option<Rules>,
+        audit: Vec<String>,
     ) -> Result<WriteResult, StoreError> {
-        self.submit_all(Vec::new(), writes, false, None, Vec::new(), rules)
+        self.submit_all(Vec::new(), writes, false, None, Vec::new(), rules, audit)
             .await
     }
 
@@ -444,8 +469,9 @@ impl Store {
         writes: Vec<ResourceWrite>,
         atomic: bool,
         rules: Rules,
+        audit: Vec<String>,
     ) -> Result<WriteResult, StoreError> {
-        self.submit_all(ops, writes, atomic, None, Vec::new(), Some(rules))
+        self.submit_all(ops, writes, atomic, None, Vec::new(), Some(rules), audit)
             .await
     }
 
@@ -532,8 +558,9 @@ impl Store {
         atomic: bool,
         batch: Option<BatchMark>,
         rules: Rules,
+        audit: Vec<String>,
     ) -> Result<WriteResult, StoreError> {
-        self.submit(ops, atomic, batch, Vec::new(), Some(rules))
+        self.submit(ops, atomic, batch, Vec::new(), Some(rules), audit)
             .await
     }
 
@@ -545,12 +572,14 @@ impl Store {
         batch: Option<BatchMark>,
         alerts: Vec<alerts::AlertWrite>,
         rules: Option<Rules>,
+        audit: Vec<String>,
     ) -> Result<WriteResult, StoreError> {
-        self.submit_all(ops, Vec::new(), atomic, batch, alerts, rules)
+        self.submit_all(ops, Vec::new(), atomic, batch, alerts, rules, audit)
             .await
     }
 
     /// Queues one job for the writer and waits for its commit.
+    #[allow(clippy::too_many_arguments)]
     async fn submit_all(
         &self,
         ops: Vec<WriteOp>,
@@ -559,6 +588,7 @@ impl Store {
         batch: Option<BatchMark>,
         alerts: Vec<alerts::AlertWrite>,
         rules: Option<Rules>,
+        audit: Vec<String>,
     ) -> Result<WriteResult, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.sender()?
@@ -569,6 +599,7 @@ impl Store {
                 alerts,
                 resources,
                 rules,
+                audit,
                 reply,
             })
             .await
@@ -591,6 +622,7 @@ impl Store {
                 alerts: Vec::new(),
                 resources: Vec::new(),
                 rules: None,
+                audit: Vec::new(),
                 reply,
             })
             .map_err(|_| StoreError::Closed)?;
@@ -605,8 +637,10 @@ impl Store {
         ops: Vec<WriteOp>,
         mark: BatchMark,
         alerts: Vec<alerts::AlertWrite>,
+        audit: Vec<String>,
     ) -> Result<WriteResult, StoreError> {
-        self.submit(ops, false, Some(mark), alerts, None).await
+        self.submit(ops, false, Some(mark), alerts, None, audit)
+            .await
     }
 
     /// Records alert changes (and threshold overrides) durably; the result says, for each, the
@@ -614,8 +648,55 @@ impl Store {
     pub async fn write_alerts(
         &self,
         writes: Vec<alerts::AlertWrite>,
+        audit: Vec<String>,
     ) -> Result<WriteResult, StoreError> {
-        self.submit(Vec::new(), false, None, writes, None).await
+        self.submit(Vec::new(), false, None, writes, None, audit)
+            .await
+    }
+
+    /// The token with this hash (SHA-256 of its secret), revoked or expired ones included.
+    pub fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|c| security::token_by_hash(c, hash))
+    }
+
+    /// Revokes a token by its hash, recording `audit` in the same transaction; returns the
+    /// token when there was one.
+    pub async fn revoke_token(
+        &self,
+        hash: [u8; 32],
+        now_ms: i64,
+        audit: Vec<String>,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        // On a connection of its own, like the admin commands (SQLite serialises it with the
+        // writer): the revocation and its audit entry are one transaction.
+        let key = self.audit_key.clone().ok_or(StoreError::NoAuditKey)?;
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            admin::in_transaction(&dir, &key, &audit, |c| {
+                security::revoke_token(c, Some(&hash), None, now_ms)
+            })
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// The audit log's size (entries).
+    pub fn audit_size(&self) -> Result<u64, StoreError> {
+        self.read(security::audit_size)
+    }
+
+    /// Audit entries `from..=to` (1-based), with their checkpoint signatures.
+    pub fn audit_rows(&self, from: u64, to: u64) -> Result<Vec<AuditRow>, StoreError> {
+        self.read(|c| security::audit_rows(c, from, to))
+    }
+
+    /// The leaf hashes of the first `size` audit entries (for proofs).
+    pub fn audit_leaves(&self, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.read(|c| security::leaves(c, size))
     }
 
     /// Alerts, newest first.

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::StoreError;
 
 /// Bumped whenever the on-disk format changes; a newer file is refused rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// What each older schema needs to become the current one, after the CREATE statements
 /// below have made any table it lacks. Version 2 added the registry (resources, their versions
@@ -13,14 +13,19 @@ pub(crate) const SCHEMA_VERSION: i64 = 2;
 /// monitoring plans' history and the earlier versions of corrected readings: new tables only, so nobody's readings or alerts move; the
 /// thresholds set before are recorded as plan changes by an unknown author at upgrade time
 /// (their real time and author were never kept).
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "INSERT INTO plan_change(patient, rule, value, author, reason, at_ms)
+///
+/// Version 3 added access tokens and the audit log: new tables only.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "INSERT INTO plan_change(patient, rule, value, author, reason, at_ms)
      SELECT patient, rule, value, 'unknown',
             'set before this hub recorded plan changes (schema 1); the time is when it was upgraded',
             CAST(strftime('%s', 'now') AS INTEGER) * 1000
      FROM threshold_override;",
-)];
+    ),
+    (2, ""),
+];
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
@@ -150,9 +155,10 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;{CREATE}{}{}",
+        "BEGIN IMMEDIATE;{CREATE}{}{}{}",
         crate::registry::CREATE,
-        crate::held::CREATE
+        crate::held::CREATE,
+        crate::security::CREATE
     ))?;
     let version: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {

@@ -42,6 +42,7 @@ pub(crate) struct Writer {
     stats: Arc<StoreStats>,
     max_group: usize,
     patient_stub: Option<osler_registry::Stub>,
+    audit_key: Option<ed25519_dalek::SigningKey>,
     series: HashMap<SeriesKey, i64>,
 }
 
@@ -51,6 +52,7 @@ impl Writer {
         stats: Arc<StoreStats>,
         max_group: usize,
         patient_stub: Option<osler_registry::Stub>,
+        audit_key: Option<ed25519_dalek::SigningKey>,
     ) -> Result<Writer, StoreError> {
         let mut series = HashMap::new();
         {
@@ -66,6 +68,7 @@ impl Writer {
             stats,
             max_group,
             patient_stub,
+            audit_key,
             series,
         })
     }
@@ -176,6 +179,13 @@ impl Writer {
                 let mut changed = Vec::with_capacity(writes.len());
                 for w in &writes {
                     changed.push(crate::alerts::apply(&self.conn, w)?);
+                }
+                // What the job changed and its audit entries are one commit: no audit, no
+                // change. (A job undone above leaves its entries to the caller, who records
+                // the refusal instead.)
+                if !job.audit.is_empty() {
+                    let key = self.audit_key.as_ref().ok_or(StoreError::NoAuditKey)?;
+                    crate::security::append(&self.conn, key, &job.audit)?;
                 }
                 results.push(WriteResult {
                     committed: true,
