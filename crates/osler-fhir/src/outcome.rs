@@ -31,6 +31,10 @@ pub enum ErrorKind {
     NotAcceptable,
     /// The server failed (HTTP 500); the message is safe to show.
     Internal,
+    /// No valid credentials: a missing, expired or revoked token (401).
+    Unauthorized,
+    /// The credentials do not allow this (403).
+    Forbidden,
     /// The server's disk is full: nothing was stored, retry later (HTTP 507).
     InsufficientStorage,
 }
@@ -48,6 +52,8 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::NotAcceptable => 406,
             ErrorKind::Internal => 500,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::InsufficientStorage => 507,
         }
     }
@@ -66,6 +72,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too-costly",
             ErrorKind::UnsupportedMediaType | ErrorKind::NotAcceptable => "not-supported",
             ErrorKind::Internal => "exception",
+            ErrorKind::Unauthorized | ErrorKind::Forbidden => "security",
             ErrorKind::InsufficientStorage => "transient",
         }
     }

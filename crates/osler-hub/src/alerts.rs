@@ -16,12 +16,10 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use osler_core::{Metric, Reading, Timestamp};
 use osler_rules::{AlertEvent, Change, Engine, Overrides, Rule};
 use osler_store::alerts::{AlertFilter, AlertRecord, AlertWrite};
@@ -29,7 +27,9 @@ use osler_store::{BatchMark, Rules, Store, WriteOp, WriteResult};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use crate::access::{Cx, Routes, sees, within};
 use crate::{AppState, now_ms};
+use osler_auth::{Interaction, Policy};
 
 /// The engine, the overrides, and the stream of changes.
 pub(crate) struct Alerts {
@@ -92,9 +92,12 @@ impl Alerts {
         ops: Vec<WriteOp>,
         atomic: bool,
         batch: Option<BatchMark>,
+        audit: Vec<String>,
     ) -> Result<WriteResult, osler_store::StoreError> {
         let (rules, raised) = self.rules();
-        let mut result = store.write_with_rules(ops, atomic, batch, rules).await?;
+        let mut result = store
+            .write_with_rules(ops, atomic, batch, rules, audit)
+            .await?;
         self.publish_raised(&raised, &mut result);
         Ok(result)
     }
@@ -105,9 +108,10 @@ impl Alerts {
         self: &Arc<Self>,
         store: &Store,
         writes: Vec<osler_registry::ResourceWrite>,
+        audit: Vec<String>,
     ) -> Result<WriteResult, osler_store::StoreError> {
         let (rules, raised) = self.rules();
-        let mut result = store.write_resources(writes, Some(rules)).await?;
+        let mut result = store.write_resources(writes, Some(rules), audit).await?;
         self.publish_raised(&raised, &mut result);
         Ok(result)
     }
@@ -119,9 +123,10 @@ impl Alerts {
         ops: Vec<WriteOp>,
         writes: Vec<osler_registry::ResourceWrite>,
         atomic: bool,
+        audit: Vec<String>,
     ) -> Result<WriteResult, osler_store::StoreError> {
         let (rules, raised) = self.rules();
-        let mut result = store.write_all(ops, writes, atomic, rules).await?;
+        let mut result = store.write_all(ops, writes, atomic, rules, audit).await?;
         self.publish_raised(&raised, &mut result);
         Ok(result)
     }
@@ -264,13 +269,20 @@ pub(crate) fn flag_json(a: &AlertRecord) -> Value {
     })
 }
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/alerts", get(list))
-        .route("/alerts/stream", get(stream))
-        .route("/alerts/overrides", get(all_overrides))
-        .route("/fhir/Flag/{id}", get(read_flag))
-        .route("/fhir/Flag", get(search_flags))
+/// Alerts are Flags in scopes (`patient/Flag.s` lists and streams them); every patient's
+/// thresholds at once are for gateways and whole-hub programs.
+pub(crate) fn routes() -> Routes {
+    use Interaction::*;
+    Routes::new()
+        .get("/alerts", Policy::Resource("Flag", Search), list)
+        .get("/alerts/stream", Policy::Resource("Flag", Search), stream)
+        .get(
+            "/alerts/overrides",
+            Policy::Everyone("CarePlan", Search),
+            all_overrides,
+        )
+        .get("/fhir/Flag/{id}", Policy::Resource("Flag", Read), read_flag)
+        .get("/fhir/Flag", Policy::Resource("Flag", Search), search_flags)
 }
 
 pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -288,6 +300,7 @@ struct ListQuery {
 
 async fn list(
     State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
@@ -317,6 +330,7 @@ async fn list(
         severity: q.severity,
         limit: q.limit.unwrap_or(100).min(10_000),
         before_id: None,
+        within: within(&caller),
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.alerts(&filter)).await {
@@ -330,26 +344,43 @@ async fn list(
 
 async fn stream(
     State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let rx = state.alerts.stream.subscribe();
     let stop = state.shutdown.subscribe();
-    let events = futures_util::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
+    let caller = Arc::new(caller);
+    let events = futures_util::stream::unfold((rx, stop, caller), |(mut rx, mut stop, caller)| async move {
+        loop {
         let next = tokio::select! {
             r = rx.recv() => r,
             // The hub is shutting down: end the stream so the shutdown can complete.
             _ = stop.wait_for(|s| *s) => return None,
         };
-        match next {
-            Ok(text) => Some((Ok(Event::default().event("alert").data(text)), (rx, stop))),
+        return match next {
+            // Only the alerts of the caller's patients reach them.
+            Ok(text) if !event_visible(&caller, &text) => continue,
+            Ok(text) => Some((Ok(Event::default().event("alert").data(text)), (rx, stop, caller))),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // A subscriber that fell behind is told so, and can re-read GET /alerts.
                 let note = json!({ "event": "lagged", "missed": n }).to_string();
-                Some((Ok(Event::default().event("lagged").data(note)), (rx, stop)))
+                Some((Ok(Event::default().event("lagged").data(note)), (rx, stop, caller)))
             }
             Err(broadcast::error::RecvError::Closed) => None,
+        };
         }
     });
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// Whether a published alert (JSON with its `patient`) is one of the caller's patients'.
+fn event_visible(caller: &osler_auth::Caller, text: &str) -> bool {
+    if caller.compartment == osler_auth::Compartment::All {
+        return true;
+    }
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("patient").and_then(Value::as_str).map(|p| sees(caller, p)))
+        .unwrap_or(false)
 }
 
 /// Every per-patient threshold, for gateways (they send what is near a patient's own threshold
@@ -372,7 +403,11 @@ async fn all_overrides(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn read_flag(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+async fn read_flag(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
+    Path(id): Path<String>,
+) -> Response {
     let not_found = || {
         crate::reply::ApiError(osler_fhir::FhirError::new(
             osler_fhir::ErrorKind::NotFound,
@@ -388,8 +423,10 @@ async fn read_flag(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.alert(n)).await {
-        Ok(Ok(Some(a))) => crate::reply::fhir(StatusCode::OK, &flag_json(&a)),
-        Ok(Ok(None)) => not_found(),
+        Ok(Ok(Some(a))) if sees(&caller, &a.patient) => {
+            crate::reply::fhir(StatusCode::OK, &flag_json(&a))
+        }
+        Ok(Ok(_)) => not_found(),
         _ => crate::reply::ApiError(osler_fhir::FhirError::new(
             osler_fhir::ErrorKind::Internal,
             "cannot read alerts",
@@ -400,6 +437,7 @@ async fn read_flag(State(state): State<Arc<AppState>>, Path(id): Path<String>) -
 
 async fn search_flags(
     State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -416,6 +454,7 @@ async fn search_flags(
     };
     let mut filter = AlertFilter {
         limit: 50,
+        within: within(&caller),
         ..AlertFilter::default()
     };
     for (k, v) in &params {

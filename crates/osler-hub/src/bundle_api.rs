@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
+use axum::response::IntoResponse;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -22,7 +24,9 @@ use serde_json::Value;
 use crate::fhir_api::{
     base_url, in_entry, invalid_reading, location, outcome_error, prefers, read_json, status_line,
 };
-use crate::registry_api::{new_id, refusal};
+use crate::access::{Ax, Cx, audited, sees};
+use crate::registry_api::{narrow, new_id, refusal, visible};
+use osler_auth::{Caller, Interaction};
 use crate::reply::{ApiError, fhir};
 use crate::{AppState, now_ms};
 
@@ -81,8 +85,31 @@ fn prepare_entry(e: ResourceEntry, i: usize, now: i64) -> Result<ResourceWrite, 
     prepare(kind, &e.resource, &id, mode, if_match, now).map_err(|e| in_entry(e, i, kind.as_str()))
 }
 
+/// Why the caller may not write this entry, if they may not: each entry is authorised on its
+/// own (scope ∩ role ∩ compartment), before anything is stored.
+fn entry_refusal(caller: &Caller, i: usize, w: &mut ResourceWrite, body: &Value) -> Option<FhirError> {
+    let interaction = match w.mode {
+        WriteMode::Create | WriteMode::CreateIfNoneExist(_) => Interaction::Create,
+        WriteMode::Update | WriteMode::UpdateMatching(_) => Interaction::Update,
+    };
+    let at = |msg: String| Some(FhirError::at(ErrorKind::Forbidden, format!("Bundle.entry[{i}]"), msg));
+    if let Err(d) = caller.may(w.kind.as_str(), interaction) {
+        return at(d.to_string());
+    }
+    let narrowed = match &mut w.mode {
+        WriteMode::UpdateMatching(q) | WriteMode::CreateIfNoneExist(q) => narrow(caller, q),
+        _ => true,
+    };
+    if !narrowed || !visible(caller, w.kind, &w.id, body) {
+        return at(format!("this {} names a patient outside the caller's compartment", w.kind));
+    }
+    None
+}
+
 pub(crate) async fn transaction_or_batch(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Cx,
+    Extension(audit): Ax,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -98,7 +125,19 @@ pub(crate) async fn transaction_or_batch(
         let slot = match entry {
             Err(e) => Slot::Refused(e),
             Ok(BundleEntry::Read { url }) => Slot::Read(url),
+            Ok(BundleEntry::Create(_)) if caller.may("Observation", Interaction::Create).is_err() => {
+                Slot::Refused(FhirError::at(
+                    ErrorKind::Forbidden,
+                    format!("Bundle.entry[{i}]"),
+                    "the token's scopes or the caller's role do not allow creating Observations",
+                ))
+            }
             Ok(BundleEntry::Create(req)) => match req.input.validate(received) {
+                Ok(reading) if !sees(&caller, reading.patient.as_str()) => Slot::Refused(FhirError::at(
+                    ErrorKind::Forbidden,
+                    format!("Bundle.entry[{i}].resource.subject"),
+                    "this patient is outside the caller's compartment",
+                )),
                 Ok(reading) => {
                     ops.push(WriteOp {
                         // An amended, corrected or entered-in-error reading replaces the one
@@ -112,13 +151,19 @@ pub(crate) async fn transaction_or_batch(
                 }
                 Err(e) => Slot::Refused(in_entry(invalid_reading(e), i, "Observation")),
             },
-            Ok(BundleEntry::Resource(r)) => match prepare_entry(r, i, received) {
-                Ok(w) => {
-                    writes.push(w);
-                    Slot::Resource(writes.len() - 1)
+            Ok(BundleEntry::Resource(r)) => {
+                let body = r.resource.clone();
+                match prepare_entry(r, i, received) {
+                    Ok(mut w) => match entry_refusal(&caller, i, &mut w, &body) {
+                        Some(e) => Slot::Refused(e),
+                        None => {
+                            writes.push(w);
+                            Slot::Resource(writes.len() - 1)
+                        }
+                    },
+                    Err(e) => Slot::Refused(e),
                 }
-                Err(e) => Slot::Refused(e),
-            },
+            }
         };
         slots.push(slot);
     }
@@ -142,10 +187,34 @@ pub(crate) async fn transaction_or_batch(
         Some(
             state
                 .alerts
-                .write_all(&state.store, ops, writes, atomic)
+                .write_all(&state.store, ops, writes, atomic, vec![audit.entry()])
                 .await?,
         )
     };
+    // A job that committed carries this request's audit entry; otherwise (nothing to write,
+    // a transaction undone) the guard records the outcome.
+    let committed = result.as_ref().is_some_and(|r| r.committed);
+    let answer = answer_bundle(&state, &headers, bundle.kind, slots, kinds, result, &base, with_resources).await;
+    Ok(match (answer, committed) {
+        (Ok(r), true) => audited(r),
+        (Err(e), true) => audited(e.into_response()),
+        (Ok(r), false) => r,
+        (Err(e), false) => e.into_response(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn answer_bundle(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    bundle_kind: BundleKind,
+    slots: Vec<Slot>,
+    kinds: Vec<osler_registry::Kind>,
+    result: Option<osler_store::WriteResult>,
+    base: &str,
+    with_resources: bool,
+) -> Result<Response, ApiError> {
+    let atomic = bundle_kind == BundleKind::Transaction;
     if atomic
         && let Some(r) = &result
         && !r.committed
@@ -255,13 +324,12 @@ pub(crate) async fn transaction_or_batch(
             Slot::Read(url) => {
                 // The routes, built once for all of the batch's reads.
                 let routes = router.get_or_insert_with(|| crate::router(state.clone()));
-                let host = headers.get(header::HOST).cloned();
-                read_entry(routes.clone(), host, url).await
+                read_entry(routes.clone(), headers, url).await
             }
         };
         entries.push(entry);
     }
-    Ok(fhir(StatusCode::OK, &response_bundle(bundle.kind, entries)))
+    Ok(fhir(StatusCode::OK, &response_bundle(bundle_kind, entries)))
 }
 
 /// The store's refusal of entry `i`'s resource, located inside the entry.
@@ -285,18 +353,28 @@ fn failed_entry(e: &FhirError) -> Value {
 /// serves, with the same checks), as a response entry.
 fn read_entry(
     routes: axum::Router,
-    host: Option<HeaderValue>,
+    headers: &HeaderMap,
     url: String,
 ) -> std::pin::Pin<Box<dyn Future<Output = Value> + Send>> {
+    // The read is made as the caller: their token goes with it, and the route's guard
+    // authorises and audits it like any request.
+    let pass = [header::HOST, header::AUTHORIZATION]
+        .into_iter()
+        .filter_map(|h| Some((h.clone(), headers.get(h)?.clone())))
+        .collect();
     // Boxed: this handler's future would otherwise contain the router's, which contains it.
-    Box::pin(read_entry_inner(routes, host, url))
+    Box::pin(read_entry_inner(routes, pass, url))
 }
 
-async fn read_entry_inner(routes: axum::Router, host: Option<HeaderValue>, url: String) -> Value {
+async fn read_entry_inner(
+    routes: axum::Router,
+    pass: Vec<(header::HeaderName, HeaderValue)>,
+    url: String,
+) -> Value {
     use tower::ServiceExt;
     let mut req = axum::http::Request::get(format!("/fhir/{url}"));
-    if let Some(h) = host {
-        req = req.header(header::HOST, h);
+    for (k, v) in pass {
+        req = req.header(k, v);
     }
     let failed = |e: FhirError| {
         response_entry(

@@ -7,11 +7,9 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
 use osler_core::Id;
 use osler_fhir::bundle::searchset;
 use osler_fhir::{ErrorKind, FhirError, encode_query, parse_query};
@@ -21,12 +19,18 @@ use osler_store::{Cursor, Query, Store, StoreError};
 use serde_json::Value;
 
 use crate::AppState;
+use crate::access::Routes;
+use osler_auth::{Interaction, Policy};
 use crate::fhir_api::{base_url, next_link, stored_json};
 use crate::registry_api::resource_or_stub;
 use crate::reply::{ApiError, fhir};
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/fhir/Patient/{id}/$everything", get(everything))
+pub(crate) fn routes() -> Routes {
+    Routes::new().get(
+        "/fhir/Patient/{id}/$everything",
+        Policy::Resource("Patient", Interaction::Read),
+        everything,
+    )
 }
 
 struct Ask {
@@ -145,13 +149,14 @@ fn about(store: &Store, patient: &str) -> Result<Vec<(Kind, String, Value)>, Sto
 
 async fn everything(
     State(state): State<Arc<AppState>>,
+    axum::Extension(caller): crate::access::Cx,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = parse_query(raw.as_deref().unwrap_or(""))?;
     let ask = parse(&params)?;
-    let Some(patient) = Id::parse(&id) else {
+    let Some(patient) = Id::parse(&id).filter(|p| crate::access::sees(&caller, p.as_str())) else {
         return Err(FhirError::new(ErrorKind::NotFound, "Patient is not known").into());
     };
     let base = base_url(&state, &headers);

@@ -6,12 +6,11 @@
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use osler_core::{Id, ReadingError};
 use osler_fhir::bundle::{searchset, searchset_with};
 use osler_fhir::{
@@ -23,28 +22,30 @@ use serde_json::Value;
 
 use crate::body::{BodyError, read_body};
 use crate::reply::{ApiError, fhir};
+use crate::access::{Ax, Cx, Routes, audited, sees, within};
 use crate::{AppState, now_ms};
+use osler_auth::{Interaction, Policy};
 
 type St = State<Arc<AppState>>;
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/fhir", post(crate::bundle_api::transaction_or_batch))
-        .route("/fhir/", post(crate::bundle_api::transaction_or_batch))
-        .route("/fhir/metadata", get(metadata))
-        .route("/fhir/Observation", post(create).get(search))
-        .route("/fhir/Observation/$lastn", get(last_n))
-        .route(
-            "/fhir/Observation/{id}",
-            get(crate::observation_versions::read).put(crate::observation_versions::correct),
-        )
-        .route(
-            "/fhir/Observation/{id}/_history",
-            get(crate::observation_versions::history),
-        )
-        .route(
+pub(crate) fn routes() -> Routes {
+    use Interaction::*;
+    use crate::observation_versions as versions;
+    let obs = |i| Policy::Resource("Observation", i);
+    Routes::new()
+        .post("/fhir", Policy::PerEntry, crate::bundle_api::transaction_or_batch)
+        .post("/fhir/", Policy::PerEntry, crate::bundle_api::transaction_or_batch)
+        .get("/fhir/metadata", Policy::Public, metadata)
+        .post("/fhir/Observation", obs(Create), create)
+        .get("/fhir/Observation", obs(Search), search)
+        .get("/fhir/Observation/$lastn", obs(Search), last_n)
+        .get("/fhir/Observation/{id}", obs(Read), versions::read)
+        .put("/fhir/Observation/{id}", obs(Update), versions::correct)
+        .get("/fhir/Observation/{id}/_history", obs(Read), versions::history)
+        .get(
             "/fhir/Observation/{id}/_history/{vid}",
-            get(crate::observation_versions::vread),
+            obs(Read),
+            versions::vread,
         )
 }
 
@@ -58,7 +59,7 @@ pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
         .and_then(|h| h.to_str().ok())
         .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
         .unwrap_or("localhost");
-    format!("http://{host}/fhir")
+    format!("{}://{host}/fhir", state.scheme)
 }
 
 /// Reads the body as JSON, within the size limit.
@@ -172,7 +173,13 @@ async fn metadata(State(state): St, headers: HeaderMap) -> Response {
     fhir(StatusCode::OK, &cs)
 }
 
-async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn create(
+    State(state): St,
+    Extension(caller): Cx,
+    Extension(audit): Ax,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let received = now_ms();
     let json = read_json(&state, &headers, body).await?;
     let input =
@@ -181,6 +188,15 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
         state.metrics.rejected("invalid", 1);
         invalid_reading(e)
     })?;
+    if !sees(&caller, reading.patient.as_str()) {
+        return Err(FhirError::at(
+            ErrorKind::Forbidden,
+            "Observation.subject",
+            "this patient is outside the caller's compartment",
+        )
+        .into());
+    }
+    let entry = audit.entry_about(Some(reading.patient.as_str()));
     let if_none_exist = match headers.get("if-none-exist") {
         None => None,
         Some(v) => Some(parse_if_none_exist(v.to_str().map_err(|_| {
@@ -204,8 +220,21 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
             }],
             false,
             None,
+            vec![entry],
         )
         .await?;
+    // Committed, with its audit entry, whatever the outcome says.
+    Ok(audited(match created(&state, &headers, result).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }))
+}
+
+async fn created(
+    state: &AppState,
+    headers: &HeaderMap,
+    result: osler_store::WriteResult,
+) -> Result<Response, ApiError> {
     let Some(outcome) = result.outcomes.into_iter().next() else {
         return Err(FhirError::new(ErrorKind::Internal, "the store answered no outcome").into());
     };
@@ -219,7 +248,7 @@ async fn create(State(state): St, headers: HeaderMap, body: Body) -> Result<Resp
             return Err(e.into());
         }
     };
-    let base = base_url(&state, &headers);
+    let base = base_url(state, headers);
     // A new reading is version 1; one found or corrected is at the version the store holds.
     let version = if status == StatusCode::CREATED {
         1
@@ -265,6 +294,7 @@ fn store_query(s: &ObservationSearch, patient: Option<Id>) -> Query {
         descending: s.descending,
         after: s.cursor.map(|(t_ms, series)| Cursor { t_ms, series }),
         limit: s.count,
+        within: None,
     }
 }
 
@@ -277,6 +307,7 @@ fn entries(base: &str, readings: &[StoredReading]) -> Vec<(String, Value)> {
 
 async fn search(
     State(state): St,
+    Extension(caller): Cx,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -284,7 +315,10 @@ async fn search(
     let s = parse_observation_search(&params, false)?;
     let base = base_url(&state, &headers);
     let self_link = format!("{base}/Observation?{}", encode_query(&params));
-    if s.metrics.as_ref().is_some_and(Vec::is_empty) {
+    let outside = s.patient.as_ref().is_some_and(|p| !sees(&caller, p.as_str()));
+    if s.metrics.as_ref().is_some_and(Vec::is_empty) || outside {
+        // The codes or categories asked for name no metric Osler stores, or the patient is
+        // outside the caller's compartment: nothing can match.
         // The codes or categories asked for name no metric Osler stores: nothing can match.
         return Ok(fhir(
             StatusCode::OK,
@@ -293,6 +327,7 @@ async fn search(
     }
     let store = state.store.clone();
     let s2 = s.clone();
+    let compartment = within(&caller).map(|w| w.iter().filter_map(|p| Id::parse(p)).collect::<Vec<Id>>());
     let (total, page) =
         tokio::task::spawn_blocking(move || -> Result<_, osler_store::StoreError> {
             if let Some(ident) = &s2.identifier {
@@ -302,7 +337,8 @@ async fn search(
                     .into_iter()
                     .filter(|r| {
                         let q = &r.reading;
-                        s2.patient.as_ref().is_none_or(|p| *p == q.patient)
+                        compartment.as_ref().is_none_or(|w| w.contains(&q.patient))
+                            && s2.patient.as_ref().is_none_or(|p| *p == q.patient)
                             && s2.metrics.as_ref().is_none_or(|m| m.contains(&q.metric))
                             && s2
                                 .device
@@ -328,7 +364,10 @@ async fn search(
             // Without a patient, parse_observation_search guarantees a code or category: a
             // search across patients of those metrics' series.
             let across = s2.patient.is_none();
-            let q = store_query(&s2, s2.patient.clone());
+            let q = Query {
+                within: compartment,
+                ..store_query(&s2, s2.patient.clone())
+            };
             // The total is counted on the first page only: later pages are read by clients that
             // already have it, and counting a long range on every page would double their cost.
             // Across patients it is counted only when asked (_summary=count): it would read
@@ -407,6 +446,7 @@ fn included(
 
 async fn last_n(
     State(state): St,
+    Extension(caller): Cx,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -417,7 +457,7 @@ async fn last_n(
     let Some(patient) = s.patient.clone() else {
         return Err(FhirError::new(ErrorKind::BadParameter, "$lastn needs patient").into());
     };
-    let found = if s.metrics.as_ref().is_some_and(Vec::is_empty) {
+    let found = if s.metrics.as_ref().is_some_and(Vec::is_empty) || !sees(&caller, patient.as_str()) {
         Vec::new()
     } else {
         let store = state.store.clone();

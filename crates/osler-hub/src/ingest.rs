@@ -8,21 +8,23 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use osler_store::{BatchMark, WriteOp, WriteOutcome};
 use osler_wire::{Envelope, MAX_ENVELOPE_BYTES, parse_public_key};
 use serde_json::json;
 
 use crate::body::{BodyError, read_body};
+use crate::access::Routes;
 use crate::{AppState, now_ms};
+use osler_auth::Policy;
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/ingest/batch", post(batch))
+/// Batches carry their credential inside: the gateway's signature, checked against its
+/// enrolled key before anything in the batch is believed.
+pub(crate) fn routes() -> Routes {
+    Routes::new().post("/ingest/batch", Policy::SignedBatch, batch)
 }
 
 /// A batch's place in its gateway's sequence with the entries refused before the store; each
@@ -43,6 +45,30 @@ fn mark_of(
         rejected,
         summaries: Vec::new(),
     }
+}
+
+/// The audit entry of a signed batch, committed with what it stored: which gateway sent
+/// which sequence numbers of which lane, from where. (A batch holds many patients' readings;
+/// their provenance is the batch, its gateway and its signature.)
+fn batch_entry(header: &osler_wire::BatchHeader, peer: std::net::SocketAddr) -> String {
+    osler_fhir::audit::entry_text(&osler_audit::Record {
+        recorded_ms: now_ms(),
+        event: "batch".into(),
+        action: osler_audit::Action::Create,
+        outcome: osler_audit::Outcome::Success,
+        outcome_text: None,
+        who: format!("gateway:{}", header.gateway),
+        role: Some("gateway".into()),
+        network: Some(peer.ip().to_string()),
+        patient: None,
+        what: Some(format!(
+            "{:?} lane, entries {}..={}",
+            header.lane,
+            header.first_seq,
+            header.last_seq()
+        )),
+        query: None,
+    })
 }
 
 fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -100,8 +126,8 @@ async fn batch(
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
     match env.header.lane {
-        osler_wire::Lane::Alerts => return alert_batch(&state, &env, received).await,
-        osler_wire::Lane::Summaries => return summary_batch(&state, &env, received).await,
+        osler_wire::Lane::Alerts => return alert_batch(&state, &env, received, peer).await,
+        osler_wire::Lane::Summaries => return summary_batch(&state, &env, received, peer).await,
         osler_wire::Lane::Readings => {}
     }
     let entries = match env.entries() {
@@ -145,7 +171,13 @@ async fn batch(
     // before it makes the gateway resend the batch, and nothing of it was stored.
     let result = match state
         .alerts
-        .write(&state.store, ops, false, Some(mark))
+        .write(
+            &state.store,
+            ops,
+            false,
+            Some(mark),
+            vec![batch_entry(&header, peer)],
+        )
         .await
     {
         Ok(r) => r,
@@ -188,7 +220,12 @@ async fn batch(
 /// An alerts-lane batch: the gateway's own evaluation of the critical rules. Recorded with the
 /// batch's high-water mark in one commit; merged with the hub's evaluation by the store (one
 /// open alert per patient and rule, one alert per rule and reading time).
-async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Response {
+async fn alert_batch(
+    state: &AppState,
+    env: &Envelope<'_>,
+    received: i64,
+    peer: std::net::SocketAddr,
+) -> Response {
     let gw = env.header.gateway.clone();
     let entries = match env.alert_entries() {
         Ok(e) => e,
@@ -274,7 +311,12 @@ async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Res
     let mark = mark_of(&env.header, received, rejected.clone());
     let result = match state
         .store
-        .write_batch(Vec::new(), mark, crate::alerts::writes(&events, "gateway"))
+        .write_batch(
+            Vec::new(),
+            mark,
+            crate::alerts::writes(&events, "gateway"),
+            vec![batch_entry(&env.header, peer)],
+        )
         .await
     {
         Ok(r) => r,
@@ -305,7 +347,12 @@ async fn alert_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Res
 /// A summaries-lane batch: the gateway's window summaries of readings it did not send one by
 /// one. Stored with the batch's high-water mark in one commit (a resend stores nothing twice);
 /// an entry that does not make sense is dead-lettered with the reason.
-async fn summary_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> Response {
+async fn summary_batch(
+    state: &AppState,
+    env: &Envelope<'_>,
+    received: i64,
+    peer: std::net::SocketAddr,
+) -> Response {
     let gw = env.header.gateway.clone();
     let entries = match env.summary_entries() {
         Ok(e) => e,
@@ -328,7 +375,12 @@ async fn summary_batch(state: &AppState, env: &Envelope<'_>, received: i64) -> R
         summaries,
         ..mark_of(&env.header, received, rejected.clone())
     };
-    if let Err(e) = state.store.write_batch(Vec::new(), mark, Vec::new()).await {
+    let audit = vec![batch_entry(&env.header, peer)];
+    if let Err(e) = state
+        .store
+        .write_batch(Vec::new(), mark, Vec::new(), audit)
+        .await
+    {
         tracing::error!(gateway = %gw, error = %e, "summary batch not committed");
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -9,7 +9,11 @@
 //!
 //! **Invariant:** a reading is acknowledged (2xx) only after the store has committed it.
 
+mod access;
+pub mod admin;
 mod alerts;
+mod audit_api;
+mod auth_api;
 mod body;
 mod bundle_api;
 mod cors;
@@ -34,7 +38,6 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use osler_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
@@ -101,6 +104,10 @@ pub(crate) struct AppState {
     pub max_body: usize,
     pub cors_origins: Vec<String>,
     pub started: String,
+    /// The audit log's signing key: signs the checkpoints served.
+    pub audit_key: ed25519_dalek::SigningKey,
+    /// `https`, or `http` under `insecure_http`: the scheme of the links the hub writes.
+    pub scheme: &'static str,
     /// Turns true when the hub begins to shut down, so that long-lived responses (the alert
     /// stream) end and the graceful shutdown can finish.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -134,12 +141,14 @@ impl Hub {
         } else {
             Some(prepare::server_tls(&config.data)?)
         };
+        let audit_seed = prepare::audit_seed(&config.data)?;
         let data = config.data.clone();
         let (store, alerts) = tokio::task::spawn_blocking(move || {
             let store = Store::open(
                 &data,
                 StoreOptions {
                     patient_stub: Some(osler_fhir::registry::patient_stub()),
+                    audit_key: Some(audit_seed),
                     ..StoreOptions::default()
                 },
             )?;
@@ -168,6 +177,8 @@ impl Hub {
                 .map(|o| o.trim_end_matches('/').to_owned())
                 .collect(),
             started: osler_core::Timestamp::utc(now_ms()).to_string(),
+            audit_key: ed25519_dalek::SigningKey::from_bytes(&audit_seed),
+            scheme: if tls.is_some() { "https" } else { "http" },
             shutdown: tokio::sync::watch::Sender::new(false),
         });
         Ok(Hub {
@@ -222,16 +233,38 @@ impl Hub {
     }
 }
 
-pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// Every route of the hub with its policy: the one place routes are added (see `access`).
+pub(crate) fn routes() -> access::Routes {
+    use osler_auth::{Interaction, OPERATIONS, Policy};
+    access::Routes::new()
         .merge(fhir_api::routes())
         .merge(registry_api::routes())
         .merge(plans::routes())
         .merge(everything::routes())
         .merge(ingest::routes())
         .merge(alerts::routes())
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(auth_api::routes())
+        .merge(audit_api::routes())
+        .get(
+            "/metrics",
+            Policy::Everyone(OPERATIONS, Interaction::Read),
+            metrics_text,
+        )
+        .get("/healthz", Policy::Public, || async { "ok\n" })
+}
+
+/// Every route as (method, path, policy), for the tests that enumerate them.
+pub fn route_table() -> Vec<(String, String, osler_auth::Policy)> {
+    let (_, table) = routes().finish();
+    table
+        .into_iter()
+        .map(|d| (d.method.to_string(), d.path, d.policy))
+        .collect()
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let (routes, _) = routes().finish();
+    routes
         .fallback(reply::not_found)
         .method_not_allowed_fallback(reply::method_not_allowed)
         .layer(axum::middleware::from_fn(negotiate::fhir_negotiation))
@@ -240,6 +273,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             cors::cors,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        // The route guards find the state here (they are added before the router has it).
+        .layer(axum::Extension(state.clone()))
         .with_state(state)
 }
 

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
+use axum::response::IntoResponse;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -12,6 +14,7 @@ use osler_fhir::{ErrorKind, FhirError, parse_observation};
 use osler_store::{Correction, ReadingId, StoredReading, WriteOp, WriteOutcome};
 use serde_json::Value;
 
+use crate::access::{Ax, Cx, audited, sees};
 use crate::fhir_api::{base_url, invalid_reading, outcome_error, read_json, stored_json};
 use crate::reply::{ApiError, fhir};
 use crate::{AppState, now_ms};
@@ -47,6 +50,7 @@ pub(crate) fn versioned(status: StatusCode, version: u64, s: &StoredReading) -> 
 
 pub(crate) async fn read(
     State(state): St,
+    Extension(caller): Cx,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -59,7 +63,11 @@ pub(crate) async fn read(
     } else {
         tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??
     };
-    let Some((v, s)) = versions.into_iter().next() else {
+    let Some((v, s)) = versions
+        .into_iter()
+        .next()
+        .filter(|(_, s)| sees(&caller, s.reading.patient.as_str()))
+    else {
         return Err(observation_not_found(&id).into());
     };
     let known = headers
@@ -77,6 +85,8 @@ pub(crate) async fn read(
 /// status amended, corrected or entered-in-error. The previous version stays readable.
 pub(crate) async fn correct(
     State(state): St,
+    Extension(caller): Cx,
+    Extension(audit): Ax,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
@@ -100,7 +110,10 @@ pub(crate) async fn correct(
         .validate(received)
         .map_err(invalid_reading)?;
     let store = state.store.clone();
-    let Some(current) = tokio::task::spawn_blocking(move || store.get(rid)).await?? else {
+    let current = tokio::task::spawn_blocking(move || store.get(rid))
+        .await??
+        .filter(|c| sees(&caller, c.reading.patient.as_str()));
+    let Some(current) = current else {
         return Err(FhirError::at(
             ErrorKind::NotFound,
             "Observation.id",
@@ -137,10 +150,24 @@ pub(crate) async fn correct(
         by_device: false,
         correction: Some(Correction { if_match }),
     };
+    let entry = audit.entry_about(Some(current.reading.patient.as_str()));
     let result = state
         .alerts
-        .write(&state.store, vec![op], false, None)
+        .write(&state.store, vec![op], false, None, vec![entry])
         .await?;
+    // The job committed (its audit entry with it) whatever the outcome says.
+    let answer = correction_answer(&state, rid, result).await;
+    Ok(audited(match answer {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }))
+}
+
+async fn correction_answer(
+    state: &AppState,
+    rid: ReadingId,
+    result: osler_store::WriteResult,
+) -> Result<Response, ApiError> {
     match result.outcomes.into_iter().next() {
         Some(WriteOutcome::Corrected(_) | WriteOutcome::Existing(_)) => {
             let store = state.store.clone();
@@ -163,13 +190,17 @@ pub(crate) async fn correct(
 /// `GET /fhir/Observation/{id}/_history`: every version, newest first.
 pub(crate) async fn history(
     State(state): St,
+    Extension(caller): Cx,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rid = ReadingId::parse(&id).ok_or_else(|| observation_not_found(&id))?;
     let store = state.store.clone();
     let versions = tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??;
-    if versions.is_empty() {
+    if versions
+        .first()
+        .is_none_or(|(_, s)| !sees(&caller, s.reading.patient.as_str()))
+    {
         return Err(observation_not_found(&id).into());
     }
     let base = base_url(&state, &headers);
@@ -201,13 +232,17 @@ pub(crate) async fn history(
 
 pub(crate) async fn vread(
     State(state): St,
+    Extension(caller): Cx,
     Path((id, vid)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let rid = ReadingId::parse(&id).ok_or_else(|| observation_not_found(&id))?;
     let want: u64 = vid.parse().map_err(|_| observation_not_found(&id))?;
     let store = state.store.clone();
     let versions = tokio::task::spawn_blocking(move || store.reading_versions(rid)).await??;
-    match versions.into_iter().find(|(v, _)| *v == want) {
+    let visible = versions
+        .first()
+        .is_some_and(|(_, s)| sees(&caller, s.reading.patient.as_str()));
+    match versions.into_iter().find(|(v, _)| *v == want && visible) {
         Some((v, s)) => Ok(versioned(StatusCode::OK, v, &s)),
         None => Err(FhirError::new(
             ErrorKind::NotFound,

@@ -15,11 +15,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use osler_core::Timestamp;
 use osler_registry::Kind;
 use osler_rules::{RULES, Rule};
@@ -27,16 +25,33 @@ use osler_store::alerts::{AlertWrite, PlanChange};
 use serde_json::{Value, json};
 
 use crate::alerts::error;
+use crate::access::{Ax, Cx, Routes, audited, sees};
 use crate::{AppState, now_ms};
+use osler_auth::{Interaction, Policy};
 
 type St = State<Arc<AppState>>;
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/plans/{patient}", get(plan))
-        .route("/alerts/overrides/{patient}", get(plan))
-        .route("/plans/{patient}/history", get(history))
-        .route("/plans/{patient}/{rule}", put(set))
+/// Monitoring plans are the patient's CarePlan in scopes (`patient/CarePlan.r` to read one,
+/// `.u` to change a threshold).
+pub(crate) fn routes() -> Routes {
+    use Interaction::*;
+    Routes::new()
+        .get("/plans/{patient}", Policy::Resource("CarePlan", Read), plan)
+        .get(
+            "/alerts/overrides/{patient}",
+            Policy::Resource("CarePlan", Read),
+            plan,
+        )
+        .get(
+            "/plans/{patient}/history",
+            Policy::Resource("CarePlan", Read),
+            history,
+        )
+        .put(
+            "/plans/{patient}/{rule}",
+            Policy::Resource("CarePlan", Update),
+            set,
+        )
 }
 
 fn time(ms: i64) -> String {
@@ -80,7 +95,23 @@ fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
     out
 }
 
-async fn plan(State(state): St, Path(patient): Path<String>, RawQuery(raw): RawQuery) -> Response {
+/// A patient outside the caller's compartment is not known to them.
+fn unknown(patient: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("Patient/{patient} is not known to this hub"),
+    )
+}
+
+async fn plan(
+    State(state): St,
+    axum::Extension(caller): Cx,
+    Path(patient): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if !sees(&caller, &patient) {
+        return unknown(&patient);
+    }
     let mut at = None;
     for (k, v) in osler_fhir::parse_query(raw.as_deref().unwrap_or("")).unwrap_or_default() {
         match k.as_str() {
@@ -108,7 +139,14 @@ async fn plan(State(state): St, Path(patient): Path<String>, RawQuery(raw): RawQ
     }
 }
 
-async fn history(State(state): St, Path(patient): Path<String>) -> Response {
+async fn history(
+    State(state): St,
+    axum::Extension(caller): Cx,
+    Path(patient): Path<String>,
+) -> Response {
+    if !sees(&caller, &patient) {
+        return unknown(&patient);
+    }
     let store = state.store.clone();
     let p = patient.clone();
     match tokio::task::spawn_blocking(move || store.plan_changes(&p, None)).await {
@@ -150,9 +188,14 @@ struct Change {
 
 async fn set(
     State(state): St,
+    axum::Extension(caller): Cx,
+    axum::Extension(audit): Ax,
     Path((patient, rule)): Path<(String, String)>,
     body: Result<axum::Json<Change>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    if !sees(&caller, &patient) {
+        return unknown(&patient);
+    }
     let Some(r) = Rule::by_id(&rule) else {
         let ids: Vec<&str> = RULES.iter().map(|r| r.id).collect();
         return error(
@@ -246,18 +289,24 @@ async fn set(
         reason: reason.to_owned(),
         at_ms: at,
     };
-    if state.store.write_alerts(vec![write]).await.is_err() {
+    // The change and its audit entry (who, from where) are one commit.
+    if state
+        .store
+        .write_alerts(vec![write], vec![audit.entry()])
+        .await
+        .is_err()
+    {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the store failed; nothing changed",
         );
     }
     state.alerts.set_override(&patient, r.id, value);
-    axum::Json(json!({
+    audited(axum::Json(json!({
         "patient": patient, "rule": r.id, "applies": !off,
         "threshold": if off { Value::Null } else { json!(body.threshold.unwrap_or(r.threshold)) },
         "default": r.threshold,
         "set_by": body.author, "set_at": time(at), "reason": reason,
     }))
-    .into_response()
+    .into_response())
 }

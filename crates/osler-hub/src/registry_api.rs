@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use osler_fhir::bundle::searchset;
 use osler_fhir::registry::{
     deleted, etag, history_bundle, parse_etag, parse_registry_search, prepare, resource_json,
@@ -24,40 +23,73 @@ use osler_registry::{Kind, StoredResource, WriteMode, WriteOutcome};
 
 use crate::fhir_api::{base_url, prefers, read_json};
 use crate::reply::{ApiError, fhir, http_date};
+use crate::access::{Ax, Cx, Routes, audited, sees};
 use crate::{AppState, now_ms};
+use osler_auth::{Caller, Compartment, Interaction, OPERATIONS, Policy};
 
 type St = State<Arc<AppState>>;
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    let mut r = Router::new()
-        .route("/registry/assignments", get(assignments))
-        .route("/registry/held", get(held));
+pub(crate) fn routes() -> Routes {
+    use Interaction::*;
+    let mut r = Routes::new()
+        // Every device assignment, for gateways (signed) and whole-hub programs.
+        .get(
+            "/registry/assignments",
+            Policy::Everyone("DeviceUseStatement", Search),
+            assignments,
+        )
+        .get("/registry/held", Policy::Everyone(OPERATIONS, Search), held);
     for kind in Kind::ALL {
         let ty = kind.as_str();
+        let res = |i| Policy::Resource(ty, i);
         r = r
-            .route(
+            .get(
                 &format!("/fhir/{ty}"),
-                get(move |s: St, h: HeaderMap, q: RawQuery| search(kind, s, h, q))
-                    .post(move |s: St, h: HeaderMap, b: Body| create(kind, s, h, b))
-                    .put(move |s: St, h: HeaderMap, q: RawQuery, b: Body| {
-                        update_matching(kind, s, h, q, b)
-                    }),
+                res(Search),
+                move |s: St, c: Cx, h: HeaderMap, q: RawQuery| search(kind, s, c, h, q),
             )
-            .route(
+            .post(
+                &format!("/fhir/{ty}"),
+                res(Create),
+                move |s: St, c: Cx, a: Ax, h: HeaderMap, b: Body| create(kind, s, c, a, h, b),
+            )
+            .put(
+                &format!("/fhir/{ty}"),
+                res(Update),
+                move |s: St, c: Cx, a: Ax, h: HeaderMap, q: RawQuery, b: Body| {
+                    update_matching(kind, s, c, a, h, q, b)
+                },
+            )
+            .get(
                 &format!("/fhir/{ty}/{{id}}"),
-                get(move |s: St, h: HeaderMap, p: Path<String>| read(kind, s, h, p))
-                    .put(move |s: St, h: HeaderMap, p: Path<String>, b: Body| {
-                        update(kind, s, h, p, b)
-                    })
-                    .delete(move |s: St, h: HeaderMap, p: Path<String>| delete(kind, s, h, p)),
+                res(Read),
+                move |s: St, c: Cx, h: HeaderMap, p: Path<String>| read(kind, s, c, h, p),
             )
-            .route(
+            .put(
+                &format!("/fhir/{ty}/{{id}}"),
+                res(Update),
+                move |s: St, c: Cx, a: Ax, h: HeaderMap, p: Path<String>, b: Body| {
+                    update(kind, s, c, a, h, p, b)
+                },
+            )
+            .delete(
+                &format!("/fhir/{ty}/{{id}}"),
+                res(Delete),
+                move |s: St, c: Cx, a: Ax, h: HeaderMap, p: Path<String>| {
+                    delete(kind, s, c, a, h, p)
+                },
+            )
+            .get(
                 &format!("/fhir/{ty}/{{id}}/_history"),
-                get(move |s: St, h: HeaderMap, p: Path<String>| history(kind, s, h, p)),
+                res(Read),
+                move |s: St, c: Cx, h: HeaderMap, p: Path<String>| history(kind, s, c, h, p),
             )
-            .route(
+            .get(
                 &format!("/fhir/{ty}/{{id}}/_history/{{vid}}"),
-                get(move |s: St, h: HeaderMap, p: Path<(String, String)>| vread(kind, s, h, p)),
+                res(Read),
+                move |s: St, c: Cx, h: HeaderMap, p: Path<(String, String)>| {
+                    vread(kind, s, c, h, p)
+                },
             );
     }
     r
@@ -193,14 +225,81 @@ pub(crate) fn refusal(kind: Kind, o: &WriteOutcome) -> FhirError {
     }
 }
 
-/// Writes one prepared resource and answers as FHIR asks for the outcome.
+/// The patient whose compartment a registry resource is in: the Patient itself, the patient
+/// a CareTeam, Device or DeviceUseStatement names; `None` for Practitioner and Organization
+/// (not patient data: any caller with the scope may read them).
+pub(crate) fn patient_of(kind: Kind, id: &str, body: &serde_json::Value) -> Option<String> {
+    let element = match kind {
+        Kind::Patient => return Some(id.to_owned()),
+        Kind::Practitioner | Kind::Organization => return None,
+        Kind::CareTeam | Kind::DeviceUseStatement => "subject",
+        Kind::Device => "patient",
+    };
+    Some(
+        body.get(element)
+            .and_then(|r| r.get("reference"))
+            .and_then(|r| r.as_str())
+            .and_then(|r| r.strip_prefix("Patient/"))
+            .unwrap_or("")
+            .to_owned(),
+    )
+}
+
+/// Whether the caller may see this resource (outside their compartment it does not exist
+/// for them: 404).
+pub(crate) fn visible(caller: &Caller, kind: Kind, id: &str, body: &serde_json::Value) -> bool {
+    caller.compartment == Compartment::All
+        || patient_of(kind, id, body).is_none_or(|p| sees(caller, &p))
+}
+
+fn visible_stored(caller: &Caller, s: &StoredResource) -> bool {
+    caller.compartment == Compartment::All
+        || serde_json::from_str(&s.body).is_ok_and(|b| visible(caller, s.kind, &s.id, &b))
+}
+
+fn outside(kind: Kind) -> FhirError {
+    FhirError::new(
+        ErrorKind::Forbidden,
+        format!("this {kind} would name a patient outside the caller's compartment"),
+    )
+}
+
+/// Writes one prepared resource, its audit entry in the same commit, and answers as FHIR
+/// asks for the outcome.
 async fn write(
     state: &AppState,
+    caller: &Caller,
+    audit: &crate::access::AuditCtx,
     headers: &HeaderMap,
     w: osler_registry::ResourceWrite,
+    body: &serde_json::Value,
 ) -> Result<Response, ApiError> {
     let kind = w.kind;
-    let result = state.alerts.write_resources(&state.store, vec![w]).await?;
+    if !visible(caller, kind, &w.id, body) {
+        return Err(outside(kind).into());
+    }
+    let patient = patient_of(kind, &w.id, body);
+    let entry = audit.entry_about(patient.as_deref());
+    let result = state
+        .alerts
+        .write_resources(&state.store, vec![w], vec![entry])
+        .await?;
+    let committed = result.committed;
+    let answer = answer_write(state, headers, kind, result).await;
+    Ok(match answer {
+        Ok(r) if committed => audited(r),
+        Ok(r) => r,
+        Err(e) if committed => audited(e.into_response()),
+        Err(e) => e.into_response(),
+    })
+}
+
+async fn answer_write(
+    state: &AppState,
+    headers: &HeaderMap,
+    kind: Kind,
+    result: osler_store::WriteResult,
+) -> Result<Response, ApiError> {
     let Some(outcome) = result.resources.into_iter().next() else {
         return Err(FhirError::new(ErrorKind::Internal, "the store answered no outcome").into());
     };
@@ -221,6 +320,8 @@ async fn write(
 async fn create(
     kind: Kind,
     State(state): St,
+    Extension(caller): Cx,
+    Extension(audit): Ax,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -239,12 +340,14 @@ async fn create(
         }
     };
     let w = prepare(kind, &json, &new_id()?, mode, None, now_ms())?;
-    write(&state, &headers, w).await
+    write(&state, &caller, &audit, &headers, w, &json).await
 }
 
 async fn update(
     kind: Kind,
     State(state): St,
+    Extension(caller): Cx,
+    Extension(audit): Ax,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
@@ -258,6 +361,15 @@ async fn update(
         .into());
     }
     let json = read_json(&state, &headers, body).await?;
+    if caller.compartment != Compartment::All {
+        // An existing resource outside the compartment does not exist for this caller.
+        let store = state.store.clone();
+        let key = id.clone();
+        let current = tokio::task::spawn_blocking(move || store.resource(kind, &key)).await??;
+        if current.is_some_and(|c| !visible_stored(&caller, &c)) {
+            return Err(not_found(kind, &id).into());
+        }
+    }
     let w = prepare(
         kind,
         &json,
@@ -266,12 +378,14 @@ async fn update(
         if_match(&headers)?,
         now_ms(),
     )?;
-    write(&state, &headers, w).await
+    write(&state, &caller, &audit, &headers, w, &json).await
 }
 
 async fn update_matching(
     kind: Kind,
     State(state): St,
+    Extension(caller): Cx,
+    Extension(audit): Ax,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     body: Body,
@@ -284,7 +398,10 @@ async fn update_matching(
         )
         .into());
     }
-    let s = parse_registry_search(kind, &params)?;
+    let mut s = parse_registry_search(kind, &params)?;
+    if !narrow(&caller, &mut s.query) {
+        return Err(outside(kind).into());
+    }
     let json = read_json(&state, &headers, body).await?;
     let id = match json.get("id").and_then(|v| v.as_str()) {
         Some(id) => id.to_owned(),
@@ -298,12 +415,14 @@ async fn update_matching(
         if_match(&headers)?,
         now_ms(),
     )?;
-    write(&state, &headers, w).await
+    write(&state, &caller, &audit, &headers, w, &json).await
 }
 
 async fn delete(
     kind: Kind,
     State(state): St,
+    Extension(caller): Cx,
+    Extension(audit): Ax,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -313,19 +432,23 @@ async fn delete(
     else {
         return Err(not_found(kind, &id).into());
     };
+    if !visible_stored(&caller, &current) {
+        return Err(not_found(kind, &id).into());
+    }
     let marked = deleted(&current);
     let if_match = if_match(&headers)?.or(Some(current.version));
     let w = prepare(kind, &marked, &id, WriteMode::Update, if_match, now_ms())?;
-    write(&state, &headers, w).await
+    write(&state, &caller, &audit, &headers, w, &marked).await
 }
 
 async fn read(
     kind: Kind,
     State(state): St,
+    Extension(caller): Cx,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if osler_core::Id::parse(&id).is_none() {
+    if osler_core::Id::parse(&id).is_none() || (kind == Kind::Patient && !sees(&caller, &id)) {
         return Err(not_found(kind, &id).into());
     }
     let store = state.store.clone();
@@ -340,7 +463,14 @@ async fn read(
         Ok::<_, osler_store::StoreError>((found, stub))
     })
     .await??;
+    if found.as_ref().is_some_and(|s| !visible_stored(&caller, s)) {
+        return Err(not_found(kind, &id).into());
+    }
     let Some(s) = found else {
+        // A device known only from readings is nobody's to see unless the caller sees all.
+        if kind == Kind::Device && caller.compartment != Compartment::All {
+            return Err(not_found(kind, &id).into());
+        }
         // Known only because readings named it: a minimal resource until it is enrolled.
         return match (kind, known_from_readings) {
             (Kind::Patient, true) => Ok(fhir(StatusCode::OK, &osler_fhir::resources::patient(&id))),
@@ -379,6 +509,7 @@ pub(crate) fn resource_or_stub(
 async fn vread(
     kind: Kind,
     State(state): St,
+    Extension(caller): Cx,
     headers: HeaderMap,
     Path((id, vid)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -389,6 +520,7 @@ async fn vread(
     let key = id.clone();
     let found =
         tokio::task::spawn_blocking(move || store.resource_version(kind, &key, v)).await??;
+    let found = found.filter(|s| visible_stored(&caller, s));
     let Some(s) = found else {
         return Err(FhirError::new(
             ErrorKind::NotFound,
@@ -408,6 +540,7 @@ async fn vread(
 async fn history(
     kind: Kind,
     State(state): St,
+    Extension(caller): Cx,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -415,16 +548,48 @@ async fn history(
     let key = id.clone();
     let versions =
         tokio::task::spawn_blocking(move || store.resource_history(kind, &key)).await??;
-    if versions.is_empty() {
+    // Visible if any version is (the current one decides, like a read).
+    if versions.first().is_none_or(|s| !visible_stored(&caller, s)) {
         return Err(not_found(kind, &id).into());
     }
     let base = base_url(&state, &headers);
     Ok(fhir(StatusCode::OK, &history_bundle(&base, &versions)))
 }
 
+/// Narrows a registry query to the caller's compartment before it runs; false when nothing
+/// can match (a compartment of nobody).
+pub(crate) fn narrow(caller: &Caller, q: &mut osler_registry::ResourceQuery) -> bool {
+    let Compartment::Patients(patients) = &caller.compartment else {
+        return true;
+    };
+    match q.kind {
+        Kind::Practitioner | Kind::Organization => true,
+        Kind::Patient => {
+            let ids: Vec<String> = match q.ids.take() {
+                None => patients.clone(),
+                Some(asked) => asked.into_iter().filter(|i| sees(caller, i)).collect(),
+            };
+            let any = !ids.is_empty();
+            q.ids = Some(ids);
+            any
+        }
+        Kind::CareTeam | Kind::Device | Kind::DeviceUseStatement => {
+            q.conds.push(osler_registry::ParamCond {
+                param: "patient".into(),
+                any: patients
+                    .iter()
+                    .map(|p| osler_registry::Match::Exact(format!("Patient/{p}")))
+                    .collect(),
+            });
+            !patients.is_empty()
+        }
+    }
+}
+
 async fn search(
     kind: Kind,
     State(state): St,
+    Extension(caller): Cx,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -432,9 +597,13 @@ async fn search(
     let s = parse_registry_search(kind, &params)?;
     let base = base_url(&state, &headers);
     let store = state.store.clone();
-    let q = s.query.clone();
-    let (page, total) =
-        tokio::task::spawn_blocking(move || store.search_resources(&q, true)).await??;
+    let mut q = s.query.clone();
+    let any = narrow(&caller, &mut q);
+    let (page, total) = if any {
+        tokio::task::spawn_blocking(move || store.search_resources(&q, true)).await??
+    } else {
+        (Vec::new(), Some(0))
+    };
     let total = total.unwrap_or(0);
     let mut links = vec![("self", format!("{base}/{kind}?{}", encode_query(&params)))];
     let end = s.query.offset + page.len();

@@ -97,6 +97,8 @@ pub struct AlertFilter {
     pub limit: usize,
     /// Only alerts with a smaller id (keyset paging, newest first).
     pub before_id: Option<i64>,
+    /// Only these patients' (the caller's compartment); `None` for every patient.
+    pub within: Option<Vec<String>>,
 }
 
 const COLUMNS: &str = "id, patient, rule, severity, state, raised_reading_ms, raised_at_ms, value, threshold, late, source, resolved_reading_ms, resolved_at_ms";
@@ -236,6 +238,31 @@ pub(crate) fn get(conn: &Connection, id: i64) -> Result<Option<AlertRecord>, Sto
 }
 
 pub(crate) fn list(conn: &Connection, f: &AlertFilter) -> Result<Vec<AlertRecord>, StoreError> {
+    let Some(within) = &f.within else {
+        return list_one(conn, f);
+    };
+    // A compartment is a few patients: each one's alerts by the patient index, merged newest
+    // first.
+    let mut all = Vec::new();
+    for p in within {
+        if f.patient.as_ref().is_some_and(|asked| asked != p) {
+            continue;
+        }
+        all.extend(list_one(
+            conn,
+            &AlertFilter {
+                patient: Some(p.clone()),
+                within: None,
+                ..f.clone()
+            },
+        )?);
+    }
+    all.sort_by_key(|a| std::cmp::Reverse(a.id));
+    all.truncate(f.limit.max(1));
+    Ok(all)
+}
+
+fn list_one(conn: &Connection, f: &AlertFilter) -> Result<Vec<AlertRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM alert
          WHERE (?1 IS NULL OR patient=?1) AND (?2 IS NULL OR state=?2) AND (?3 IS NULL OR severity=?3)

@@ -33,6 +33,9 @@ pub struct Query {
     pub after: Option<Cursor>,
     /// Page size.
     pub limit: usize,
+    /// Only these patients (the caller's compartment), applied when the series are chosen,
+    /// before any reading is read; `None` for everyone the query otherwise selects.
+    pub within: Option<Vec<Id>>,
 }
 
 impl Query {
@@ -47,6 +50,7 @@ impl Query {
             descending: false,
             after: None,
             limit: 50,
+            within: None,
         }
     }
 }
@@ -254,13 +258,17 @@ fn series_for(conn: &Connection, q: &Query) -> Result<Vec<(i64, SeriesKey)>, Sto
             let mut rows = stmt.query([*m as u8])?;
             while let Some(row) = rows.next()? {
                 let (key, id) = series_row(row)?;
-                if q.device.is_none() || q.device == key.2 {
+                let inside = q.within.as_ref().is_none_or(|w| w.contains(&key.0));
+                if inside && (q.device.is_none() || q.device == key.2) {
                     out.push((id, key));
                 }
             }
         }
         return Ok(out);
     };
+    if q.within.as_ref().is_some_and(|w| !w.contains(patient)) {
+        return Ok(out);
+    }
     let mut stmt =
         conn.prepare_cached("SELECT id, patient, metric, device FROM series WHERE patient=?1")?;
     let mut rows = stmt.query([patient.as_str()])?;

@@ -93,6 +93,11 @@ enum Command {
         #[command(subcommand)]
         which: HubAdmin,
     },
+    /// The audit log: its public key, an export anyone can verify, and verification.
+    Audit {
+        #[command(subcommand)]
+        which: AuditCmd,
+    },
     /// Simulate a cohort of patients with devices, and send their readings to a gateway.
     Sim(osler_sim::SimArgs),
     /// Run a benchmark against real processes and print its figures.
@@ -209,6 +214,89 @@ enum HubAdmin {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
     },
+    /// Bearer tokens for programs and scripts: create, revoke, list.
+    Token {
+        #[command(subcommand)]
+        which: TokenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a bearer token and print it, and nothing else, to standard output.
+    #[command(long_about = "Make a bearer token for a program and print it, and nothing else, to\n\
+        standard output (it is stored only as a hash: it cannot be shown again).\n\n\
+        Scopes are SMART v2: system/Observation.rs reads and searches every patient's\n\
+        readings; system/*.cruds is everything a program may do; patient/*.rs with\n\
+        --patient p1 reads p1's record only. v1 forms (.read, .write, .*) are accepted.\n\n\
+        Example:\n\
+          TOKEN=$(osler hub token create --data hub-data --scope 'system/Observation.rs' --expires 1h)\n\
+          curl --cacert hub-ca.pem -H \"Authorization: Bearer $TOKEN\" https://localhost:8080/fhir/Observation?code=8867-4")]
+    Create {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Space-separated SMART scopes, e.g. "system/Observation.rs system/Patient.rs".
+        #[arg(long, value_name = "SCOPES")]
+        scope: String,
+        /// The patient that patient/ scopes are for.
+        #[arg(long, value_name = "ID")]
+        patient: Option<String>,
+        /// How long the token lives: 90s, 15m, 12h, 30d (at most 366d).
+        #[arg(long, value_name = "DURATION", default_value = "1h")]
+        expires: String,
+    },
+    /// End a token at once, given as its secret or its id (`list` shows ids).
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The token itself, or its id.
+        #[arg(long, value_name = "TOKEN|ID")]
+        token: String,
+    },
+    /// List tokens: id, state, expiry, patient, scopes (never the secrets: they are not kept).
+    List {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Print the audit log's public key (a C2SP signed-note verifier key).
+    Key {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Write the whole log to standard output (JSON lines), for anyone to verify with the key.
+    Export {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Recompute the log's Merkle tree and check every entry's signed checkpoint; exits
+    /// non-zero naming the first bad entry.
+    #[command(long_about = "Recompute the audit log's Merkle tree (RFC 9162) and check the signed\n\
+        checkpoint of every entry; name the first entry that was changed, removed, inserted or\n\
+        moved, or the truncation, and exit non-zero.\n\n\
+        On the hub:       osler audit verify --data hub-data\n\
+        Anyone else:      osler audit export --data hub-data > audit.jsonl\n\
+                          osler audit key --data hub-data > audit.key\n\
+                          osler audit verify --log audit.jsonl --key audit.key\n\
+        With --checkpoint FILE (a GET /audit/checkpoint kept earlier) it also proves the log\n\
+        only grew since.")]
+    Verify {
+        /// The hub's data directory (verifies its log with its own key).
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["log", "key"], required_unless_present = "log")]
+        data: Option<PathBuf>,
+        /// An exported log.
+        #[arg(long, value_name = "FILE", requires = "key")]
+        log: Option<PathBuf>,
+        /// The verifier key file (osler audit key).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// A checkpoint kept from before: the log must extend it.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,6 +400,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Gateway(args) => run_gateway(args),
         Command::Hub { which } => hub_admin(which),
+        Command::Audit { which } => audit(which),
         Command::Sim(args) => osler_sim::run(args),
         Command::Bench { which } => match which {
             Bench::Hub(args) => osler_bench::hub::run(args),
@@ -452,18 +541,19 @@ fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
                 ),
             };
             osler_wire::parse_public_key(&key).with_context(|| format!("--key {key:?}"))?;
-            osler_store::admin::enrol(&data, &id, &key, now_ms())
+            osler_hub::admin::enrol_gateway(&data, &id, &key)
                 .with_context(|| format!("cannot enrol in {}", data.display()))?;
             println!("enrolled {id}");
         }
         HubAdmin::Revoke { data, gateway } => {
-            let found = osler_store::admin::revoke(&data, &gateway, now_ms())
+            let found = osler_hub::admin::revoke_gateway(&data, &gateway)
                 .with_context(|| format!("cannot revoke in {}", data.display()))?;
             if !found {
                 anyhow::bail!("gateway {gateway:?} is not enrolled in {}", data.display());
             }
             println!("revoked {gateway}");
         }
+        HubAdmin::Token { which } => token(which)?,
         HubAdmin::Gateways { data } => {
             for g in osler_store::admin::list(&data)? {
                 let state = if g.revoked_ms.is_some() {
@@ -472,6 +562,110 @@ fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
                     "active"
                 };
                 println!("{}\t{}\t{}", g.id, state, g.public_key);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn token(which: TokenCmd) -> anyhow::Result<()> {
+    match which {
+        TokenCmd::Create {
+            data,
+            scope,
+            patient,
+            expires,
+        } => {
+            let lifetime = osler_auth::token::parse_duration(&expires).with_context(|| {
+                format!("--expires {expires:?}: expected a number and s, m, h or d (e.g. 15m)")
+            })?;
+            let secret =
+                osler_hub::admin::create_token(&data, &scope, patient.as_deref(), lifetime)
+                    .with_context(|| format!("cannot make a token in {}", data.display()))?;
+            println!("{secret}");
+        }
+        TokenCmd::Revoke { data, token } => {
+            match osler_hub::admin::revoke_token(&data, &token)
+                .with_context(|| format!("cannot revoke in {}", data.display()))?
+            {
+                Some(t) => println!("revoked {}", t.id),
+                None => anyhow::bail!("no such token in {}", data.display()),
+            }
+        }
+        TokenCmd::List { data } => {
+            let now = now_ms();
+            for t in osler_store::admin::tokens(&data)? {
+                let state = if t.revoked_ms.is_some() {
+                    "revoked"
+                } else if t.expires_ms <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\t{state}\t{}\t{}\t{}",
+                    t.id,
+                    osler_core::Timestamp::utc(t.expires_ms),
+                    t.patient.as_deref().unwrap_or("-"),
+                    t.scopes
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn audit(which: AuditCmd) -> anyhow::Result<()> {
+    match which {
+        AuditCmd::Key { data } => println!("{}", osler_hub::admin::audit_public_key(&data)?),
+        AuditCmd::Export { data } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            osler_hub::admin::audit_export(&data, &mut out)?;
+            std::io::Write::flush(&mut out).context("cannot write the export")?;
+        }
+        AuditCmd::Verify {
+            data,
+            log,
+            key,
+            checkpoint,
+        } => {
+            let (text, key) = match (data, log, key) {
+                (Some(dir), _, _) => {
+                    let mut buf = Vec::new();
+                    osler_hub::admin::audit_export(&dir, &mut buf)?;
+                    (
+                        String::from_utf8(buf).context("the export is not UTF-8")?,
+                        osler_hub::admin::audit_public_key(&dir)?,
+                    )
+                }
+                (None, Some(log), Some(key)) => (
+                    std::fs::read_to_string(&log)
+                        .with_context(|| format!("cannot read --log {}", log.display()))?,
+                    std::fs::read_to_string(&key)
+                        .with_context(|| format!("cannot read --key {}", key.display()))?,
+                ),
+                _ => anyhow::bail!("give --data DIR, or --log FILE with --key FILE"),
+            };
+            let key = osler_audit::note::parse_verifier_key(&key).context("--key")?;
+            let kept = checkpoint
+                .map(|c| {
+                    std::fs::read_to_string(&c)
+                        .with_context(|| format!("cannot read --checkpoint {}", c.display()))
+                })
+                .transpose()?;
+            match osler_audit::verify::verify(&text, &key, kept.as_deref()) {
+                Ok(v) => {
+                    use base64::Engine;
+                    println!(
+                        "ok: {} entries, root {}",
+                        v.entries,
+                        base64::engine::general_purpose::STANDARD.encode(v.root)
+                    );
+                }
+                Err(bad) => {
+                    eprintln!("audit log verification FAILED: {bad}");
+                    std::process::exit(1);
+                }
             }
         }
     }

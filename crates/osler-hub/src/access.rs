@@ -1,0 +1,417 @@
+//! Who may use which route, declared where the route is defined, and the audit entry every
+//! request to patient data leaves.
+//!
+//! Routes are added only through [`Routes`], which takes a [`Policy`] with every route and
+//! wraps the handler in [`guard`]: the bearer token is looked up (by its hash), the policy
+//! decided (scope ∩ role), the [`Caller`] handed to the handler (which narrows its query to
+//! the caller's compartment before it runs), and the outcome audited. A write handler puts its
+//! audit entry in the commit of the change ([`AuditCtx::entry`]) and marks its response
+//! [`Audited`]; anything else (a read, a refusal) is audited here after the response is made.
+//! The table of every route and its policy is kept for the tests that enumerate it.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, on};
+use osler_audit::{Action, Outcome, Record};
+use osler_auth::{Caller, Compartment, Interaction, Policy, Role, Scopes};
+use osler_fhir::{ErrorKind, FhirError};
+
+use crate::reply::ApiError;
+use crate::tls::Peer;
+use crate::{AppState, now_ms};
+
+/// The caller, for handlers (put there by the guard).
+pub(crate) type Cx = axum::Extension<Caller>;
+/// The request's audit entry, for handlers that write.
+pub(crate) type Ax = axum::Extension<AuditCtx>;
+
+/// One route and what it needs.
+#[derive(Clone, Debug)]
+pub(crate) struct RouteDecl {
+    pub method: Method,
+    pub path: String,
+    pub policy: Policy,
+}
+
+/// The hub's routes, each with its policy.
+pub(crate) struct Routes {
+    router: Router<Arc<AppState>>,
+    table: Vec<RouteDecl>,
+}
+
+impl Routes {
+    pub(crate) fn new() -> Routes {
+        Routes {
+            router: Router::new(),
+            table: Vec::new(),
+        }
+    }
+
+    /// Adds `handler` for `method` on `path`, guarded by `policy`.
+    pub(crate) fn add<H, T>(mut self, method: Method, path: &str, policy: Policy, handler: H) -> Routes
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        // Every method a route is declared with is one of the five below.
+        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+        let guarded = on(filter, handler)
+            .route_layer(axum::middleware::from_fn(move |req: Request, next: Next| guard(policy, req, next)));
+        self.router = self.router.route(path, guarded);
+        self.table.push(RouteDecl {
+            method,
+            path: path.to_owned(),
+            policy,
+        });
+        self
+    }
+
+    pub(crate) fn get<H, T>(self, path: &str, policy: Policy, h: H) -> Routes
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        self.add(Method::GET, path, policy, h)
+    }
+
+    pub(crate) fn post<H, T>(self, path: &str, policy: Policy, h: H) -> Routes
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        self.add(Method::POST, path, policy, h)
+    }
+
+    pub(crate) fn put<H, T>(self, path: &str, policy: Policy, h: H) -> Routes
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        self.add(Method::PUT, path, policy, h)
+    }
+
+    pub(crate) fn delete<H, T>(self, path: &str, policy: Policy, h: H) -> Routes
+    where
+        H: Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        self.add(Method::DELETE, path, policy, h)
+    }
+
+    pub(crate) fn merge(mut self, other: Routes) -> Routes {
+        self.router = self.router.merge(other.router);
+        self.table.extend(other.table);
+        self
+    }
+
+    pub(crate) fn finish(self) -> (Router<Arc<AppState>>, Vec<RouteDecl>) {
+        (self.router, self.table)
+    }
+}
+
+/// A response whose audit entry was committed with the change it records.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Audited;
+
+/// Marks a response as audited in its commit.
+pub(crate) fn audited(mut r: Response) -> Response {
+    r.extensions_mut().insert(Audited);
+    r
+}
+
+/// What a request's audit entry says, known before the handler runs; handlers that write
+/// complete it with what they learn (the patient) and commit it with the change.
+#[derive(Clone, Debug)]
+pub(crate) struct AuditCtx {
+    record: Record,
+}
+
+impl AuditCtx {
+    /// The entry for this request, succeeded.
+    pub(crate) fn entry(&self) -> String {
+        osler_fhir::audit::entry_text(&self.record)
+    }
+
+    /// The entry, succeeded, about `patient` (when the request did not name them).
+    pub(crate) fn entry_about(&self, patient: Option<&str>) -> String {
+        let mut r = self.record.clone();
+        if r.patient.is_none() {
+            r.patient = patient.map(str::to_owned);
+        }
+        osler_fhir::audit::entry_text(&r)
+    }
+
+    fn finished(&self, status: u16, why: Option<String>) -> String {
+        let mut r = self.record.clone();
+        r.outcome = Outcome::of_status(status);
+        r.outcome_text = why.or_else(|| (status >= 400).then(|| format!("HTTP {status}")));
+        osler_fhir::audit::entry_text(&r)
+    }
+}
+
+fn event(policy: Policy, method: &Method, path: &str) -> (String, Action) {
+    let i = match policy {
+        Policy::Resource(_, i) | Policy::Everyone(_, i) => i,
+        Policy::PerEntry => return ("transaction".into(), Action::Execute),
+        Policy::SignedBatch => return ("batch".into(), Action::Create),
+        Policy::Public => return ("read".into(), Action::Read),
+    };
+    match i {
+        Interaction::Create => ("create".into(), Action::Create),
+        Interaction::Update => ("update".into(), Action::Update),
+        Interaction::Delete => ("delete".into(), Action::Delete),
+        Interaction::Search => ("search-type".into(), Action::Execute),
+        Interaction::Read if path.contains("/_history/") => ("vread".into(), Action::Read),
+        Interaction::Read if path.ends_with("/_history") || path.ends_with("/history") => {
+            ("history-instance".into(), Action::Read)
+        }
+        Interaction::Read if *method == Method::GET && path.contains('$') => {
+            ("operation".into(), Action::Execute)
+        }
+        Interaction::Read => ("read".into(), Action::Read),
+    }
+}
+
+/// The patient a request names: `patient=` or `subject=` in its query, or the id after
+/// `/fhir/Patient/` or `/plans/` in its path.
+fn patient_named(path: &str, query: Option<&str>) -> Option<String> {
+    for (k, v) in query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        if k == "patient" || k == "subject" {
+            let v = v.trim_start_matches("Patient/").trim_start_matches("Patient%2F");
+            if !v.is_empty() && !v.contains(',') && !v.contains("%2C") {
+                return Some(v.to_owned());
+            }
+        }
+    }
+    let rest = path
+        .strip_prefix("/fhir/Patient/")
+        .or_else(|| path.strip_prefix("/plans/"))
+        .or_else(|| path.strip_prefix("/alerts/overrides/"))?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+fn peer_of(req: &Request) -> Option<String> {
+    req.extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.0.ip().to_string())
+}
+
+/// Why a request is not authenticated (401).
+#[derive(Debug)]
+pub(crate) enum Unauthenticated {
+    Missing,
+    Invalid(&'static str),
+}
+
+/// A 401 with the `WWW-Authenticate` challenge RFC 6750 §3 asks for (no error code when the
+/// request carried no credentials at all).
+fn unauthorized(why: &Unauthenticated) -> Response {
+    let (challenge, text) = match why {
+        Unauthenticated::Missing => (
+            r#"Bearer realm="osler""#.to_owned(),
+            "this endpoint needs a bearer token (Authorization: Bearer …); see /.well-known/smart-configuration".to_owned(),
+        ),
+        Unauthenticated::Invalid(reason) => (
+            format!(r#"Bearer realm="osler", error="invalid_token", error_description="{reason}""#),
+            format!("the bearer token is {reason}"),
+        ),
+    };
+    let mut r = ApiError(FhirError::new(ErrorKind::Unauthorized, text)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// A 403 for what the token's scopes or the caller's role do not allow.
+pub(crate) fn forbidden(d: &osler_auth::Denied) -> Response {
+    let mut r = ApiError(FhirError::new(ErrorKind::Forbidden, d.to_string())).into_response();
+    let scope = match d {
+        osler_auth::Denied::Scope(s) => format!(r#", scope="{s}""#),
+        _ => String::new(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        r#"Bearer realm="osler", error="insufficient_scope"{scope}"#
+    )) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// The caller a bearer token stands for, or why there is none.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    path_and_query: &str,
+    policy: Policy,
+) -> Result<Caller, Unauthenticated> {
+    if matches!(policy, Policy::Everyone(..))
+        && let Some(h) = headers
+            .get(osler_wire::REQUEST_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        return gateway_caller(state, h, method, path_and_query).await;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(Unauthenticated::Missing)?;
+    let token = token
+        .strip_prefix("Bearer ")
+        .or_else(|| token.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or(Unauthenticated::Invalid("not a bearer token"))?;
+    let hash = osler_auth::token::hash(token);
+    let store = state.store.clone();
+    let found = tokio::task::spawn_blocking(move || store.token(&hash))
+        .await
+        .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?
+        .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?;
+    let t = found.ok_or(Unauthenticated::Invalid("unknown"))?;
+    if t.revoked_ms.is_some() {
+        return Err(Unauthenticated::Invalid("revoked"));
+    }
+    if t.expires_ms <= now_ms() {
+        return Err(Unauthenticated::Invalid("expired"));
+    }
+    let role = Role::parse(&t.role).ok_or(Unauthenticated::Invalid("of an unknown role"))?;
+    let scopes = Scopes::parse(&t.scopes).map_err(|_| Unauthenticated::Invalid("malformed"))?;
+    let compartment = match (&t.patient, role) {
+        (Some(p), _) => Compartment::patients(vec![p.clone()]),
+        (None, Role::Admin | Role::Integration) => Compartment::All,
+        // A patient or clinician token without its patients sees nobody.
+        (None, _) => Compartment::patients(Vec::new()),
+    };
+    Ok(Caller {
+        subject: t.subject,
+        role,
+        scopes,
+        compartment,
+    })
+}
+
+/// An enrolled gateway signing its poll of every patient's thresholds or assignments.
+async fn gateway_caller(
+    state: &AppState,
+    header: &str,
+    method: &str,
+    path: &str,
+) -> Result<Caller, Unauthenticated> {
+    let id = osler_wire::request_gateway(header)
+        .ok_or(Unauthenticated::Invalid("a malformed gateway signature"))?
+        .to_owned();
+    let store = state.store.clone();
+    let lookup = id.clone();
+    let record = tokio::task::spawn_blocking(move || store.gateway(&lookup))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .filter(|g| g.revoked_ms.is_none())
+        .ok_or(Unauthenticated::Invalid("of a gateway that is not enrolled"))?;
+    let key = osler_wire::parse_public_key(&record.public_key)
+        .map_err(|_| Unauthenticated::Invalid("of a gateway with an unreadable key"))?;
+    osler_wire::verify_request(header, &key, method, path, now_ms())
+        .map_err(|_| Unauthenticated::Invalid("a gateway signature that does not verify"))?;
+    Ok(Caller {
+        subject: format!("gateway:{id}"),
+        role: Role::Integration,
+        // What a gateway polls, and nothing else.
+        scopes: Scopes::parse("system/CarePlan.s system/DeviceUseStatement.s")
+            .unwrap_or_default(),
+        compartment: Compartment::All,
+    })
+}
+
+/// The guard every route runs behind.
+async fn guard(policy: Policy, mut req: Request, next: Next) -> Response {
+    if !policy.needs_token() {
+        return next.run(req).await;
+    }
+    let Some(state) = req.extensions().get::<Arc<AppState>>().cloned() else {
+        // The router always carries the state; a request without it is a wiring bug.
+        return ApiError(FhirError::new(ErrorKind::Internal, "the hub is misconfigured")).into_response();
+    };
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let (ev, action) = event(policy, req.method(), &path);
+    let mut ctx = AuditCtx {
+        record: Record {
+            recorded_ms: now_ms(),
+            event: ev,
+            action,
+            outcome: Outcome::Success,
+            outcome_text: None,
+            who: "anonymous".into(),
+            role: None,
+            network: peer_of(&req),
+            patient: patient_named(&path, query.as_deref()),
+            what: Some(format!("{} {path}", req.method())),
+            query: query.clone(),
+        },
+    };
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let headers = req.headers().clone();
+    let caller = match authenticate(&state, &headers, &method, &path_and_query, policy).await {
+        Ok(c) => c,
+        Err(why) => {
+            let r = unauthorized(&why);
+            record_later(&state, ctx.finished(401, Some(format!("{why:?}"))));
+            return r;
+        }
+    };
+    ctx.record.who = caller.subject.clone();
+    ctx.record.role = Some(caller.role.as_str().to_owned());
+    if let Err(d) = caller.decide(policy) {
+        record_later(&state, ctx.finished(403, Some(d.to_string())));
+        return forbidden(&d);
+    }
+    req.extensions_mut().insert(caller);
+    req.extensions_mut().insert(ctx.clone());
+    let response = next.run(req).await;
+    if response.extensions().get::<Audited>().is_none() {
+        record_later(&state, ctx.finished(response.status().as_u16(), None));
+    }
+    response
+}
+
+/// Appends an entry for what changed nothing (a read, a refusal) without holding the answer
+/// for its commit: the writer commits it with the next group, milliseconds later.
+pub(crate) fn record_later(state: &AppState, entry: String) {
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        if let Err(e) = store.audit(vec![entry]).await {
+            tracing::error!(error = %e, "an audit entry could not be stored");
+        }
+    });
+}
+
+/// Whether the caller may see this patient's data: outside the compartment an instance is
+/// answered 404, as if it did not exist.
+pub(crate) fn sees(caller: &Caller, patient: &str) -> bool {
+    caller.compartment.contains(patient)
+}
+
+/// The patients a query must be narrowed to, `None` for everyone.
+pub(crate) fn within(caller: &Caller) -> Option<Vec<String>> {
+    match &caller.compartment {
+        Compartment::All => None,
+        Compartment::Patients(p) => Some(p.clone()),
+    }
+}
