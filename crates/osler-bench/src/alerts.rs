@@ -102,7 +102,7 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     let received: Arc<Mutex<Vec<(i64, serde_json::Value)>>> = Arc::default();
     {
         let sink = received.clone();
-        let resp = ureq::get(&format!("{root}/alerts/stream"))
+        let resp = crate::process::get(&format!("{root}/alerts/stream"))
             .timeout(Duration::from_secs(3600))
             .call()?;
         std::thread::spawn(move || {
@@ -180,7 +180,7 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     // processing, the hub stores fewer readings than were sent; the rest is in summaries).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s: serde_json::Value = ureq::get(&format!("{}/status", gw.base))
+        let s: serde_json::Value = crate::process::get(&format!("{}/status", gw.base))
             .call()
             .ok()
             .and_then(|r| r.into_string().ok())
@@ -198,7 +198,7 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     let stored = stored_readings(&root).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(1));
     let status: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("{}/status", gw.base))
+        &crate::process::get(&format!("{}/status", gw.base))
             .call()?
             .into_string()?,
     )?;

@@ -503,7 +503,7 @@ fn live(osler: Option<&std::path::Path>) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(150);
         let status = loop {
             let s: serde_json::Value = serde_json::from_str(
-                &ureq::get(&format!("{}/status", gw.base))
+                &crate::process::get(&format!("{}/status", gw.base))
                     .call()?
                     .into_string()?,
             )?;
@@ -522,7 +522,7 @@ fn live(osler: Option<&std::path::Path>) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(500));
         };
         let alerts: serde_json::Value = serde_json::from_str(
-            &ureq::get(&format!("{root}/alerts?limit=10000"))
+            &crate::process::get(&format!("{root}/alerts?limit=10000"))
                 .call()?
                 .into_string()?,
         )?;

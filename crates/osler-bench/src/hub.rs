@@ -71,15 +71,13 @@ fn now_ms() -> i64 {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(120))
+    crate::process::agent_builder(Duration::from_secs(120))
         .max_idle_connections_per_host(16)
         .build()
 }
 
 fn post(agent: &ureq::Agent, url: &str, body: &str) -> anyhow::Result<String> {
-    match agent
-        .post(url)
+    match crate::process::request_on(agent, "POST", url)
         .set("Content-Type", "application/fhir+json")
         .send_string(body)
     {
@@ -95,7 +93,7 @@ fn post(agent: &ureq::Agent, url: &str, body: &str) -> anyhow::Result<String> {
 }
 
 fn get(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
-    match agent.get(url).call() {
+    match crate::process::request_on(agent, "GET", url).call() {
         Ok(r) => Ok(r.into_string()?),
         Err(ureq::Error::Status(code, r)) => {
             bail!(

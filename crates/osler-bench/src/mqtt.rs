@@ -230,7 +230,7 @@ fn wait_connected(gw: &Server) -> anyhow::Result<()> {
     let url = format!("{}/status", gw.base);
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if let Ok(r) = ureq::get(&url).call()
+        if let Ok(r) = crate::process::get(&url).call()
             && let Ok(text) = r.into_string()
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             && v["mqtt"]["connected"] == true
@@ -247,7 +247,7 @@ fn wait_for_received(gw: &Server, n: u64, from: Instant) -> anyhow::Result<Durat
     let url = format!("{}/status", gw.base);
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
-        if let Ok(r) = ureq::get(&url).call()
+        if let Ok(r) = crate::process::get(&url).call()
             && let Ok(text) = r.into_string()
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             && v["ingest"]["received"].as_u64().unwrap_or(0) >= n

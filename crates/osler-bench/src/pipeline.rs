@@ -38,7 +38,7 @@ pub struct PipelineBenchArgs {
 }
 
 fn get(url: &str) -> anyhow::Result<String> {
-    Ok(ureq::get(url)
+    Ok(crate::process::get(url)
         .timeout(Duration::from_secs(10))
         .call()?
         .into_string()?)

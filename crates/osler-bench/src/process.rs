@@ -7,6 +7,91 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// What a client of a hub started here needs: the hub's CA and a `system/*.cruds` token.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub root: String,
+    pub data: std::path::PathBuf,
+    pub ca_file: std::path::PathBuf,
+    pub ca_pem: String,
+    pub token: String,
+}
+
+static ACCESS: std::sync::Mutex<Vec<Access>> = std::sync::Mutex::new(Vec::new());
+
+/// The access of the hub a URL is on, if this process started it.
+pub fn access_for(url: &str) -> Option<Access> {
+    ACCESS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|a| url.starts_with(&a.root))
+        .cloned()
+}
+
+/// Prepares a hub's data directory (`osler hub init`) unless it is prepared already.
+pub fn init_hub(osler: &Path, hub_dir: &str) -> anyhow::Result<()> {
+    if Path::new(hub_dir).join("tls/ca.pem").exists() {
+        return Ok(());
+    }
+    let ok = Command::new(osler)
+        .args(["hub", "init", "--data", hub_dir])
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run osler hub init")?;
+    if !ok.success() {
+        bail!("osler hub init failed");
+    }
+    Ok(())
+}
+
+/// A bearer token from `osler hub token create`.
+pub fn make_token(osler: &Path, hub_dir: &str, scope: &str, expires: &str) -> anyhow::Result<String> {
+    let out = Command::new(osler)
+        .args(["hub", "token", "create", "--data", hub_dir, "--scope", scope, "--expires", expires])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run osler hub token create")?;
+    if !out.status.success() {
+        bail!("osler hub token create failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// An HTTP agent trusting the CAs of the hubs this process started.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    agent_builder(timeout).build()
+}
+
+/// [`agent`] before it is built, for more settings.
+pub fn agent_builder(timeout: Duration) -> ureq::AgentBuilder {
+    let pems: String = ACCESS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|a| a.ca_pem.clone())
+        .collect();
+    let mut b = ureq::AgentBuilder::new().timeout(timeout);
+    if let Ok(tls) = osler_tls::client_config(&pems) {
+        b = b.tls_config(tls);
+    }
+    b
+}
+
+/// `method url` with the hub's token, on `agent`.
+pub fn request_on(agent: &ureq::Agent, method: &str, url: &str) -> ureq::Request {
+    let req = agent.request(method, url);
+    match access_for(url) {
+        Some(a) => req.set("Authorization", &format!("Bearer {}", a.token)),
+        None => req,
+    }
+}
+
+/// A GET with the hub's CA trusted and its token sent (60 s timeout).
+pub fn get(url: &str) -> ureq::Request {
+    request_on(&agent(Duration::from_secs(60)), "GET", url)
+}
+
 /// A running `osler serve` and the FHIR base URL it printed.
 pub struct Server {
     pub child: Child,
@@ -48,12 +133,35 @@ impl Server {
     }
 
     /// Starts the child with its standard error in `log`, or the terminal's.
+    ///
+    /// A hub (`serve`) is prepared first (`osler hub init`) and registered with a token once
+    /// it listens; a gateway (`gateway --hub https://…`) of a hub started here is given its CA.
     fn spawn_to(
         osler: &Path,
         args: &[&str],
         timeout: Duration,
         log: Option<std::fs::File>,
     ) -> anyhow::Result<Server> {
+        let value = |flag: &str| {
+            args.iter()
+                .position(|a| *a == flag)
+                .and_then(|i| args.get(i + 1))
+                .map(|s| s.to_string())
+        };
+        let hub_dir = (args.first() == Some(&"serve")).then(|| value("--data")).flatten();
+        if let Some(d) = &hub_dir {
+            init_hub(osler, d)?;
+        }
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if args.first().map(String::as_str) == Some("gateway")
+            && !args.iter().any(|a| a == "--hub-ca")
+            && let Some(a) = value("--hub").and_then(|h| access_for(&h))
+        {
+            args.push("--hub-ca".into());
+            args.push(a.ca_file.to_string_lossy().into_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let args = args.as_slice();
         // A file takes the whole story; a terminal only what needs a person.
         let level = if log.is_some() { "info" } else { "warn" };
         let stderr = log.map_or(Stdio::inherit(), Stdio::from);
@@ -82,9 +190,23 @@ impl Server {
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .with_context(|| format!("osler {} did not print its URL in time", args[0]))?;
         let base = line.trim().to_owned();
-        if !base.starts_with("http://") {
+        if !base.starts_with("http://") && !base.starts_with("https://") {
             let _ = child.kill();
             bail!("osler {} printed {base:?} instead of its URL", args[0]);
+        }
+        if let Some(d) = hub_dir {
+            let ca_file = Path::new(&d).join("tls/ca.pem");
+            let access = Access {
+                root: base.trim_end_matches("/fhir").to_owned(),
+                ca_pem: std::fs::read_to_string(&ca_file)
+                    .with_context(|| format!("cannot read {}", ca_file.display()))?,
+                ca_file,
+                token: make_token(osler, &d, "system/*.cruds", "7d")?,
+                data: d.into(),
+            };
+            let mut all = ACCESS.lock().unwrap_or_else(|p| p.into_inner());
+            all.retain(|x| x.root != access.root);
+            all.push(access);
         }
         Ok(Server { child, base })
     }
@@ -197,7 +319,7 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
 
 /// The number of readings the hub at `root` (without `/fhir`) reports stored.
 pub fn stored_readings(root: &str) -> anyhow::Result<u64> {
-    let text = ureq::get(&format!("{root}/metrics"))
+    let text = get(&format!("{root}/metrics"))
         .timeout(Duration::from_secs(10))
         .call()?
         .into_string()?;
@@ -218,6 +340,7 @@ pub fn sim_summary(out: &std::process::Output) -> anyhow::Result<serde_json::Val
 /// Enrols the gateway whose data is in `gw_dir` at the hub whose data is in `hub_dir`
 /// (`osler hub enrol --from-gateway`).
 pub fn enrol(osler: &Path, hub_dir: &str, gw_dir: &str) -> anyhow::Result<()> {
+    init_hub(osler, hub_dir)?;
     let ok = Command::new(osler)
         .args(["hub", "enrol", "--data", hub_dir, "--from-gateway", gw_dir])
         .stdout(Stdio::null())

@@ -86,8 +86,7 @@ fn family(rng: &mut Rng) -> String {
 
 fn timed(agent: &ureq::Agent, url: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let r = agent
-        .get(url)
+    let r = crate::process::request_on(agent, "GET", url)
         .call()
         .with_context(|| format!("GET {url}"))?;
     r.into_string()?;
@@ -139,8 +138,7 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
         .collect();
     let people = Arc::new(people);
     let server = Server::start(&osler, &data, Duration::from_secs(30))?;
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
+    let agent = crate::process::agent_builder(Duration::from_secs(60))
         .max_idle_connections_per_host(16)
         .build();
     let next = Arc::new(AtomicUsize::new(0));
@@ -189,7 +187,7 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
         let url = format!("{}/Patient?name={}", server.base, family.to_lowercase());
         let t = Instant::now();
         let page: serde_json::Value =
-            serde_json::from_str(&agent.get(&url).call()?.into_string()?)?;
+            serde_json::from_str(&crate::process::request_on(&agent, "GET", &url).call()?.into_string()?)?;
         by_name.push(t.elapsed().as_secs_f64() * 1e3);
         matched += page["total"].as_u64().unwrap_or(0);
     }
@@ -249,7 +247,7 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
         );
         let t = Instant::now();
         let page: serde_json::Value =
-            serde_json::from_str(&agent.get(&url).call()?.into_string()?)?;
+            serde_json::from_str(&crate::process::request_on(&agent, "GET", &url).call()?.into_string()?)?;
         across.push(t.elapsed().as_secs_f64() * 1e3);
         entries += page["entry"].as_array().map_or(0, Vec::len);
     }

@@ -146,7 +146,7 @@ fn kill9(mut s: Server) {
 }
 
 fn get_json(url: &str) -> anyhow::Result<serde_json::Value> {
-    let text = ureq::get(url)
+    let text = crate::process::get(url)
         .timeout(Duration::from_secs(30))
         .call()?
         .into_string()?;

@@ -6,11 +6,18 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Polls `GET {hub}{path}` every `every` until `stop`; each answer that differs from the last
-/// is given to `apply` (which returns how many items it holds, or why it is unreadable) and,
-/// once applied, written to `file` in `data`. Blocking: give it its own thread.
+/// How soon a failed fetch is tried again (a successful one waits the whole period).
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Polls `GET {hub}{path}` every `every` until `stop`, each request signed with the
+/// gateway's key (the hub answers every patient's data only to an enrolled gateway); each
+/// answer that differs from the last is given to `apply` (which returns how many items it
+/// holds, or why it is unreadable) and, once applied, written to `file` in `data`. Blocking:
+/// give it its own thread.
+#[allow(clippy::too_many_arguments)]
 pub fn poll(
-    hub: &str,
+    upload: &crate::UploadConfig,
+    key: &osler_wire::GatewayKey,
     path: &str,
     data: &Path,
     file: &str,
@@ -18,9 +25,8 @@ pub fn poll(
     stop: &AtomicBool,
     apply: impl Fn(&str) -> Result<usize, String>,
 ) {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
+    let agent = upload.agent(Duration::from_secs(10));
+    let hub = &upload.hub;
     let mut last_text = String::new();
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -29,8 +35,10 @@ pub fn poll(
             continue;
         }
         next = Instant::now() + every;
+        let signature = key.sign_request(&upload.gateway, "GET", path, crate::now_ms());
         let fetched = agent
             .get(&format!("{hub}{path}"))
+            .set(osler_wire::REQUEST_HEADER, &signature)
             .call()
             .map_err(|e| e.to_string())
             .and_then(|r| r.into_string().map_err(|e| e.to_string()));
@@ -53,7 +61,9 @@ pub fn poll(
             },
             Ok(_) => {}
             Err(e) => {
-                tracing::debug!(error = %e, path, "cannot reach the hub; keeping the cached answer")
+                // Soon again: the hub may be back, or have just enrolled this gateway.
+                next = next.min(Instant::now() + RETRY);
+                tracing::debug!(error = %e, path, "cannot fetch from the hub; keeping the cached answer")
             }
         }
     }

@@ -198,11 +198,13 @@ impl Gateway {
             })?);
         }
         {
-            let (hub, data, stop) = (config.upload.hub.clone(), config.data.clone(), stop.clone());
+            let (upload, data, stop) = (config.upload.clone(), config.data.clone(), stop.clone());
+            let key = identity.key.clone();
             let every = config.overrides_every;
             threads.push(spawn("osler-overrides", move || {
                 hub_cache::poll(
-                    &hub,
+                    &upload,
+                    &key,
                     "/alerts/overrides",
                     &data,
                     overrides::FILE,
@@ -213,12 +215,14 @@ impl Gateway {
             })?);
         }
         {
-            let (hub, data, stop) = (config.upload.hub.clone(), config.data.clone(), stop.clone());
+            let (upload, data, stop) = (config.upload.clone(), config.data.clone(), stop.clone());
+            let key = identity.key.clone();
             let every = config.overrides_every;
             let cache = shared.assignments.clone();
             threads.push(spawn("osler-assignments", move || {
                 hub_cache::poll(
-                    &hub,
+                    &upload,
+                    &key,
                     "/registry/assignments",
                     &data,
                     assignments::FILE,

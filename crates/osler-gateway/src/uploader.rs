@@ -20,8 +20,12 @@ use crate::status::Status;
 /// How the uploader batches and paces.
 #[derive(Clone, Debug)]
 pub struct UploadConfig {
-    /// The hub's root URL, e.g. `http://127.0.0.1:8080`.
+    /// The hub's root URL, e.g. `https://127.0.0.1:8080`.
     pub hub: String,
+    /// The TLS client configuration trusting the hub's CA alone (`--hub-ca`): a hub that
+    /// presents any other certificate is refused. `None` only for a plain-HTTP hub on this
+    /// machine (development).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub gateway: String,
     pub max_count: usize,
     pub max_bytes: usize,
@@ -33,9 +37,23 @@ pub struct UploadConfig {
 }
 
 impl UploadConfig {
+    /// An HTTP agent for the hub: its CA pinned when the hub is HTTPS.
+    pub fn agent(&self, timeout: Duration) -> ureq::Agent {
+        let mut b = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(timeout);
+        if let Some(tls) = &self.tls {
+            b = b.tls_config(tls.clone());
+        }
+        b.build()
+    }
+}
+
+impl UploadConfig {
     pub fn new(hub: &str, gateway: &str) -> UploadConfig {
         UploadConfig {
             hub: hub.trim_end_matches('/').to_owned(),
+            tls: None,
             gateway: gateway.to_owned(),
             max_count: 5000,
             max_bytes: 2 << 20,
@@ -125,7 +143,21 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Outcome {
                 Outcome::Failed(reason)
             }
         }
-        Err(e) => Outcome::Failed(format!("the hub is unreachable: {e}")),
+        Err(e) => Outcome::Failed(transport_error(&e)),
+    }
+}
+
+/// A failed connection in words; a certificate the pinned CA did not sign is said so plainly
+/// (that is a hub the gateway must never send to, not a network blip).
+pub(crate) fn transport_error(e: &ureq::Error) -> String {
+    let text = e.to_string();
+    if text.contains("certificate") || text.contains("UnknownIssuer") {
+        format!(
+            "the hub's TLS certificate is not signed by the CA given with --hub-ca, so nothing is sent to it ({text}); \
+             fetch the right CA with `osler hub ca --data HUB-DIR`"
+        )
+    } else {
+        format!("the hub is unreachable: {text}")
     }
 }
 
@@ -142,10 +174,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) {
     let outbox = intake.outbox();
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60))
-        .build();
+    let agent = config.agent(Duration::from_secs(60));
     let url = format!("{}/ingest/batch", config.hub);
     let mut bucket = Bucket {
         rate: config.rate.max(1.0),

@@ -37,7 +37,7 @@ fn free_or_zero(addr: &str) -> String {
 
 /// Prints one readable line per alert event from the hub's stream, until it closes.
 fn watch(stream_url: String) {
-    let resp = match ureq::get(&stream_url)
+    let resp = match osler_bench::process::get(&stream_url)
         .timeout(Duration::from_secs(24 * 3600))
         .call()
     {
@@ -140,7 +140,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "Osler demo: {} patients; the last 2 hours replayed at {}x, then live.",
         args.patients, args.speed
     );
+    let ca = hub_dir.join("tls/ca.pem");
+    let exe = osler.display().to_string();
     println!("  FHIR base:      {}", hub.base);
+    println!("  CA certificate: {}", ca.display());
     println!("  Alert stream:   {root}/alerts/stream");
     println!("  Alerts:         {root}/alerts");
     println!("  Gateway status: {}/status", gw.base);
@@ -158,8 +161,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         hub_log.display(),
         gw_log.display()
     );
+    // Every command printed here works as printed, in another terminal, while the demo runs.
+    println!("Try, in another terminal (the token lasts 8 hours):");
     println!(
-        "Try:  curl '{}/Observation?patient=sim-p0&code=8867-4&_sort=-date&_count=3'",
+        "  TOKEN=$('{exe}' hub token create --data '{hub_s}' --scope 'system/*.rs' --expires 8h)"
+    );
+    println!(
+        "  curl --cacert '{}' -H \"Authorization: Bearer $TOKEN\" '{}/Observation?patient=sim-p0&code=8867-4&_sort=-date&_count=3'",
+        ca.display(),
         hub.base
     );
     println!("Alerts as they happen (Ctrl-C to stop):");

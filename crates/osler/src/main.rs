@@ -115,9 +115,13 @@ struct GatewayArgs {
     /// Print the gateway's id and public key (creating them if needed) and exit.
     #[arg(long)]
     identity: bool,
-    /// The hub's root URL.
+    /// The hub's root URL, e.g. https://hub.example.org:8443.
     #[arg(long, value_name = "URL", required_unless_present_any = ["identity", "print_config"])]
     hub: Option<String>,
+    /// The hub's CA certificate (PEM, from `osler hub ca`): the only CA trusted for the hub, so
+    /// a hub presenting another certificate is refused. Required for an https:// hub.
+    #[arg(long, value_name = "FILE")]
+    hub_ca: Option<PathBuf>,
     /// Address for devices' HTTP readings and /status; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
@@ -476,6 +480,18 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         }
     };
     let mut upload = osler_gateway::UploadConfig::new(&hub, &identity.id);
+    upload.tls = match (&args.hub_ca, hub.starts_with("https://")) {
+        (Some(path), true) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --hub-ca {}", path.display()))?;
+            Some(osler_tls::client_config(&pem).with_context(|| format!("--hub-ca {}", path.display()))?)
+        }
+        (None, true) => anyhow::bail!(
+            "--hub {hub} is HTTPS: give the hub's CA with --hub-ca FILE (on the hub: osler hub ca --data DIR > hub-ca.pem)"
+        ),
+        (Some(_), false) => anyhow::bail!("--hub-ca is for an https:// hub; --hub {hub} is plain HTTP"),
+        (None, false) => None,
+    };
     upload.max_count = args.max_batch.max(1);
     upload.max_wait = std::time::Duration::from_millis(args.max_wait_ms);
     upload.rate = args.catchup_rate;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 /// Subscribes to the hub's SSE stream; every `data:` line lands in the returned vector.
 fn subscribe(hub: &Hub) -> Arc<Mutex<Vec<Value>>> {
     let events = Arc::new(Mutex::new(Vec::new()));
-    let resp = ureq::get(&format!("{}/alerts/stream", hub.root()))
+    let resp = req("GET", &format!("{}/alerts/stream", hub.root()))
         .timeout(Duration::from_secs(600))
         .call()
         .expect("subscribe");
@@ -446,7 +446,13 @@ fn the_gateway_raises_critical_alerts_while_the_hub_is_away_and_the_hub_merges_t
     enrol(&hub_dir, &gw_dir);
     let port = free_port();
     // No hub yet.
-    let gw = Gateway::start(&gw_dir, &format!("http://127.0.0.1:{port}"), 0, &[]);
+    let ca = hub_dir.join("tls/ca.pem");
+    let gw = Gateway::start(
+        &gw_dir,
+        &format!("https://127.0.0.1:{port}"),
+        0,
+        &["--hub-ca", ca.to_str().unwrap()],
+    );
     let crisis = format!(
         r#"[{{"patient":"edge","device":"cuff","metric":"blood-pressure","value":[196,104],"unit":"mm[Hg]","time":"{}"}},
             {{"patient":"edge","device":"thermo","metric":"body-temperature","value":39.8,"unit":"Cel","time":"{}"}}]"#,

@@ -41,7 +41,7 @@ fn batch(key: &GatewayKey, gateway: &str, first_seq: u64, entries: &[String]) ->
 }
 
 fn send(hub: &Hub, body: &[u8]) -> (u16, serde_json::Value) {
-    let resp = ureq::post(&format!("{}/ingest/batch", hub.root()))
+    let resp = req("POST", &format!("{}/ingest/batch", hub.root()))
         .set("Content-Type", osler_wire::CONTENT_TYPE)
         .send_bytes(body);
     let resp = match resp {

@@ -57,12 +57,32 @@ fn demo_shows_alerts_serves_fhir_and_stops_on_sigint() {
         lines.lock().unwrap().join("\n")
     );
 
-    // FHIR Observations from its base, and a live gateway.
-    let a = get(&format!("{base}/Observation?patient=sim-p0&_count=5"));
-    assert_eq!(a.status, 200);
-    let b = a.json();
+    // The commands it prints for a newcomer work exactly as printed: a token, then curl over
+    // TLS with the hub's CA.
+    assert!(base.starts_with("https://"), "{base}");
+    let printed = |start: &str| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.trim_start().starts_with(start))
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_else(|| panic!("the demo prints a line starting {start:?}"))
+    };
+    let script = format!("{}\n{}\n", printed("TOKEN=$("), printed("curl --cacert"));
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(b["resourceType"], "Bundle", "{b}");
     assert!(b["total"].as_u64().unwrap() > 0, "{b}");
     assert_eq!(b["entry"][0]["resource"]["resourceType"], "Observation");
+    // Without the token the same request is refused.
+    let bare = Command::new("sh")
+        .args(["-c", &printed("curl --cacert").replace("-H \"Authorization: Bearer $TOKEN\" ", "")])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bare.stdout).contains("\"security\""));
     assert_eq!(get(&status_url).json()["upload"]["hub_reachable"], true);
 
     // Ctrl-C.
@@ -85,7 +105,7 @@ fn demo_shows_alerts_serves_fhir_and_stops_on_sigint() {
     );
     // Nothing is left listening.
     let port = base
-        .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .split('/')
         .next()
         .unwrap()
@@ -130,7 +150,8 @@ fn a_demo_killed_with_sigkill_leaves_nothing_running() {
         logs = logs.or(value("Logs:"));
     }
     let addr = |url: &str| {
-        url.trim_start_matches("http://")
+        url.trim_start_matches("https://")
+            .trim_start_matches("http://")
             .split('/')
             .next()
             .unwrap()

@@ -107,7 +107,7 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
                         k += 50;
                         let body = bundle("transaction", &obs, &[]).to_string();
                         // A request cut off by the kill has no answer: it was never acknowledged.
-                        let resp = ureq::post(&base)
+                        let resp = req("POST", &base)
                             .set("Content-Type", "application/fhir+json")
                             .timeout(Duration::from_secs(10))
                             .send_string(&body);

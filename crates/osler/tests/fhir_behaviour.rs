@@ -50,7 +50,7 @@ fn negotiation_subsets_and_refusals_that_name_the_element() {
         .status,
         200
     );
-    let a = ureq::put(&format!("{b}/Patient/anna"))
+    let a = req("PUT", &format!("{b}/Patient/anna"))
         .set("Content-Type", "text/plain")
         .send_string("{}");
     let status = match a {
@@ -295,7 +295,7 @@ fn cors_lets_configured_origins_in_and_no_others() {
             .contains("If-Match")
     );
     // The alert stream too.
-    let stream = ureq::get(&format!("{}/alerts/stream", hub.root()))
+    let stream = req("GET", &format!("{}/alerts/stream", hub.root()))
         .set("Origin", "https://dash.example.org")
         .call()
         .unwrap();

@@ -40,11 +40,18 @@ fn a_refused_request_is_never_acknowledged_until_it_is_stored() {
     enrol(&hub_dir, &gw_dir);
     let port = free_port();
     // The hub is away: nothing listens at its address yet.
+    let ca = hub_dir.join("tls/ca.pem");
     let gw = Gateway::start(
         &gw_dir,
-        &format!("http://127.0.0.1:{port}"),
+        &format!("https://127.0.0.1:{port}"),
         0,
-        &["--raw", "--outbox-limit", "150000"],
+        &[
+            "--raw",
+            "--outbox-limit",
+            "150000",
+            "--hub-ca",
+            ca.to_str().unwrap(),
+        ],
     );
     let url = format!("{}/readings", gw.url);
     let mut accepted = Vec::new();

@@ -38,11 +38,68 @@ impl Drop for TempDir {
     }
 }
 
+/// What a test needs to speak to a hub: its CA (PEM) and a bearer token with the widest
+/// integration scope, registered by the hub's root URL so that [`send`], [`get`] and
+/// [`post`] use them without each test repeating it.
+#[derive(Clone)]
+pub struct Access {
+    pub root: String,
+    pub ca_file: PathBuf,
+    pub ca_pem: String,
+    pub token: String,
+}
+
+static ACCESS: std::sync::Mutex<Vec<Access>> = std::sync::Mutex::new(Vec::new());
+
+fn register(a: Access) {
+    let mut all = ACCESS.lock().unwrap();
+    all.retain(|x| x.root != a.root);
+    all.push(a);
+}
+
+/// The access registered for the hub a URL is on.
+pub fn access_for(url: &str) -> Option<Access> {
+    ACCESS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|a| url.starts_with(&a.root))
+        .cloned()
+}
+
+/// Prepares a hub's data directory (`osler hub init`) unless it was prepared before.
+pub fn init_hub(data: &Path) {
+    if !data.join("tls/ca.pem").exists() {
+        osler(&["hub", "init", "--data", data.to_str().unwrap()]);
+    }
+}
+
+/// A token made on the hub's command line (`osler hub token create`).
+pub fn token(data: &Path, scope: &str, patient: Option<&str>) -> String {
+    let mut args = vec![
+        "hub",
+        "token",
+        "create",
+        "--data",
+        data.to_str().unwrap(),
+        "--scope",
+        scope,
+        "--expires",
+        "1d",
+    ];
+    if let Some(p) = patient {
+        args.extend(["--patient", p]);
+    }
+    osler(&args).trim().to_owned()
+}
+
 /// A running hub.
 pub struct Hub {
     child: Child,
-    /// The FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
+    /// The FHIR base URL, e.g. `https://127.0.0.1:41234/fhir`.
     pub base: String,
+    /// Its CA and a `system/*.cruds` token.
+    pub access: Access,
 }
 
 impl Hub {
@@ -56,12 +113,30 @@ impl Hub {
 
     /// On a fixed port (to restart at the same address), logging to `log` if given.
     pub fn start_full(data: &Path, port: u16, extra: &[&str], log: Option<&Path>) -> Hub {
+        init_hub(data);
         let mut cmd = Command::new(osler_bin());
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
             .args(extra);
         let (child, base) = spawn_printing_url(cmd, log, "osler serve");
-        Hub { child, base }
+        let ca_file = data.join("tls/ca.pem");
+        let access = Access {
+            root: base.trim_end_matches("/fhir").to_owned(),
+            ca_pem: std::fs::read_to_string(&ca_file).unwrap(),
+            ca_file,
+            token: token(data, "system/*.cruds", None),
+        };
+        register(access.clone());
+        Hub {
+            child,
+            base,
+            access,
+        }
+    }
+
+    /// The `--hub-ca` argument pair a gateway needs for this hub.
+    pub fn ca_arg(&self) -> String {
+        self.access.ca_file.to_str().unwrap().to_owned()
     }
 
     /// The hub's root (without `/fhir`).
@@ -129,7 +204,7 @@ fn spawn_printing_url(mut cmd: Command, log: Option<&Path>, what: &str) -> (Chil
         .unwrap_or_else(|_| panic!("{what} printed its URL within 30 s"));
     let url = line.trim().to_owned();
     assert!(
-        url.starts_with("http://127.0.0.1:"),
+        url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
         "{what}: unexpected first line {url:?}"
     );
     (child, url)
@@ -167,12 +242,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// `osler gateway --data DATA --hub HUB --listen 127.0.0.1:PORT` plus `extra`.
+    /// `osler gateway --data DATA --hub HUB --listen 127.0.0.1:PORT` plus `extra`; with the
+    /// hub's CA (`--hub-ca`) when the hub is one this test started over HTTPS.
     pub fn start(data: &Path, hub_root: &str, port: u16, extra: &[&str]) -> Gateway {
         let mut cmd = Command::new(osler_bin());
-        cmd.args(["gateway", "--data"])
-            .arg(data)
-            .args([
+        cmd.args(["gateway", "--data"]).arg(data);
+        if hub_root.starts_with("https://") && !extra.contains(&"--hub-ca") {
+            let a = access_for(hub_root).expect("a hub started by this test");
+            cmd.arg("--hub-ca").arg(&a.ca_file);
+        }
+        cmd.args([
                 "--hub",
                 hub_root,
                 "--listen",
@@ -235,6 +314,7 @@ pub fn osler(args: &[&str]) -> String {
 /// is in `hub_dir` (`osler hub enrol --from-gateway`), as an operator would. Repeating it for
 /// an enrolled gateway (after a restart) changes nothing.
 pub fn enrol(hub_dir: &Path, gw_dir: &Path) {
+    init_hub(hub_dir);
     osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--identity"]);
     let out = osler(&[
         "hub",
@@ -244,7 +324,7 @@ pub fn enrol(hub_dir: &Path, gw_dir: &Path) {
         "--from-gateway",
         gw_dir.to_str().unwrap(),
     ]);
-    assert!(out.starts_with("enrolled gw-"), "{out}");
+    assert!(out.starts_with("enrolled "), "{out}");
 }
 
 /// Starts `osler sim` in the background.
@@ -396,10 +476,47 @@ impl Answer {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build()
+/// A request with the hub's CA trusted and its token sent.
+pub fn req(method: &str, url: &str) -> ureq::Request {
+    request(method, url, &[])
+}
+
+/// An HTTP agent trusting the CA of every hub this test started (and no other).
+pub fn agent() -> ureq::Agent {
+    let pems: String = ACCESS
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.ca_pem.clone())
+        .collect();
+    let mut b = ureq::AgentBuilder::new().timeout(Duration::from_secs(60));
+    if !pems.is_empty() {
+        b = b.tls_config(osler_tls::client_config(&pems).unwrap());
+    }
+    b.build()
+}
+
+/// `Authorization: Bearer …` for a hub URL, with the hub's registered token.
+pub fn bearer(url: &str) -> Option<String> {
+    access_for(url).map(|a| format!("Bearer {}", a.token))
+}
+
+/// A request to `url` with the hub's token unless `headers` bring their own
+/// `Authorization` (an empty one sends none).
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> ureq::Request {
+    let mut req = agent().request(method, url);
+    let own = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    if !own && let Some(b) = bearer(url) {
+        req = req.set("Authorization", &b);
+    }
+    for (k, v) in headers {
+        if !v.is_empty() {
+            req = req.set(k, v);
+        }
+    }
+    req
 }
 
 fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
@@ -427,22 +544,18 @@ fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
 
 /// Any method, with a FHIR JSON body when `body` is not empty, and extra headers.
 pub fn send(method: &str, url: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = agent().request(method, url);
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
+    let req = request(method, url, headers);
     if body.is_empty() {
         answer(req.call())
     } else {
-        answer(
-            req.set("Content-Type", "application/fhir+json")
-                .send_string(body),
-        )
+        let mut all = vec![("Content-Type", "application/fhir+json")];
+        all.extend_from_slice(headers);
+        answer(request(method, url, &all).send_string(body))
     }
 }
 
 pub fn get(url: &str) -> Answer {
-    answer(agent().get(url).call())
+    answer(request("GET", url, &[]).call())
 }
 
 pub fn post(url: &str, body: &str) -> Answer {
@@ -450,13 +563,9 @@ pub fn post(url: &str, body: &str) -> Answer {
 }
 
 pub fn post_with(url: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = agent()
-        .post(url)
-        .set("Content-Type", "application/fhir+json");
-    for (k, v) in headers {
-        req = req.set(k, v);
-    }
-    answer(req.send_string(body))
+    let mut all = vec![("Content-Type", "application/fhir+json")];
+    all.extend_from_slice(headers);
+    answer(request("POST", url, &all).send_string(body))
 }
 
 /// A Prometheus value from `/metrics`.
