@@ -6,12 +6,17 @@
 //! - [`Policy`]: what a route declares it needs, where it is defined.
 //! - [`Caller`] and [`Caller::decide`]: effective access = scope ∩ role ∩ compartment.
 //! - [`token`]: opaque bearer tokens (256 random bits), stored only as SHA-256 hashes.
+//! - [`password`]: Argon2id hashes and the rules for choosing a password; [`totp`]: the
+//!   second factor (RFC 6238).
 //!
 //! Sources: HL7 SMART App Launch 2.2 (scopes and their v1 aliases), RFC 6750 (bearer tokens and
 //! their error codes).
 
+pub mod jwt;
+pub mod password;
 mod scope;
 pub mod token;
+pub mod totp;
 
 pub use scope::{Context, Interaction, Perms, Scope, ScopeError, Scopes};
 

@@ -279,7 +279,9 @@ pub(crate) async fn authenticate(
         .await
         .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?
         .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?;
-    let t = found.ok_or(Unauthenticated::Invalid("unknown"))?;
+    let t = found
+        .filter(|t| t.kind == "access")
+        .ok_or(Unauthenticated::Invalid("unknown"))?;
     if t.revoked_ms.is_some() {
         return Err(Unauthenticated::Invalid("revoked"));
     }
@@ -291,8 +293,25 @@ pub(crate) async fn authenticate(
     let compartment = match (&t.patient, role) {
         (Some(p), _) => Compartment::patients(vec![p.clone()]),
         (None, Role::Admin | Role::Integration) => Compartment::All,
-        // A patient or clinician token without its patients sees nobody.
-        (None, _) => Compartment::patients(Vec::new()),
+        // A clinician sees the patients of the care teams they are a member of now (from the
+        // registry, at every request: a change of team applies at once).
+        (None, Role::Clinician) => {
+            let store = state.store.clone();
+            let name = t.subject.clone();
+            let patients = tokio::task::spawn_blocking(move || {
+                let practitioner = store.account(&name)?.and_then(|a| a.practitioner);
+                match practitioner {
+                    Some(p) => store.care_team_patients(&p),
+                    None => Ok(Vec::new()),
+                }
+            })
+            .await
+            .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?
+            .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?;
+            Compartment::patients(patients)
+        }
+        // A patient token without its patient sees nobody.
+        (None, Role::Patient) => Compartment::patients(Vec::new()),
     };
     Ok(Caller {
         subject: t.subject,

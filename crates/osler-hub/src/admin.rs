@@ -112,6 +112,9 @@ pub fn create_token(
     let now = now_ms();
     let record = TokenRecord {
         id: id.clone(),
+        kind: "access".into(),
+        family: None,
+        used_ms: None,
         subject: format!("token:{id}"),
         role: Role::Integration.as_str().into(),
         scopes: parsed.to_string(),
@@ -201,4 +204,119 @@ pub fn audit_export(dir: &Path, out: &mut dyn std::io::Write) -> Result<u64, Adm
         writeln!(out, "{}", osler_audit::verify::entry_line(*seq, sig, entry)).map_err(io)?;
     }
     Ok(rows.len() as u64)
+}
+
+/// How long an enrolment code works: a week, to reach the person and be used once.
+pub const ENROLMENT_MS: i64 = 7 * 86_400_000;
+
+/// Adds a person's account and returns their one-time enrolment code (shown once: only its
+/// hash is kept). Clinicians name the Practitioner they are, patients the Patient.
+pub fn add_user(
+    dir: &Path,
+    name: &str,
+    role: &str,
+    practitioner: Option<&str>,
+    patient: Option<&str>,
+) -> Result<String, AdminError> {
+    let refuse = |m: String| Err(AdminError::Refused(m));
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        return refuse(format!(
+            "--name {name:?}: 1-64 letters, digits, '.', '_', '-' or '@'"
+        ));
+    }
+    match (role, practitioner, patient) {
+        ("admin", None, None) | ("clinician", Some(_), None) | ("patient", None, Some(_)) => {}
+        ("clinician", None, _) => {
+            return refuse("a clinician is a Practitioner of the registry: --practitioner ID".into());
+        }
+        ("patient", _, None) => {
+            return refuse("a patient account is for a Patient of the registry: --patient ID".into());
+        }
+        ("admin" | "clinician" | "patient", _, _) => {
+            return refuse(format!(
+                "--role {role} takes {}",
+                match role {
+                    "admin" => "neither --practitioner nor --patient",
+                    "clinician" => "--practitioner only",
+                    _ => "--patient only",
+                }
+            ));
+        }
+        _ => return refuse(format!("--role {role:?}: admin, clinician or patient")),
+    }
+    for id in practitioner.iter().chain(patient.iter()) {
+        if osler_core::Id::parse(id).is_none() {
+            return refuse(format!("{id:?} is not a valid id"));
+        }
+    }
+    let key = key(dir)?;
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| AdminError::Refused(format!("no randomness: {e}")))?;
+    let code = crate::auth_api::code_text(&raw);
+    let account = osler_store::Account {
+        name: name.to_owned(),
+        role: role.to_owned(),
+        practitioner: practitioner.map(str::to_owned),
+        patient: patient.map(str::to_owned),
+        password: None,
+        totp_secret: None,
+        totp_last_step: None,
+        enrolled_ms: None,
+    };
+    let audit = cli_record(
+        "account-add",
+        Action::Create,
+        format!("account {name} ({role})"),
+        patient.map(str::to_owned),
+    );
+    let now = now_ms();
+    let added = osler_store::admin::add_account(
+        dir,
+        &key,
+        &account,
+        &crate::auth_api::code_hash(&code),
+        now + ENROLMENT_MS,
+        now,
+        &[audit],
+    )?;
+    if !added {
+        return refuse(format!("an account named {name:?} exists already"));
+    }
+    Ok(code)
+}
+
+/// Registers a backend client (SMART backend services) by its public keys (a JWKS with EC
+/// P-384 or RSA keys) and the `system/` scopes it may ask for.
+pub fn add_client(dir: &Path, id: &str, jwks: &str, scopes: &str) -> Result<(), AdminError> {
+    let parsed = Scopes::parse(scopes)?;
+    if parsed.has_context(Context::Patient) || parsed.has_context(Context::User) || !parsed.grants_data() {
+        return Err(AdminError::Refused(
+            "a backend client is given system/ scopes (e.g. system/Observation.rs)".into(),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_str(jwks)
+        .map_err(|e| AdminError::Refused(format!("the JWKS is not JSON: {e}")))?;
+    let keys = v["keys"].as_array().map_or(0, Vec::len);
+    if keys == 0 {
+        return Err(AdminError::Refused(
+            "the JWKS holds no keys ({\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-384\", ...}]})".into(),
+        ));
+    }
+    if id.is_empty() || id.len() > 128 {
+        return Err(AdminError::Refused("--id: 1-128 characters".into()));
+    }
+    let key = key(dir)?;
+    let client = osler_store::Client {
+        id: id.to_owned(),
+        jwks: v.to_string(),
+        scopes: parsed.to_string(),
+        revoked_ms: None,
+    };
+    let audit = cli_record("client-add", Action::Create, format!("client {id} scope {}", client.scopes), None);
+    Ok(osler_store::admin::add_client(dir, &key, &client, now_ms(), &[audit])?)
 }

@@ -13,7 +13,7 @@ mod access;
 pub mod admin;
 mod alerts;
 mod audit_api;
-mod auth_api;
+pub(crate) mod auth_api;
 mod body;
 mod bundle_api;
 mod cors;
@@ -27,6 +27,7 @@ mod plans;
 pub mod prepare;
 mod registry_api;
 mod reply;
+mod throttle;
 mod tls;
 
 use std::net::SocketAddr;
@@ -104,6 +105,8 @@ pub(crate) struct AppState {
     pub max_body: usize,
     pub cors_origins: Vec<String>,
     pub started: String,
+    /// Failed logins, to slow guessing (see `throttle`).
+    pub throttle: throttle::Throttle,
     /// The audit log's signing key: signs the checkpoints served.
     pub audit_key: ed25519_dalek::SigningKey,
     /// `https`, or `http` under `insecure_http`: the scheme of the links the hub writes.
@@ -178,6 +181,7 @@ impl Hub {
                 .collect(),
             started: osler_core::Timestamp::utc(now_ms()).to_string(),
             audit_key: ed25519_dalek::SigningKey::from_bytes(&audit_seed),
+            throttle: throttle::Throttle::default(),
             scheme: if tls.is_some() { "https" } else { "http" },
             shutdown: tokio::sync::watch::Sender::new(false),
         });

@@ -40,10 +40,20 @@ pub(crate) fn in_transaction<T>(
     audit: &[String],
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    transact(dir, key, |c| Ok((f(c)?, audit.to_vec())))
+}
+
+/// Runs `f` in one immediate transaction on a connection of its own; the audit entries it
+/// returns (chosen once it knows what it did) are appended in the same transaction.
+pub(crate) fn transact<T>(
+    dir: &Path,
+    key: &SigningKey,
+    f: impl FnOnce(&Connection) -> Result<(T, Vec<String>), StoreError>,
+) -> Result<T, StoreError> {
     let conn = open(dir)?;
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = f(&conn).and_then(|v| {
-        crate::security::append(&conn, key, audit)?;
+    let result = f(&conn).and_then(|(v, audit)| {
+        crate::security::append(&conn, key, &audit)?;
         Ok(v)
     });
     match result {
@@ -141,6 +151,41 @@ pub fn revoke_token(
     }
     in_transaction(dir, key, audit, |c| {
         crate::security::revoke_token(c, hash, id, now_ms)
+    })
+}
+
+/// Adds a person's account, waiting for enrolment with the code hashing to `code_hash` until
+/// `expires_ms`; false (and nothing recorded) when the name is taken.
+pub fn add_account(
+    dir: &Path,
+    key: &SigningKey,
+    account: &crate::Account,
+    code_hash: &[u8; 32],
+    expires_ms: i64,
+    now_ms: i64,
+    audit: &[String],
+) -> Result<bool, StoreError> {
+    transact(dir, key, |c| {
+        let added = crate::security::add_account(c, account, code_hash, expires_ms, now_ms)?;
+        Ok((added, if added { audit.to_vec() } else { Vec::new() }))
+    })
+}
+
+/// Every account.
+pub fn accounts(dir: &Path) -> Result<Vec<crate::Account>, StoreError> {
+    crate::security::accounts(&open(dir)?)
+}
+
+/// Registers (or updates) a backend client, recording `audit`.
+pub fn add_client(
+    dir: &Path,
+    key: &SigningKey,
+    client: &crate::Client,
+    now_ms: i64,
+    audit: &[String],
+) -> Result<(), StoreError> {
+    in_transaction(dir, key, audit, |c| {
+        crate::security::add_client(c, client, now_ms)
     })
 }
 

@@ -58,7 +58,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 pub use query::{Cursor, Page, Query};
-pub use security::{AuditRow, TokenRecord};
+pub use security::{Account, AuditRow, Client, Enrolled, Spent, TokenRecord};
 
 /// The name of the database file inside the hub's data directory.
 pub const DB_FILE: &str = "hub.db";
@@ -682,6 +682,134 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a security write on a connection of its own (SQLite serialises it with the
+    /// writer): `f` does the change and says which audit entries record it, appended in the
+    /// same transaction.
+    async fn transact<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<(T, Vec<String>), StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let key = self.audit_key.clone().ok_or(StoreError::NoAuditKey)?;
+        let dir = self.path.parent().map(Path::to_owned).unwrap_or_default();
+        tokio::task::spawn_blocking(move || admin::transact(&dir, &key, f))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// The account a still-valid enrolment code is for.
+    pub fn enrolling(&self, code_hash: &[u8; 32], now_ms: i64) -> Result<Option<Account>, StoreError> {
+        self.read(|c| security::enrolling(c, code_hash, now_ms))
+    }
+
+    /// A person's account.
+    pub fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
+        self.read(|c| security::account(c, name))
+    }
+
+    /// Enrols the account the one-time code is for; `audit(&outcome)` says what to record.
+    pub async fn enrol(
+        &self,
+        code_hash: [u8; 32],
+        password_phc: String,
+        totp_secret: Option<Vec<u8>>,
+        recovery: Vec<[u8; 32]>,
+        now_ms: i64,
+        audit: impl FnOnce(&Enrolled) -> Vec<String> + Send + 'static,
+    ) -> Result<Enrolled, StoreError> {
+        self.transact(move |c| {
+            let e = security::enrol(c, &code_hash, &password_phc, totp_secret.as_deref(), &recovery, now_ms)?;
+            let a = audit(&e);
+            Ok((e, a))
+        })
+        .await
+    }
+
+    /// Accepts a second-factor step for an account if it is after the last one used.
+    pub async fn use_totp_step(
+        &self,
+        name: String,
+        step: i64,
+        audit: impl FnOnce(bool) -> Vec<String> + Send + 'static,
+    ) -> Result<bool, StoreError> {
+        self.transact(move |c| {
+            let ok = security::use_totp_step(c, &name, step)?;
+            Ok((ok, audit(ok)))
+        })
+        .await
+    }
+
+    /// Spends one of an account's recovery codes.
+    pub async fn use_recovery(
+        &self,
+        name: String,
+        hash: [u8; 32],
+        now_ms: i64,
+        audit: impl FnOnce(bool) -> Vec<String> + Send + 'static,
+    ) -> Result<bool, StoreError> {
+        self.transact(move |c| {
+            let ok = security::use_recovery(c, &name, &hash, now_ms)?;
+            Ok((ok, audit(ok)))
+        })
+        .await
+    }
+
+    /// Stores new tokens (their hashes) with the audit entries of their issue.
+    pub async fn issue(
+        &self,
+        tokens: Vec<([u8; 32], TokenRecord)>,
+        audit: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.transact(move |c| {
+            for (h, t) in &tokens {
+                security::insert_token(c, h, t)?;
+            }
+            Ok(((), audit))
+        })
+        .await
+    }
+
+    /// Spends a single-use token (see [`Spent`]); `audit(&outcome)` says what to record, in
+    /// the same transaction (a reuse revokes the family and is recorded with it).
+    pub async fn spend(
+        &self,
+        hash: [u8; 32],
+        now_ms: i64,
+        audit: impl FnOnce(&Spent) -> Vec<String> + Send + 'static,
+    ) -> Result<Spent, StoreError> {
+        self.transact(move |c| {
+            let s = security::spend(c, &hash, now_ms)?;
+            let a = audit(&s);
+            Ok((s, a))
+        })
+        .await
+    }
+
+    /// Whether a JWT assertion's id is seen for the first time (remembered until it expires).
+    pub async fn first_jti(
+        &self,
+        issuer: String,
+        jti: String,
+        expires_ms: i64,
+        now_ms: i64,
+        audit: impl FnOnce(bool) -> Vec<String> + Send + 'static,
+    ) -> Result<bool, StoreError> {
+        self.transact(move |c| {
+            let first = security::first_jti(c, &issuer, &jti, expires_ms, now_ms)?;
+            Ok((first, audit(first)))
+        })
+        .await
+    }
+
+    /// A registered backend client.
+    pub fn client(&self, id: &str) -> Result<Option<Client>, StoreError> {
+        self.read(|c| security::client(c, id))
+    }
+
+    /// The patients of the active care teams the practitioner is a member of.
+    pub fn care_team_patients(&self, practitioner: &str) -> Result<Vec<String>, StoreError> {
+        self.read(|c| security::care_team_patients(c, practitioner))
     }
 
     /// The audit log's size (entries).

@@ -185,6 +185,9 @@ enum HubAdmin {
         /// An IP address clients reach the hub at; repeat for several.
         #[arg(long = "address", value_name = "IP")]
         addresses: Vec<std::net::IpAddr>,
+        /// The first administrator's account name (their one-time enrolment code is printed).
+        #[arg(long, value_name = "NAME", default_value = "admin")]
+        admin: String,
     },
     /// Print the hub's CA certificate (PEM) to standard output, for clients to trust.
     Ca {
@@ -222,6 +225,67 @@ enum HubAdmin {
     Token {
         #[command(subcommand)]
         which: TokenCmd,
+    },
+    /// People's accounts: add one (prints its one-time enrolment code), list them.
+    User {
+        #[command(subcommand)]
+        which: UserCmd,
+    },
+    /// Backend programs that sign in with a key (SMART backend services): register one.
+    Client {
+        #[command(subcommand)]
+        which: ClientCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add an account and print its one-time enrolment code (valid 7 days).
+    #[command(long_about = "Add an account and print its one-time enrolment code (valid 7 days, shown\n\
+        once). The person enrols with it: POST /auth/enrol {\"code\": ..., \"password\": ...}\n\
+        sets their password (8 to 128 characters, not a common one) and, for administrators\n\
+        and clinicians, answers their TOTP secret (an authenticator app's otpauth:// URI) and\n\
+        ten single-use recovery codes. Login is then POST /auth/login {name, password},\n\
+        then POST /auth/second-factor {mfa_token, code}.\n\n\
+        Roles: admin (every patient, the audit log); clinician --practitioner ID (the patients\n\
+        of that Practitioner's care teams); patient --patient ID (their own record).")]
+    Add {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// admin, clinician or patient.
+        #[arg(long)]
+        role: String,
+        /// The Practitioner a clinician is.
+        #[arg(long, value_name = "ID")]
+        practitioner: Option<String>,
+        /// The Patient a patient account is for.
+        #[arg(long, value_name = "ID")]
+        patient: Option<String>,
+    },
+    /// List accounts: name, role, enrolled or waiting, practitioner or patient.
+    List {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    /// Register (or update) a backend client by its public keys and allowed system/ scopes.
+    Add {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The client id (its JWT assertions' iss and sub).
+        #[arg(long)]
+        id: String,
+        /// A JWKS file with its public keys (EC P-384 for ES384, RSA for RS384).
+        #[arg(long, value_name = "FILE")]
+        jwks: PathBuf,
+        /// The system/ scopes it may ask for, space-separated.
+        #[arg(long, value_name = "SCOPES")]
+        scope: String,
     },
 }
 
@@ -523,9 +587,12 @@ fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
             data,
             names,
             addresses,
+            admin,
         } => {
             let p = osler_hub::prepare::init(&data, &names, &addresses, now_ms())
                 .with_context(|| format!("cannot prepare {}", data.display()))?;
+            let code = osler_hub::admin::add_user(&data, &admin, "admin", None, None)
+                .with_context(|| format!("cannot add the first administrator in {}", data.display()))?;
             let mut on: Vec<String> = p.names.clone();
             on.extend(p.addresses.iter().map(|a| a.to_string()));
             if on.is_empty() {
@@ -534,6 +601,8 @@ fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
             println!("prepared {}", data.display());
             println!("certificate authority: {}", p.ca_file.display());
             println!("server certificate for: {}", on.join(", "));
+            println!("first administrator: {admin}, enrolment code {code}");
+            println!("  (shown once; valid 7 days: POST /auth/enrol {{\"code\": \"{code}\", \"password\": ...}})");
             println!("next: osler serve --data {}", data.display());
         }
         HubAdmin::Ca { data } => {
@@ -570,6 +639,50 @@ fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
             println!("revoked {gateway}");
         }
         HubAdmin::Token { which } => token(which)?,
+        HubAdmin::User { which } => match which {
+            UserCmd::Add {
+                data,
+                name,
+                role,
+                practitioner,
+                patient,
+            } => {
+                let code = osler_hub::admin::add_user(
+                    &data,
+                    &name,
+                    &role,
+                    practitioner.as_deref(),
+                    patient.as_deref(),
+                )
+                .with_context(|| format!("cannot add {name} in {}", data.display()))?;
+                println!("{code}");
+            }
+            UserCmd::List { data } => {
+                for a in osler_store::admin::accounts(&data)? {
+                    let state = if a.enrolled_ms.is_some() { "enrolled" } else { "waiting" };
+                    let of = a
+                        .practitioner
+                        .map(|p| format!("Practitioner/{p}"))
+                        .or(a.patient.map(|p| format!("Patient/{p}")))
+                        .unwrap_or_else(|| "-".into());
+                    println!("{}\t{}\t{state}\t{of}", a.name, a.role);
+                }
+            }
+        },
+        HubAdmin::Client { which } => match which {
+            ClientCmd::Add {
+                data,
+                id,
+                jwks,
+                scope,
+            } => {
+                let text = std::fs::read_to_string(&jwks)
+                    .with_context(|| format!("cannot read --jwks {}", jwks.display()))?;
+                osler_hub::admin::add_client(&data, &id, &text, &scope)
+                    .with_context(|| format!("cannot register {id} in {}", data.display()))?;
+                println!("registered {id}");
+            }
+        },
         HubAdmin::Gateways { data } => {
             for g in osler_store::admin::list(&data)? {
                 let state = if g.revoked_ms.is_some() {

@@ -708,3 +708,100 @@ pub fn assert_valid_fhir(dir: &Path, resources: &[Value]) {
         "{stdout}"
     );
 }
+
+/// RFC 4648 base32 (no padding) decoded: a TOTP secret as enrolment answers it.
+pub fn base32_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("not base32: {c}"),
+        } as u32;
+        buf = buf << 5 | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits & 0xff) as u8);
+        }
+    }
+    out
+}
+
+/// A person's account, enrolled over the API: its name, password, TOTP secret (for roles
+/// with a second factor) and recovery codes.
+pub struct Person {
+    pub name: String,
+    pub password: String,
+    pub secret: Option<Vec<u8>>,
+    pub recovery: Vec<String>,
+}
+
+/// `osler hub user add`, then `POST /auth/enrol` with the code it printed.
+pub fn enrol_person(hub: &Hub, data: &Path, name: &str, role: &str, of: Option<&str>) -> Person {
+    let mut args = vec![
+        "hub", "user", "add", "--data", data.to_str().unwrap(), "--name", name, "--role", role,
+    ];
+    match (role, of) {
+        ("clinician", Some(p)) => args.extend(["--practitioner", p]),
+        ("patient", Some(p)) => args.extend(["--patient", p]),
+        _ => {}
+    }
+    let code = osler(&args).trim().to_owned();
+    let password = format!("quiet harbour mornings {}", name.len());
+    let a = send(
+        "POST",
+        &format!("{}/auth/enrol", hub.root()),
+        &json!({"code": code, "password": password}).to_string(),
+        &[("Authorization", ""), ("Content-Type", "application/json")],
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let v = a.json();
+    Person {
+        name: name.to_owned(),
+        password,
+        secret: v["second_factor"]["secret"].as_str().map(base32_decode),
+        recovery: v["recovery_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect(),
+    }
+}
+
+/// A TOTP code for `step_offset` steps from now.
+pub fn totp(secret: &[u8], step_offset: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let step = osler_auth::totp::step_of(now) + step_offset;
+    format!("{:06}", osler_auth::totp::code_at(secret, step, 6))
+}
+
+/// Logs a person in (password, then the second factor with the current step's code) and
+/// returns the token answer.
+pub fn login(hub: &Hub, p: &Person) -> Value {
+    let a = send(
+        "POST",
+        &format!("{}/auth/login", hub.root()),
+        &json!({"name": p.name, "password": p.password}).to_string(),
+        &[("Authorization", ""), ("Content-Type", "application/json")],
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let v = a.json();
+    let Some(secret) = &p.secret else {
+        return v;
+    };
+    let mfa = v["mfa_token"].as_str().unwrap();
+    let b = send(
+        "POST",
+        &format!("{}/auth/second-factor", hub.root()),
+        &json!({"mfa_token": mfa, "code": totp(secret, 0)}).to_string(),
+        &[("Authorization", ""), ("Content-Type", "application/json")],
+    );
+    assert_eq!(b.status, 200, "{}", b.text);
+    b.json()
+}
