@@ -33,8 +33,32 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn readings(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let now = now_ms();
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let device = match shared.devices.authenticate(auth) {
+        Ok(d) => d,
+        Err(why) => {
+            let mut r = answer(
+                StatusCode::UNAUTHORIZED,
+                json!({ "error": match why {
+                    crate::devices::Unauthenticated::Missing => "a device sends its own token: Authorization: Bearer … (osler gateway --add-device ID makes one)",
+                    crate::devices::Unauthenticated::Unknown => "this device token is not enrolled at this gateway",
+                }, "accepted": 0 }),
+            );
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"osler-gateway\""),
+            );
+            return r;
+        }
+    };
     let items = match crate::input::parse_message(&body, now) {
         Ok(items) => items,
         Err(reason) => {
@@ -47,8 +71,28 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let mut readings = Vec::with_capacity(items.len());
     let mut by_device = Vec::new();
     let mut rejected = Vec::new();
+    let mut quarantine = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        match item.and_then(|input| crate::assignments::validate(input, now, &shared.assignments)) {
+        // A reading its device may not send (another device's, another patient's) is kept
+        // in quarantine with the reason, not stored.
+        let bound = match (item, &device) {
+            (Ok(mut input), Some(d)) => match crate::devices::bind(&mut input, d, &shared.assignments) {
+                Ok(()) => Ok(input),
+                Err(reason) => {
+                    quarantine.push(crate::outbox::Quarantined {
+                        id: 0,
+                        received_ms: now,
+                        source: format!("http device {d}"),
+                        payload: crate::input::element(&body, index).unwrap_or_else(|| body.to_vec()),
+                        reason: reason.clone(),
+                    });
+                    rejected.push(json!({ "index": index, "reason": reason, "quarantined": true }));
+                    continue;
+                }
+            },
+            (item, _) => item,
+        };
+        match bound.and_then(|input| crate::assignments::validate(input, now, &shared.assignments)) {
             Ok((reading, false)) => readings.push(reading),
             Ok((reading, true)) => by_device.push(reading),
             Err(reason) => rejected.push(json!({ "index": index, "reason": reason })),
@@ -66,7 +110,7 @@ async fn readings(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let unit = crate::intake::Unit {
         readings,
         by_device,
-        quarantine: Vec::new(),
+        quarantine,
         request: Some(crate::request_key(&[&body])),
     };
     let outcome = if unit.is_empty() {

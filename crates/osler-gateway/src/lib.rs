@@ -16,6 +16,7 @@
 //! outbox with fsync, and leaves the outbox only after the hub confirms its commit.
 
 pub mod assignments;
+pub mod devices;
 mod hub_cache;
 pub mod identity;
 pub mod input;
@@ -62,6 +63,8 @@ pub struct GatewayConfig {
     pub edge: osler_edge::EdgeConfig,
     /// How often the hub's per-patient thresholds are fetched.
     pub overrides_every: std::time::Duration,
+    /// Take readings from any device as they claim (development): no device credentials.
+    pub open_devices: bool,
 }
 
 /// Errors that stop the gateway from starting.
@@ -103,6 +106,8 @@ pub(crate) struct Shared {
     pub edge: Arc<intake::EdgeStats>,
     /// The hub's device assignments, to attribute readings that name only their device.
     pub assignments: assignments::AssignmentCache,
+    /// The devices that may send, and how they are known (see `devices`).
+    pub devices: devices::Devices,
 }
 
 impl Shared {
@@ -172,6 +177,8 @@ impl Gateway {
             alerts,
             edge,
             assignments: assignments::load(&config.data),
+            devices: devices::Devices::load(&config.data, config.open_devices)
+                .map_err(GatewayError::Identity)?,
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();

@@ -73,7 +73,7 @@ pub async fn run(config: MqttConfig, shared: Arc<Shared>) {
     // over without waiting, and the connection task drains them between reads.
     let (client, mut eventloop) = AsyncClient::new(opts, 4 * RECEIVE_MAXIMUM as usize);
     let (tx, rx) = mpsc::channel::<Publish>(BATCH);
-    let storer = tokio::spawn(store(rx, client.clone(), shared.clone()));
+    let storer = tokio::spawn(store(rx, client.clone(), shared.clone(), config.topic.clone()));
     let broker = format!("{}:{}", config.host, config.port);
     loop {
         match eventloop.poll().await {
@@ -106,7 +106,12 @@ pub async fn run(config: MqttConfig, shared: Arc<Shared>) {
 }
 
 /// The storer: group commits, acknowledgements in arrival order, refused messages retried.
-async fn store(mut rx: mpsc::Receiver<Publish>, client: AsyncClient, shared: Arc<Shared>) {
+async fn store(
+    mut rx: mpsc::Receiver<Publish>,
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    filter: String,
+) {
     // Messages the outbox refused, oldest first: retried before anything newer.
     let mut retry: VecDeque<Publish> = VecDeque::new();
     // Acknowledgements not yet handed to the client, in order.
@@ -139,7 +144,7 @@ async fn store(mut rx: mpsc::Receiver<Publish>, client: AsyncClient, shared: Arc
         let now = now_ms();
         let units: Vec<Unit> = batch
             .iter()
-            .map(|p| unit(p, now, &shared.assignments))
+            .map(|p| unit(p, now, &shared, &filter))
             .collect();
         // Counted once, when first received (a retry is the same message).
         let (readings, bad) = units[batch.len() - fresh..]
@@ -192,8 +197,33 @@ fn flush_acks(client: &AsyncClient, acks: &mut VecDeque<Publish>) {
 /// One message as an intake unit: its valid readings, its invalid ones (or the whole message
 /// when it is unreadable) to quarantine with the reason, and its key (topic and payload, so
 /// the broker's redelivery of a message already stored is recognised).
-fn unit(p: &Publish, now: i64, assignments: &crate::assignments::AssignmentCache) -> Unit {
+fn unit(p: &Publish, now: i64, shared: &Shared, filter: &str) -> Unit {
+    let assignments = &shared.assignments;
     let topic = String::from_utf8_lossy(&p.topic);
+    // The topic carries the device (the broker's ACL lets it publish under its own name
+    // only); unless devices are open, a message on a topic that names none is refused.
+    let device = if shared.devices.open {
+        None
+    } else {
+        match crate::devices::topic_device(filter, &topic) {
+            Some(d) => Some(d),
+            None => {
+                return Unit {
+                    request: Some(crate::request_key(&[&p.topic, &p.payload])),
+                    quarantine: vec![Quarantined {
+                        id: 0,
+                        received_ms: now,
+                        source: format!("mqtt {topic}"),
+                        payload: p.payload.to_vec(),
+                        reason: format!(
+                            "the topic names no device (expected {filter} with the device's id for +)"
+                        ),
+                    }],
+                    ..Unit::default()
+                };
+            }
+        }
+    };
     let source = format!("mqtt {topic}");
     let quarantine = |payload: Vec<u8>, reason: String| Quarantined {
         id: 0,
@@ -212,6 +242,12 @@ fn unit(p: &Publish, now: i64, assignments: &crate::assignments::AssignmentCache
         Ok(items) => {
             let single = items.len() == 1;
             for (i, item) in items.into_iter().enumerate() {
+                let item = match (item, &device) {
+                    (Ok(mut input), Some(d)) => {
+                        crate::devices::bind(&mut input, d, assignments).map(|()| input)
+                    }
+                    (item, _) => item,
+                };
                 match item.and_then(|input| crate::assignments::validate(input, now, assignments)) {
                     Ok((reading, false)) => unit.readings.push(reading),
                     Ok((reading, true)) => unit.by_device.push(reading),

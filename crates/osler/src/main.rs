@@ -116,7 +116,7 @@ struct GatewayArgs {
     #[arg(long)]
     identity: bool,
     /// The hub's root URL, e.g. https://hub.example.org:8443.
-    #[arg(long, value_name = "URL", required_unless_present_any = ["identity", "print_config"])]
+    #[arg(long, value_name = "URL", required_unless_present_any = ["identity", "print_config", "add_device"])]
     hub: Option<String>,
     /// The hub's CA certificate (PEM, from `osler hub ca`): the only CA trusted for the hub, so
     /// a hub presenting another certificate is refused. Required for an https:// hub.
@@ -153,6 +153,14 @@ struct GatewayArgs {
     /// Print the effective edge configuration (defaults, or --config applied) and exit.
     #[arg(long)]
     print_config: bool,
+    /// Enrol a device: print a new token for it (replacing any earlier one) and exit. The
+    /// device sends it as `Authorization: Bearer …` with every POST /readings.
+    #[arg(long, value_name = "DEVICE")]
+    add_device: Option<String>,
+    /// Take readings from any device as they claim, without device credentials or checks of
+    /// their assignment (development and simulators only).
+    #[arg(long)]
+    open_devices: bool,
     /// Send every raw reading as it is, without edge processing (the baseline that the edge's
     /// saving is measured against).
     #[arg(long)]
@@ -520,6 +528,10 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(id) = &args.id {
         Identity::set_id(&data, id).map_err(anyhow::Error::msg)?;
     }
+    if let Some(device) = &args.add_device {
+        println!("{}", osler_gateway::devices::Devices::add(&data, device).map_err(anyhow::Error::msg)?);
+        return Ok(());
+    }
     let identity = Identity::load_or_create(&data).map_err(anyhow::Error::msg)?;
     if args.identity {
         println!("id {}", identity.id);
@@ -567,7 +579,11 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         outbox_limit: args.outbox_limit,
         edge,
         overrides_every: std::time::Duration::from_secs_f64(args.overrides_every),
+        open_devices: args.open_devices,
     };
+    if args.open_devices {
+        tracing::warn!("--open-devices: readings are taken from any device as they claim, without credentials");
+    }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
         let gw = osler_gateway::Gateway::start(config)

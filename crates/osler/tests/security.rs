@@ -620,3 +620,99 @@ fn the_audit_log_records_access_and_detects_any_tampering() {
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(why.contains(&format!("entry {first_bad}")), "{why}");
 }
+
+#[test]
+fn devices_are_identities_bound_to_their_assignment_over_http_and_mqtt() {
+    let dir = TempDir::new("devices");
+    let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
+    enrol(&hub_dir, &gw_dir);
+    let hub = Hub::start(&hub_dir);
+    let b = &hub.base;
+    for (path, body) in [
+        ("Patient/anna", json!({"resourceType": "Patient"})),
+        ("Patient/ben", json!({"resourceType": "Patient"})),
+        ("Device/cuff-1", json!({"resourceType": "Device", "status": "active"})),
+        ("DeviceUseStatement/u1", json!({"resourceType": "DeviceUseStatement", "status": "active",
+            "subject": {"reference": "Patient/anna"}, "device": {"reference": "Device/cuff-1"},
+            "timingPeriod": {"start": minutes_ago(120)}})),
+    ] {
+        assert_eq!(send("PUT", &format!("{b}/{path}"), &body.to_string(), &[]).status, 201, "{path}");
+    }
+    let token = osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--add-device", "cuff-1"])
+        .trim()
+        .to_owned();
+    let topic_root = format!("osler-sec-{}", std::process::id());
+    let filter = format!("{topic_root}/+/readings");
+    let gw = Gateway::start(
+        &gw_dir,
+        &hub.root(),
+        0,
+        &["--raw", "--mqtt", "127.0.0.1:1883", "--mqtt-topic", &filter, DEVICE_CREDENTIALS],
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || (gw.status()["assignments"].as_u64() >= Some(1)).then_some(())).is_some(),
+        "the gateway fetched the assignment"
+    );
+    let reading = |patient: Option<&str>, device: Option<&str>, v: f64| {
+        // A time of its own per value: a reading's time is its identity.
+        let mut r = json!({"metric": "heart-rate", "value": v, "unit": "/min", "time": seconds_ago(200 - v as i64)});
+        if let Some(p) = patient {
+            r["patient"] = json!(p);
+        }
+        if let Some(d) = device {
+            r["device"] = json!(d);
+        }
+        r.to_string()
+    };
+    let url = format!("{}/readings", gw.url);
+    let with = |auth: &str, body: &str| post_with(&url, body, &[("Authorization", auth)]);
+    // No credential, or one the gateway never issued: refused.
+    let none = post_with(&url, &reading(Some("anna"), Some("cuff-1"), 70.0), &[]);
+    assert_eq!(none.status, 401, "{}", none.text);
+    assert_eq!(with("Bearer osl_dev_forged", &reading(Some("anna"), None, 70.0)).status, 401);
+    let bearer = format!("Bearer {token}");
+    // Its own patient: taken (with or without naming itself).
+    assert_eq!(with(&bearer, &reading(Some("anna"), Some("cuff-1"), 71.0)).json()["accepted"], 1);
+    assert_eq!(with(&bearer, &reading(Some("anna"), None, 72.0)).json()["accepted"], 1);
+    // Another patient, or another device's name: quarantined with the reason.
+    let other = with(&bearer, &reading(Some("ben"), None, 73.0)).json();
+    assert_eq!(other["accepted"], 0, "{other}");
+    assert!(other["rejected"][0]["reason"].as_str().unwrap().contains("assigned to patient \"anna\""), "{other}");
+    let spoof = with(&bearer, &reading(Some("anna"), Some("cuff-9"), 74.0)).json();
+    assert_eq!(spoof["accepted"], 0, "{spoof}");
+    // Over MQTT the topic names the device: the same binding.
+    let publish = |device: &str, body: &str| {
+        let ok = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", &format!("{topic_root}/{device}/readings"), "-m", body])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let connected = wait_for(Duration::from_secs(20), || (gw.status()["mqtt"]["connected"] == true).then_some(()));
+    assert!(connected.is_some());
+    publish("cuff-1", &reading(Some("ben"), None, 75.0));
+    publish("cuff-1", &reading(Some("anna"), None, 76.0));
+    let q = wait_for(Duration::from_secs(20), || {
+        let q = get(&format!("{}/quarantine", gw.url)).json();
+        let n = q["items"].as_array().map_or(0, Vec::len);
+        (n >= 3).then_some(q)
+    })
+    .expect("three readings quarantined");
+    let reasons: Vec<&str> = q["items"].as_array().unwrap().iter().map(|x| x["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("claims patient \"ben\"")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("names device \"cuff-9\"")), "{reasons:?}");
+    // Only anna's three readings reach the hub; none under ben.
+    let stored = wait_for(Duration::from_secs(30), || {
+        let n = get(&format!("{b}/Observation?patient=anna&_summary=count")).json()["total"].as_u64()?;
+        (n == 3).then_some(n)
+    });
+    assert_eq!(
+        stored,
+        Some(3),
+        "{} {}",
+        gw.status(),
+        get(&format!("{b}/Observation?patient=anna")).text
+    );
+    assert_eq!(get(&format!("{b}/Observation?patient=ben")).json()["total"], 0);
+}

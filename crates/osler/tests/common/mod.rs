@@ -234,6 +234,10 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Marks a gateway of [`Gateway::start`] that asks devices for their credentials (no
+/// `--open-devices`); not passed to the gateway.
+pub const DEVICE_CREDENTIALS: &str = "(device credentials)";
+
 /// A running gateway.
 pub struct Gateway {
     child: Child,
@@ -243,10 +247,20 @@ pub struct Gateway {
 
 impl Gateway {
     /// `osler gateway --data DATA --hub HUB --listen 127.0.0.1:PORT` plus `extra`; with the
-    /// hub's CA (`--hub-ca`) when the hub is one this test started over HTTPS.
+    /// hub's CA (`--hub-ca`) when the hub is one this test started over HTTPS; with
+    /// `--open-devices` (the simulator and most tests post without device credentials) unless
+    /// `extra` holds [`DEVICE_CREDENTIALS`].
     pub fn start(data: &Path, hub_root: &str, port: u16, extra: &[&str]) -> Gateway {
         let mut cmd = Command::new(osler_bin());
         cmd.args(["gateway", "--data"]).arg(data);
+        let extra: Vec<&str> = if extra.contains(&DEVICE_CREDENTIALS) {
+            extra.iter().copied().filter(|a| *a != DEVICE_CREDENTIALS).collect()
+        } else {
+            let mut e = extra.to_vec();
+            e.push("--open-devices");
+            e
+        };
+        let extra = extra.as_slice();
         if hub_root.starts_with("https://") && !extra.contains(&"--hub-ca") {
             let a = access_for(hub_root).expect("a hub started by this test");
             cmd.arg("--hub-ca").arg(&a.ca_file);
