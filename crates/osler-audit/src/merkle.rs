@@ -95,7 +95,7 @@ impl Frontier {
     pub fn from_bytes(b: &[u8]) -> Option<Frontier> {
         let size = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
         let rest = &b[8..];
-        if rest.len() % 32 != 0 || rest.len() / 32 != size.count_ones() as usize {
+        if !rest.len().is_multiple_of(32) || rest.len() / 32 != size.count_ones() as usize {
             return None;
         }
         let nodes = rest
@@ -156,7 +156,11 @@ pub fn consistency_proof(m: usize, leaves: &[Hash]) -> Vec<Hash> {
     fn sub(m: usize, leaves: &[Hash], complete: bool) -> Vec<Hash> {
         let n = leaves.len();
         if m == n {
-            return if complete { Vec::new() } else { vec![root(leaves)] };
+            return if complete {
+                Vec::new()
+            } else {
+                vec![root(leaves)]
+            };
         }
         let k = split(n);
         if m <= k {
@@ -232,16 +236,15 @@ mod tests {
     use super::*;
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf_hash(format!("entry {i}").as_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(format!("entry {i}").as_bytes()))
+            .collect()
     }
 
     #[test]
     fn the_empty_tree_and_a_single_leaf_follow_the_rfc() {
         // SHA-256 of the empty string.
-        assert_eq!(
-            empty_root()[..4],
-            [0xe3, 0xb0, 0xc4, 0x42],
-        );
+        assert_eq!(empty_root()[..4], [0xe3, 0xb0, 0xc4, 0x42],);
         let l = leaf_hash(b"");
         // RFC 6962 test vector: leaf hash of the empty entry.
         assert_eq!(l[..4], [0x6e, 0x34, 0x0b, 0x9c]);
@@ -267,11 +270,20 @@ mod tests {
             let r = root(&all);
             for m in 0..n {
                 let p = inclusion_proof(m, &all);
-                assert!(verify_inclusion(m as u64, n as u64, &all[m], &p, &r), "{m} of {n}");
+                assert!(
+                    verify_inclusion(m as u64, n as u64, &all[m], &p, &r),
+                    "{m} of {n}"
+                );
                 let other = leaf_hash(b"other");
                 assert!(!verify_inclusion(m as u64, n as u64, &other, &p, &r));
                 if n > 1 {
-                    assert!(!verify_inclusion(((m + 1) % n) as u64, n as u64, &all[m], &p, &r));
+                    assert!(!verify_inclusion(
+                        ((m + 1) % n) as u64,
+                        n as u64,
+                        &all[m],
+                        &p,
+                        &r
+                    ));
                 }
             }
         }
@@ -285,11 +297,17 @@ mod tests {
             for m in 1..=n {
                 let p = consistency_proof(m, &all);
                 let rm = root(&all[..m]);
-                assert!(verify_consistency(m as u64, n as u64, &rm, &r, &p), "{m} → {n}");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &rm, &r, &p),
+                    "{m} → {n}"
+                );
                 let mut forked = all.clone();
                 forked[0] = leaf_hash(b"rewritten");
                 let fr = root(&forked[..m]);
-                assert!(!verify_consistency(m as u64, n as u64, &fr, &r, &p), "fork {m} → {n}");
+                assert!(
+                    !verify_consistency(m as u64, n as u64, &fr, &r, &p),
+                    "fork {m} → {n}"
+                );
             }
         }
     }

@@ -149,7 +149,10 @@ pub fn open_checkpoint(verifier: &NoteVerifier, note: &str) -> Result<Checkpoint
     }
     let mut lines = text.lines();
     let bad = |why: &str| NoteError::Checkpoint(why.to_owned());
-    let origin = lines.next().ok_or_else(|| bad("no origin line"))?.to_owned();
+    let origin = lines
+        .next()
+        .ok_or_else(|| bad("no origin line"))?
+        .to_owned();
     if origin != verifier.name {
         return Err(bad("the origin is not this log's"));
     }
@@ -182,7 +185,10 @@ mod tests {
         let forged = signed_note(&other, &text);
         assert!(open_checkpoint(&v, &forged).is_err());
         let altered = note.replacen("\n5\n", "\n6\n", 1);
-        assert!(matches!(open_checkpoint(&v, &altered), Err(NoteError::Signature(_))));
+        assert!(matches!(
+            open_checkpoint(&v, &altered),
+            Err(NoteError::Signature(_))
+        ));
     }
 
     #[test]

@@ -69,9 +69,13 @@ pub fn verify(export: &str, key: &NoteVerifier, kept: Option<&str>) -> Result<Ve
         .ok_or_else(|| Bad::Head("the log is empty".into()))
         .and_then(|l| serde_json::from_str(l).map_err(|e| Bad::Head(e.to_string())))?;
     if head.log != FORMAT {
-        return Err(Bad::Head(format!("format {:?}, expected {FORMAT}", head.log)));
+        return Err(Bad::Head(format!(
+            "format {:?}, expected {FORMAT}",
+            head.log
+        )));
     }
-    let head = note::open_checkpoint(key, &head.checkpoint).map_err(|e| Bad::Head(e.to_string()))?;
+    let head =
+        note::open_checkpoint(key, &head.checkpoint).map_err(|e| Bad::Head(e.to_string()))?;
     let kept = kept
         .map(|k| note::open_checkpoint(key, k))
         .transpose()
@@ -138,7 +142,9 @@ pub fn verify(export: &str, key: &NoteVerifier, kept: Option<&str>) -> Result<Ve
     }
     let root = root_at_head.unwrap_or_else(crate::merkle::empty_root);
     if root != head.root {
-        return Err(Bad::Head("the head checkpoint's root is not the entries' root".into()));
+        return Err(Bad::Head(
+            "the head checkpoint's root is not the entries' root".into(),
+        ));
     }
     Ok(Verified { entries, root })
 }
@@ -183,7 +189,9 @@ mod tests {
             }
             let mut b = text.clone().into_bytes();
             b[pos] ^= 0x01;
-            let Ok(t) = String::from_utf8(b) else { continue };
+            let Ok(t) = String::from_utf8(b) else {
+                continue;
+            };
             assert!(verify(&t, &v, None).is_err(), "flip at {pos} undetected");
         }
     }
@@ -195,19 +203,31 @@ mod tests {
         let join = |l: Vec<&str>| l.join("\n") + "\n";
         let mut del = lines.clone();
         del.remove(3);
-        assert!(matches!(verify(&join(del), &v, None), Err(Bad::Entry { entry: 3, .. })));
+        assert!(matches!(
+            verify(&join(del), &v, None),
+            Err(Bad::Entry { entry: 3, .. })
+        ));
         let mut swap = lines.clone();
         swap.swap(2, 4);
-        assert!(matches!(verify(&join(swap), &v, None), Err(Bad::Entry { entry: 2, .. })));
+        assert!(matches!(
+            verify(&join(swap), &v, None),
+            Err(Bad::Entry { entry: 2, .. })
+        ));
         let mut cut = lines.clone();
         cut.truncate(4);
-        assert!(matches!(verify(&join(cut), &v, None), Err(Bad::Truncated(_))));
+        assert!(matches!(
+            verify(&join(cut), &v, None),
+            Err(Bad::Truncated(_))
+        ));
         // An inserted line, even one signed by another key, is named where it stands.
         let other = SigningKey::from_bytes(&[4u8; 32]);
         let forged = entry_line(3, &note::sign(&other, "x"), "{}");
         let mut ins = lines.clone();
         ins.insert(3, &forged);
-        assert!(matches!(verify(&join(ins), &v, None), Err(Bad::Entry { entry: 3, .. })));
+        assert!(matches!(
+            verify(&join(ins), &v, None),
+            Err(Bad::Entry { entry: 3, .. })
+        ));
         // Truncation that rewrites the head is caught by a checkpoint kept from before.
         let (short, _, _) = log(4);
         let kept = serde_json::from_str::<serde_json::Value>(lines[0]).unwrap()["checkpoint"]
@@ -215,7 +235,10 @@ mod tests {
             .unwrap()
             .to_owned();
         assert!(verify(&short, &v, None).is_ok());
-        assert!(matches!(verify(&short, &v, Some(&kept)), Err(Bad::Truncated(_))));
+        assert!(matches!(
+            verify(&short, &v, Some(&kept)),
+            Err(Bad::Truncated(_))
+        ));
         let _ = key;
     }
 

@@ -47,7 +47,8 @@ pub fn issuer(jwt: &str) -> Option<String> {
 /// and the claims against `token_url` and the time `now_s`.
 pub fn verify(jwt: &str, jwks: &str, token_url: &str, now_s: i64) -> Result<Assertion, JwtError> {
     let mut parts = jwt.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Shape);
     };
@@ -78,7 +79,10 @@ pub fn verify(jwt: &str, jwks: &str, token_url: &str, now_s: i64) -> Result<Asse
     };
     let iss = text("iss")?;
     if text("sub")? != iss {
-        return Err(JwtError::Claim("sub", "must equal iss (the client id)".into()));
+        return Err(JwtError::Claim(
+            "sub",
+            "must equal iss (the client id)".into(),
+        ));
     }
     let aud_ok = match &claims["aud"] {
         Value::String(a) => a == token_url,
@@ -86,7 +90,10 @@ pub fn verify(jwt: &str, jwks: &str, token_url: &str, now_s: i64) -> Result<Asse
         _ => false,
     };
     if !aud_ok {
-        return Err(JwtError::Claim("aud", format!("must be this token endpoint, {token_url}")));
+        return Err(JwtError::Claim(
+            "aud",
+            format!("must be this token endpoint, {token_url}"),
+        ));
     }
     let exp = claims["exp"]
         .as_i64()
@@ -95,7 +102,10 @@ pub fn verify(jwt: &str, jwks: &str, token_url: &str, now_s: i64) -> Result<Asse
         return Err(JwtError::Claim("exp", "the assertion has expired".into()));
     }
     if exp > now_s + MAX_LIFETIME_S {
-        return Err(JwtError::Claim("exp", format!("at most {MAX_LIFETIME_S} s ahead")));
+        return Err(JwtError::Claim(
+            "exp",
+            format!("at most {MAX_LIFETIME_S} s ahead"),
+        ));
     }
     let jti = text("jti")?;
     if jti.is_empty() || jti.len() > 256 {
@@ -143,7 +153,8 @@ mod tests {
     fn key() -> (EcdsaKeyPair, String) {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
-        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
         let pt = kp.public_key().as_ref();
         let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "k1",
             "x": B64URL.encode(&pt[1..49]), "y": B64URL.encode(&pt[49..97])}]});
@@ -153,7 +164,9 @@ mod tests {
     fn sign(kp: &EcdsaKeyPair, claims: Value) -> String {
         let h = B64URL.encode(br#"{"alg":"ES384","typ":"JWT","kid":"k1"}"#);
         let p = B64URL.encode(claims.to_string());
-        let sig = kp.sign(&SystemRandom::new(), format!("{h}.{p}").as_bytes()).unwrap();
+        let sig = kp
+            .sign(&SystemRandom::new(), format!("{h}.{p}").as_bytes())
+            .unwrap();
         format!("{h}.{p}.{}", B64URL.encode(sig.as_ref()))
     }
 
@@ -171,27 +184,51 @@ mod tests {
         let jwt = sign(&kp, claims(now + 120));
         assert_eq!(verify(&jwt, &jwks, URL, now).unwrap().client_id, "c1");
         assert_eq!(issuer(&jwt).as_deref(), Some("c1"));
-        assert_eq!(verify(&sign(&other, claims(now + 120)), &jwks, URL, now), Err(JwtError::Signature));
+        assert_eq!(
+            verify(&sign(&other, claims(now + 120)), &jwks, URL, now),
+            Err(JwtError::Signature)
+        );
         // A payload changed after signing.
         let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
-        parts[1] = B64URL.encode(serde_json::json!({"iss": "c2", "sub": "c2", "aud": URL, "exp": now + 60, "jti": "x"}).to_string());
-        assert_eq!(verify(&parts.join("."), &jwks, URL, now), Err(JwtError::Signature));
+        parts[1] = B64URL.encode(
+            serde_json::json!({"iss": "c2", "sub": "c2", "aud": URL, "exp": now + 60, "jti": "x"})
+                .to_string(),
+        );
+        assert_eq!(
+            verify(&parts.join("."), &jwks, URL, now),
+            Err(JwtError::Signature)
+        );
         // alg none and HS256 are refused before anything else.
         let none = format!("{}.{}.", B64URL.encode(br#"{"alg":"none"}"#), parts[1]);
-        assert!(matches!(verify(&none, &jwks, URL, now), Err(JwtError::Alg(_))));
+        assert!(matches!(
+            verify(&none, &jwks, URL, now),
+            Err(JwtError::Alg(_))
+        ));
     }
 
     #[test]
     fn claims_are_checked() {
         let (kp, jwks) = key();
         let now = 1_800_000_000;
-        assert!(matches!(verify(&sign(&kp, claims(now - 1)), &jwks, URL, now), Err(JwtError::Claim("exp", _))));
-        assert!(matches!(verify(&sign(&kp, claims(now + 301)), &jwks, URL, now), Err(JwtError::Claim("exp", _))));
+        assert!(matches!(
+            verify(&sign(&kp, claims(now - 1)), &jwks, URL, now),
+            Err(JwtError::Claim("exp", _))
+        ));
+        assert!(matches!(
+            verify(&sign(&kp, claims(now + 301)), &jwks, URL, now),
+            Err(JwtError::Claim("exp", _))
+        ));
         let mut c = claims(now + 60);
         c["aud"] = "https://elsewhere/token".into();
-        assert!(matches!(verify(&sign(&kp, c), &jwks, URL, now), Err(JwtError::Claim("aud", _))));
+        assert!(matches!(
+            verify(&sign(&kp, c), &jwks, URL, now),
+            Err(JwtError::Claim("aud", _))
+        ));
         let mut c = claims(now + 60);
         c["sub"] = "someone".into();
-        assert!(matches!(verify(&sign(&kp, c), &jwks, URL, now), Err(JwtError::Claim("sub", _))));
+        assert!(matches!(
+            verify(&sign(&kp, c), &jwks, URL, now),
+            Err(JwtError::Claim("sub", _))
+        ));
     }
 }

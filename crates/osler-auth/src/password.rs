@@ -23,11 +23,15 @@ fn argon() -> Argon2<'static> {
 /// Why a password is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PasswordError {
-    #[error("a password needs at least {MIN_LEN} characters (15 or more is better: a passphrase of a few words)")]
+    #[error(
+        "a password needs at least {MIN_LEN} characters (15 or more is better: a passphrase of a few words)"
+    )]
     TooShort,
     #[error("a password may have at most {MAX_LEN} characters")]
     TooLong,
-    #[error("this password is among the most common ones; choose another (a few unrelated words work well)")]
+    #[error(
+        "this password is among the most common ones; choose another (a few unrelated words work well)"
+    )]
     Common,
     #[error("the password must not contain the account's name")]
     HasName,
@@ -38,13 +42,61 @@ pub enum PasswordError {
 /// Passwords every guessing list starts with, and patterns any attacker tries first. Written
 /// here (not copied from any list): digits runs, keyboard rows, the words people reach for.
 const COMMON: &[&str] = &[
-    "password", "passw0rd", "p@ssw0rd", "p@ssword", "password1", "password123", "qwerty",
-    "qwertyuiop", "qwertz", "azerty", "asdfghjkl", "zxcvbnm", "letmein", "welcome", "welcome1",
-    "iloveyou", "admin", "administrator", "changeme", "default", "secret", "monkey", "dragon",
-    "football", "baseball", "sunshine", "princess", "trustno1", "master", "superman", "batman",
-    "starwars", "whatever", "shadow", "michael", "jennifer", "hospital", "doctor", "nurse",
-    "clinic", "patient", "health", "medical", "osler", "summer", "winter", "spring", "autumn",
-    "abc123", "abcdef", "abcdefgh", "1q2w3e4r", "1qaz2wsx", "zaq12wsx", "q1w2e3r4",
+    "password",
+    "passw0rd",
+    "p@ssw0rd",
+    "p@ssword",
+    "password1",
+    "password123",
+    "qwerty",
+    "qwertyuiop",
+    "qwertz",
+    "azerty",
+    "asdfghjkl",
+    "zxcvbnm",
+    "letmein",
+    "welcome",
+    "welcome1",
+    "iloveyou",
+    "admin",
+    "administrator",
+    "changeme",
+    "default",
+    "secret",
+    "monkey",
+    "dragon",
+    "football",
+    "baseball",
+    "sunshine",
+    "princess",
+    "trustno1",
+    "master",
+    "superman",
+    "batman",
+    "starwars",
+    "whatever",
+    "shadow",
+    "michael",
+    "jennifer",
+    "hospital",
+    "doctor",
+    "nurse",
+    "clinic",
+    "patient",
+    "health",
+    "medical",
+    "osler",
+    "summer",
+    "winter",
+    "spring",
+    "autumn",
+    "abc123",
+    "abcdef",
+    "abcdefgh",
+    "1q2w3e4r",
+    "1qaz2wsx",
+    "zaq12wsx",
+    "q1w2e3r4",
 ];
 
 fn is_common(p: &str) -> bool {
@@ -60,9 +112,8 @@ fn is_common(p: &str) -> bool {
     let up = chars.windows(2).all(|w| w[1] as u32 == w[0] as u32 + 1);
     let down = chars.windows(2).all(|w| w[0] as u32 == w[1] as u32 + 1);
     // A short block repeated (abcabcabc, 12121212).
-    let repeated = (1..=chars.len() / 2).any(|k| {
-        chars.len() % k == 0 && chars.chunks(k).all(|c| c == &chars[..k])
-    });
+    let repeated = (1..=chars.len() / 2)
+        .any(|k| chars.len().is_multiple_of(k) && chars.chunks(k).all(|c| c == &chars[..k]));
     same || up || down || repeated
 }
 
@@ -128,10 +179,22 @@ mod tests {
     fn weak_passwords_are_refused_with_why() {
         assert_eq!(check("short", "ann"), Err(PasswordError::TooShort));
         assert_eq!(check(&"x".repeat(129), "ann"), Err(PasswordError::TooLong));
-        for p in ["password", "Password123!", "12345678", "87654321", "aaaaaaaa", "abcabcabc", "qwertyuiop", "Hospital2026"] {
+        for p in [
+            "password",
+            "Password123!",
+            "12345678",
+            "87654321",
+            "aaaaaaaa",
+            "abcabcabc",
+            "qwertyuiop",
+            "Hospital2026",
+        ] {
             assert_eq!(check(p, "ann"), Err(PasswordError::Common), "{p}");
         }
-        assert_eq!(check("dr-annika-2026!x", "annika"), Err(PasswordError::HasName));
+        assert_eq!(
+            check("dr-annika-2026!x", "annika"),
+            Err(PasswordError::HasName)
+        );
         assert_eq!(check("plum tractor violin", "ann"), Ok(()));
     }
 }

@@ -89,7 +89,9 @@ pub enum Scope {
 /// Why a scope string is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
-    #[error("scope {0:?}: expected patient/, user/ or system/ then Type.cruds (e.g. patient/Observation.rs)")]
+    #[error(
+        "scope {0:?}: expected patient/, user/ or system/ then Type.cruds (e.g. patient/Observation.rs)"
+    )]
     Shape(String),
     #[error("scope {0:?}: the letters must be a subset of c, r, u, d, s in that order")]
     Letters(String),
@@ -106,7 +108,9 @@ impl Scope {
         let shape = || ScopeError::Shape(text.to_owned());
         let Some((ctx, rest)) = text.split_once('/') else {
             // `openid`, `fhirUser`, `offline_access`, `online_access`.
-            return if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return if !text.is_empty()
+                && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
                 Ok(Scope::Other(text.to_owned()))
             } else {
                 Err(shape())
@@ -184,7 +188,12 @@ impl fmt::Display for Scope {
                 resource,
                 perms,
             } => {
-                write!(f, "{}/{}.", context.as_str(), resource.as_deref().unwrap_or("*"))?;
+                write!(
+                    f,
+                    "{}/{}.",
+                    context.as_str(),
+                    resource.as_deref().unwrap_or("*")
+                )?;
                 for (i, c) in "cruds".chars().enumerate() {
                     if perms.0 & (1 << i) != 0 {
                         write!(f, "{c}")?;

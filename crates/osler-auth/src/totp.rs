@@ -37,7 +37,10 @@ pub fn verify(secret: &[u8], code: &str, unix_s: i64, last_step: Option<i64>) ->
     // Every candidate is computed, so that the time taken does not say which one matched.
     let mut found = None;
     for step in now - DRIFT..=now + DRIFT {
-        if code_at(secret, step, DIGITS) == want && last_step.is_none_or(|l| step > l) && found.is_none() {
+        if code_at(secret, step, DIGITS) == want
+            && last_step.is_none_or(|l| step > l)
+            && found.is_none()
+        {
             found = Some(step);
         }
     }
@@ -68,7 +71,9 @@ pub fn uri(issuer: &str, account: &str, secret: &[u8]) -> String {
     let enc = |s: &str| -> String {
         s.bytes()
             .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    (b as char).to_string()
+                }
                 _ => format!("%{b:02X}"),
             })
             .collect()
@@ -124,6 +129,9 @@ mod tests {
         assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
         assert_eq!(base32(b"f"), "MY");
         let u = uri("Osler", "dr ann", &[0u8; 20]);
-        assert!(u.starts_with("otpauth://totp/Osler:dr%20ann?secret=AAAAAAAA"), "{u}");
+        assert!(
+            u.starts_with("otpauth://totp/Osler:dr%20ann?secret=AAAAAAAA"),
+            "{u}"
+        );
     }
 }

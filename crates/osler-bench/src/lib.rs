@@ -17,6 +17,7 @@ pub mod alerts;
 pub mod cohort;
 pub mod edge;
 pub mod hub;
+pub mod login;
 pub mod mqtt;
 pub mod pipeline;
 pub mod process;

@@ -46,9 +46,24 @@ pub fn init_hub(osler: &Path, hub_dir: &str) -> anyhow::Result<()> {
 }
 
 /// A bearer token from `osler hub token create`.
-pub fn make_token(osler: &Path, hub_dir: &str, scope: &str, expires: &str) -> anyhow::Result<String> {
+pub fn make_token(
+    osler: &Path,
+    hub_dir: &str,
+    scope: &str,
+    expires: &str,
+) -> anyhow::Result<String> {
     let out = Command::new(osler)
-        .args(["hub", "token", "create", "--data", hub_dir, "--scope", scope, "--expires", expires])
+        .args([
+            "hub",
+            "token",
+            "create",
+            "--data",
+            hub_dir,
+            "--scope",
+            scope,
+            "--expires",
+            expires,
+        ])
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run osler hub token create")?;
@@ -148,14 +163,18 @@ impl Server {
                 .and_then(|i| args.get(i + 1))
                 .map(|s| s.to_string())
         };
-        let hub_dir = (args.first() == Some(&"serve")).then(|| value("--data")).flatten();
+        let hub_dir = (args.first() == Some(&"serve"))
+            .then(|| value("--data"))
+            .flatten();
         if let Some(d) = &hub_dir {
             init_hub(osler, d)?;
         }
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         // The simulator's devices hold no credentials: benchmarks measure the pipeline.
         if args.first().map(String::as_str) == Some("gateway")
-            && !args.iter().any(|a| a == "--open-devices" || a == "--identity")
+            && !args
+                .iter()
+                .any(|a| a == "--open-devices" || a == "--identity")
         {
             args.push("--open-devices".into());
         }

@@ -186,8 +186,11 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
         by_given_family.push(timed(&agent, &url)?);
         let url = format!("{}/Patient?name={}", server.base, family.to_lowercase());
         let t = Instant::now();
-        let page: serde_json::Value =
-            serde_json::from_str(&crate::process::request_on(&agent, "GET", &url).call()?.into_string()?)?;
+        let page: serde_json::Value = serde_json::from_str(
+            &crate::process::request_on(&agent, "GET", &url)
+                .call()?
+                .into_string()?,
+        )?;
         by_name.push(t.elapsed().as_secs_f64() * 1e3);
         matched += page["total"].as_u64().unwrap_or(0);
     }
@@ -246,8 +249,11 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
             Timestamp::utc(from + 86_400_000)
         );
         let t = Instant::now();
-        let page: serde_json::Value =
-            serde_json::from_str(&crate::process::request_on(&agent, "GET", &url).call()?.into_string()?)?;
+        let page: serde_json::Value = serde_json::from_str(
+            &crate::process::request_on(&agent, "GET", &url)
+                .call()?
+                .into_string()?,
+        )?;
         across.push(t.elapsed().as_secs_f64() * 1e3);
         entries += page["entry"].as_array().map_or(0, Vec::len);
     }

@@ -53,10 +53,7 @@ pub fn audit_event(r: &Record) -> Value {
     };
     let mut agent = Map::new();
     if let Some(role) = &r.role {
-        agent.insert(
-            "role".into(),
-            json!([{"text": role}]),
-        );
+        agent.insert("role".into(), json!([{"text": role}]));
     }
     agent.insert(
         "who".into(),

@@ -28,6 +28,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("edge_config", edge_config),
     ("fhir_registry", fhir_registry),
     ("hub_assignments", hub_assignments),
+    ("auth_scopes", auth_scopes),
+    ("jwt_assertion", jwt_assertion),
+    ("audit_export", audit_export),
+    ("gateway_request", gateway_request),
 ];
 
 /// The gateway's device format, as HTTP bodies and MQTT payloads arrive.
@@ -230,5 +234,57 @@ pub fn hub_assignments(data: &[u8]) {
         for x in a.iter() {
             let _ = a.patient_at(&x.device, x.start_ms);
         }
+    }
+}
+
+/// SMART scopes as a token request or the command line gives them: what parses prints back
+/// and parses again to the same scopes.
+pub fn auth_scopes(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(s) = osler_auth::Scopes::parse(text) {
+        let again = osler_auth::Scopes::parse(&s.to_string()).expect("printed scopes parse");
+        assert_eq!(again, s);
+    }
+}
+
+/// A client's JWT assertion at the token endpoint, against a fixed key set: never a panic,
+/// never accepted unsigned.
+pub fn jwt_assertion(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-384","x":"AAAA","y":"AAAA"},{"kty":"RSA","n":"AQAB","e":"AQAB"}]}"#;
+    let _ = osler_auth::jwt::issuer(text);
+    assert!(
+        osler_auth::jwt::verify(text, JWKS, "https://hub/auth/token", NOW_MS / 1000).is_err(),
+        "nothing verifies against keys nobody holds"
+    );
+}
+
+/// An exported audit log as a third party reads it: never a panic; an untouched export of
+/// a log written here verifies.
+pub fn audit_export(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+    let vk = osler_audit::note::verifier_key(&key.verifying_key());
+    let v = osler_audit::note::parse_verifier_key(&vk).expect("own key");
+    let _ = osler_audit::verify::verify(text, &v, None);
+    let _ = osler_audit::verify::verify(text, &v, Some(text));
+    let _ = osler_audit::note::parse_verifier_key(text);
+}
+
+/// A gateway's signed-request header as the hub reads it: never a panic, never valid.
+pub fn gateway_request(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let key = osler_wire::parse_public_key(&"11".repeat(32));
+    let _ = osler_wire::request_gateway(text);
+    if let Ok(k) = key {
+        assert!(osler_wire::verify_request(text, &k, "GET", "/alerts/overrides", NOW_MS).is_err());
     }
 }

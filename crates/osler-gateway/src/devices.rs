@@ -67,7 +67,9 @@ impl Devices {
     /// Enrols a device (replacing its earlier token) and returns its new token, shown once.
     pub fn add(data: &Path, id: &str) -> Result<String, String> {
         if osler_core::Id::parse(id).is_none() {
-            return Err(format!("{id:?} is not a valid device id (1-64 letters, digits, '-' or '.')"));
+            return Err(format!(
+                "{id:?} is not a valid device id (1-64 letters, digits, '-' or '.')"
+            ));
         }
         let mut random = [0u8; 32];
         getrandom::fill(&mut random).map_err(|e| format!("no randomness: {e}"))?;
@@ -84,7 +86,8 @@ impl Devices {
             .collect();
         list.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         let text = serde_json::json!({"devices": list}).to_string();
-        std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+        std::fs::create_dir_all(data)
+            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
         let tmp = data.join(format!("{FILE}.tmp"));
         {
             use std::io::Write;
@@ -111,7 +114,10 @@ impl Devices {
             return Ok(None);
         }
         let token = header
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .ok_or(Unauthenticated::Missing)?
             .trim();
         self.by_hash
@@ -171,15 +177,30 @@ mod tests {
         let t1 = Devices::add(&dir, "cuff-1").unwrap();
         let t2 = Devices::add(&dir, "watch-2").unwrap();
         let d = Devices::load(&dir, false).unwrap();
-        assert_eq!(d.authenticate(Some(&format!("Bearer {t1}"))), Ok(Some("cuff-1".into())));
-        assert_eq!(d.authenticate(Some(&format!("Bearer {t2}"))), Ok(Some("watch-2".into())));
+        assert_eq!(
+            d.authenticate(Some(&format!("Bearer {t1}"))),
+            Ok(Some("cuff-1".into()))
+        );
+        assert_eq!(
+            d.authenticate(Some(&format!("Bearer {t2}"))),
+            Ok(Some("watch-2".into()))
+        );
         assert_eq!(d.authenticate(None), Err(Unauthenticated::Missing));
-        assert_eq!(d.authenticate(Some("Bearer osl_dev_nope")), Err(Unauthenticated::Unknown));
+        assert_eq!(
+            d.authenticate(Some("Bearer osl_dev_nope")),
+            Err(Unauthenticated::Unknown)
+        );
         // A new token replaces the old one.
         let t1b = Devices::add(&dir, "cuff-1").unwrap();
         let d = Devices::load(&dir, false).unwrap();
-        assert_eq!(d.authenticate(Some(&format!("Bearer {t1}"))), Err(Unauthenticated::Unknown));
-        assert_eq!(d.authenticate(Some(&format!("Bearer {t1b}"))), Ok(Some("cuff-1".into())));
+        assert_eq!(
+            d.authenticate(Some(&format!("Bearer {t1}"))),
+            Err(Unauthenticated::Unknown)
+        );
+        assert_eq!(
+            d.authenticate(Some(&format!("Bearer {t1b}"))),
+            Ok(Some("cuff-1".into()))
+        );
         let text = std::fs::read_to_string(dir.join(FILE)).unwrap();
         assert!(!text.contains(&t1b), "only hashes are kept");
         let _ = std::fs::remove_dir_all(&dir);
@@ -187,7 +208,10 @@ mod tests {
 
     #[test]
     fn topics_name_their_device() {
-        assert_eq!(topic_device("osler/+/readings", "osler/cuff-1/readings").as_deref(), Some("cuff-1"));
+        assert_eq!(
+            topic_device("osler/+/readings", "osler/cuff-1/readings").as_deref(),
+            Some("cuff-1")
+        );
         assert_eq!(topic_device("osler/readings", "osler/readings"), None);
         assert_eq!(topic_device("osler/+/readings", "osler/a b/readings"), None);
     }

@@ -76,23 +76,28 @@ async fn readings(
         // A reading its device may not send (another device's, another patient's) is kept
         // in quarantine with the reason, not stored.
         let bound = match (item, &device) {
-            (Ok(mut input), Some(d)) => match crate::devices::bind(&mut input, d, &shared.assignments) {
-                Ok(()) => Ok(input),
-                Err(reason) => {
-                    quarantine.push(crate::outbox::Quarantined {
-                        id: 0,
-                        received_ms: now,
-                        source: format!("http device {d}"),
-                        payload: crate::input::element(&body, index).unwrap_or_else(|| body.to_vec()),
-                        reason: reason.clone(),
-                    });
-                    rejected.push(json!({ "index": index, "reason": reason, "quarantined": true }));
-                    continue;
+            (Ok(mut input), Some(d)) => {
+                match crate::devices::bind(&mut input, d, &shared.assignments) {
+                    Ok(()) => Ok(input),
+                    Err(reason) => {
+                        quarantine.push(crate::outbox::Quarantined {
+                            id: 0,
+                            received_ms: now,
+                            source: format!("http device {d}"),
+                            payload: crate::input::element(&body, index)
+                                .unwrap_or_else(|| body.to_vec()),
+                            reason: reason.clone(),
+                        });
+                        rejected
+                            .push(json!({ "index": index, "reason": reason, "quarantined": true }));
+                        continue;
+                    }
                 }
-            },
+            }
             (item, _) => item,
         };
-        match bound.and_then(|input| crate::assignments::validate(input, now, &shared.assignments)) {
+        match bound.and_then(|input| crate::assignments::validate(input, now, &shared.assignments))
+        {
             Ok((reading, false)) => readings.push(reading),
             Ok((reading, true)) => by_device.push(reading),
             Err(reason) => rejected.push(json!({ "index": index, "reason": reason })),

@@ -73,7 +73,12 @@ pub async fn run(config: MqttConfig, shared: Arc<Shared>) {
     // over without waiting, and the connection task drains them between reads.
     let (client, mut eventloop) = AsyncClient::new(opts, 4 * RECEIVE_MAXIMUM as usize);
     let (tx, rx) = mpsc::channel::<Publish>(BATCH);
-    let storer = tokio::spawn(store(rx, client.clone(), shared.clone(), config.topic.clone()));
+    let storer = tokio::spawn(store(
+        rx,
+        client.clone(),
+        shared.clone(),
+        config.topic.clone(),
+    ));
     let broker = format!("{}:{}", config.host, config.port);
     loop {
         match eventloop.poll().await {

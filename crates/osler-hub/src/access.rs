@@ -54,15 +54,22 @@ impl Routes {
     }
 
     /// Adds `handler` for `method` on `path`, guarded by `policy`.
-    pub(crate) fn add<H, T>(mut self, method: Method, path: &str, policy: Policy, handler: H) -> Routes
+    pub(crate) fn add<H, T>(
+        mut self,
+        method: Method,
+        path: &str,
+        policy: Policy,
+        handler: H,
+    ) -> Routes
     where
         H: Handler<T, Arc<AppState>>,
         T: 'static,
     {
         // Every method a route is declared with is one of the five below.
         let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
-        let guarded = on(filter, handler)
-            .route_layer(axum::middleware::from_fn(move |req: Request, next: Next| guard(policy, req, next)));
+        let guarded = on(filter, handler).route_layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| guard(policy, req, next),
+        ));
         self.router = self.router.route(path, guarded);
         self.table.push(RouteDecl {
             method,
@@ -187,7 +194,9 @@ fn patient_named(path: &str, query: Option<&str>) -> Option<String> {
         .filter_map(|kv| kv.split_once('='))
     {
         if k == "patient" || k == "subject" {
-            let v = v.trim_start_matches("Patient/").trim_start_matches("Patient%2F");
+            let v = v
+                .trim_start_matches("Patient/")
+                .trim_start_matches("Patient%2F");
             if !v.is_empty() && !v.contains(',') && !v.contains("%2C") {
                 return Some(v.to_owned());
             }
@@ -339,7 +348,9 @@ async fn gateway_caller(
         .and_then(Result::ok)
         .flatten()
         .filter(|g| g.revoked_ms.is_none())
-        .ok_or(Unauthenticated::Invalid("of a gateway that is not enrolled"))?;
+        .ok_or(Unauthenticated::Invalid(
+            "of a gateway that is not enrolled",
+        ))?;
     let key = osler_wire::parse_public_key(&record.public_key)
         .map_err(|_| Unauthenticated::Invalid("of a gateway with an unreadable key"))?;
     osler_wire::verify_request(header, &key, method, path, now_ms())
@@ -348,8 +359,7 @@ async fn gateway_caller(
         subject: format!("gateway:{id}"),
         role: Role::Integration,
         // What a gateway polls, and nothing else.
-        scopes: Scopes::parse("system/CarePlan.s system/DeviceUseStatement.s")
-            .unwrap_or_default(),
+        scopes: Scopes::parse("system/CarePlan.s system/DeviceUseStatement.s").unwrap_or_default(),
         compartment: Compartment::All,
     })
 }
@@ -361,7 +371,11 @@ async fn guard(policy: Policy, mut req: Request, next: Next) -> Response {
     }
     let Some(state) = req.extensions().get::<Arc<AppState>>().cloned() else {
         // The router always carries the state; a request without it is a wiring bug.
-        return ApiError(FhirError::new(ErrorKind::Internal, "the hub is misconfigured")).into_response();
+        return ApiError(FhirError::new(
+            ErrorKind::Internal,
+            "the hub is misconfigured",
+        ))
+        .into_response();
     };
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -432,5 +446,74 @@ pub(crate) fn within(caller: &Caller) -> Option<Vec<String>> {
     match &caller.compartment {
         Compartment::All => None,
         Compartment::Patients(p) => Some(p.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Routes reach the router only through `Routes`, which takes a policy with each: no
+    /// module may call axum's `.route(` itself (that would be a route without a guard).
+    #[test]
+    fn no_route_is_added_outside_routes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("access.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                assert!(
+                    !code.contains(".route(")
+                        && !code.contains(".nest(")
+                        && !code.contains("route_service("),
+                    "{}:{}: a route added around `Routes` (no policy): {line}",
+                    path.display(),
+                    n + 1
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 10);
+    }
+
+    #[test]
+    fn every_route_has_a_policy_and_none_is_declared_twice() {
+        let table = crate::route_table();
+        let mut seen = std::collections::HashSet::new();
+        for (method, path, _) in &table {
+            assert!(
+                seen.insert((method.clone(), path.clone())),
+                "{method} {path} twice"
+            );
+        }
+        // The routes a caller without a token may use, all of them named here.
+        let public: Vec<String> = table
+            .iter()
+            .filter(|(_, _, p)| !p.needs_token())
+            .map(|(m, p, _)| format!("{m} {p}"))
+            .collect();
+        let mut want = vec![
+            "GET /fhir/metadata",
+            "GET /.well-known/smart-configuration",
+            "GET /fhir/.well-known/smart-configuration",
+            "POST /auth/revoke",
+            "POST /auth/enrol",
+            "POST /auth/login",
+            "POST /auth/second-factor",
+            "POST /auth/token",
+            "GET /audit/checkpoint",
+            "GET /audit/key",
+            "GET /audit/proof/inclusion",
+            "GET /audit/proof/consistency",
+            "POST /ingest/batch",
+            "GET /healthz",
+        ];
+        let mut got: Vec<&str> = public.iter().map(String::as_str).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
     }
 }

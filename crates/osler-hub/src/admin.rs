@@ -39,7 +39,10 @@ fn cli_record(event: &str, action: Action, what: String, patient: Option<String>
         action,
         outcome: Outcome::Success,
         outcome_text: None,
-        who: format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "operator".into())),
+        who: format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".into())
+        ),
         role: Some("admin".into()),
         network: None,
         patient,
@@ -66,7 +69,8 @@ pub fn create_token(
     let parsed = Scopes::parse(scopes)?;
     if !parsed.grants_data() {
         return Err(AdminError::Refused(
-            "no data scope: ask for at least one, e.g. system/Observation.rs or patient/*.rs".into(),
+            "no data scope: ask for at least one, e.g. system/Observation.rs or patient/*.rs"
+                .into(),
         ));
     }
     if parsed.has_context(Context::User) {
@@ -96,7 +100,9 @@ pub fn create_token(
     if let Some(p) = patient
         && osler_core::Id::parse(p).is_none()
     {
-        return Err(AdminError::Refused(format!("--patient {p:?} is not a valid id")));
+        return Err(AdminError::Refused(format!(
+            "--patient {p:?} is not a valid id"
+        )));
     }
     if lifetime_ms <= 0 || lifetime_ms > MAX_TOKEN_MS {
         return Err(AdminError::Refused(
@@ -142,7 +148,12 @@ pub fn revoke_token(dir: &Path, token_or_id: &str) -> Result<Option<TokenRecord>
         (None, Some(token_or_id))
     };
     let label = id.map_or_else(|| "given by its secret".to_owned(), str::to_owned);
-    let audit = cli_record("token-revoke", Action::Delete, format!("token {label}"), None);
+    let audit = cli_record(
+        "token-revoke",
+        Action::Delete,
+        format!("token {label}"),
+        None,
+    );
     Ok(osler_store::admin::revoke_token(
         dir,
         &key,
@@ -156,7 +167,12 @@ pub fn revoke_token(dir: &Path, token_or_id: &str) -> Result<Option<TokenRecord>
 /// Enrols a gateway's key, audited.
 pub fn enrol_gateway(dir: &Path, id: &str, public_key: &str) -> Result<(), AdminError> {
     let key = key(dir)?;
-    let audit = cli_record("gateway-enrol", Action::Create, format!("gateway {id}"), None);
+    let audit = cli_record(
+        "gateway-enrol",
+        Action::Create,
+        format!("gateway {id}"),
+        None,
+    );
     Ok(osler_store::admin::enrol(
         dir,
         &key,
@@ -170,8 +186,19 @@ pub fn enrol_gateway(dir: &Path, id: &str, public_key: &str) -> Result<(), Admin
 /// Revokes a gateway's key, audited; false if it was never enrolled.
 pub fn revoke_gateway(dir: &Path, id: &str) -> Result<bool, AdminError> {
     let key = key(dir)?;
-    let audit = cli_record("gateway-revoke", Action::Delete, format!("gateway {id}"), None);
-    Ok(osler_store::admin::revoke(dir, &key, id, now_ms(), &[audit])?)
+    let audit = cli_record(
+        "gateway-revoke",
+        Action::Delete,
+        format!("gateway {id}"),
+        None,
+    );
+    Ok(osler_store::admin::revoke(
+        dir,
+        &key,
+        id,
+        now_ms(),
+        &[audit],
+    )?)
 }
 
 /// The audit log's verifier key (C2SP note verifier key format).
@@ -197,7 +224,10 @@ pub fn audit_export(dir: &Path, out: &mut dyn std::io::Write) -> Result<u64, Adm
     writeln!(
         out,
         "{}",
-        osler_audit::verify::head_line(&osler_audit::note::verifier_key(&key.verifying_key()), &head)
+        osler_audit::verify::head_line(
+            &osler_audit::note::verifier_key(&key.verifying_key()),
+            &head
+        )
     )
     .map_err(io)?;
     for (seq, entry, sig) in &rows {
@@ -232,10 +262,14 @@ pub fn add_user(
     match (role, practitioner, patient) {
         ("admin", None, None) | ("clinician", Some(_), None) | ("patient", None, Some(_)) => {}
         ("clinician", None, _) => {
-            return refuse("a clinician is a Practitioner of the registry: --practitioner ID".into());
+            return refuse(
+                "a clinician is a Practitioner of the registry: --practitioner ID".into(),
+            );
         }
         ("patient", _, None) => {
-            return refuse("a patient account is for a Patient of the registry: --patient ID".into());
+            return refuse(
+                "a patient account is for a Patient of the registry: --patient ID".into(),
+            );
         }
         ("admin" | "clinician" | "patient", _, _) => {
             return refuse(format!(
@@ -294,7 +328,10 @@ pub fn add_user(
 /// P-384 or RSA keys) and the `system/` scopes it may ask for.
 pub fn add_client(dir: &Path, id: &str, jwks: &str, scopes: &str) -> Result<(), AdminError> {
     let parsed = Scopes::parse(scopes)?;
-    if parsed.has_context(Context::Patient) || parsed.has_context(Context::User) || !parsed.grants_data() {
+    if parsed.has_context(Context::Patient)
+        || parsed.has_context(Context::User)
+        || !parsed.grants_data()
+    {
         return Err(AdminError::Refused(
             "a backend client is given system/ scopes (e.g. system/Observation.rs)".into(),
         ));
@@ -304,7 +341,8 @@ pub fn add_client(dir: &Path, id: &str, jwks: &str, scopes: &str) -> Result<(), 
     let keys = v["keys"].as_array().map_or(0, Vec::len);
     if keys == 0 {
         return Err(AdminError::Refused(
-            "the JWKS holds no keys ({\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-384\", ...}]})".into(),
+            "the JWKS holds no keys ({\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-384\", ...}]})"
+                .into(),
         ));
     }
     if id.is_empty() || id.len() > 128 {
@@ -317,6 +355,17 @@ pub fn add_client(dir: &Path, id: &str, jwks: &str, scopes: &str) -> Result<(), 
         scopes: parsed.to_string(),
         revoked_ms: None,
     };
-    let audit = cli_record("client-add", Action::Create, format!("client {id} scope {}", client.scopes), None);
-    Ok(osler_store::admin::add_client(dir, &key, &client, now_ms(), &[audit])?)
+    let audit = cli_record(
+        "client-add",
+        Action::Create,
+        format!("client {id} scope {}", client.scopes),
+        None,
+    );
+    Ok(osler_store::admin::add_client(
+        dir,
+        &key,
+        &client,
+        now_ms(),
+        &[audit],
+    )?)
 }

@@ -349,26 +349,35 @@ async fn stream(
     let rx = state.alerts.stream.subscribe();
     let stop = state.shutdown.subscribe();
     let caller = Arc::new(caller);
-    let events = futures_util::stream::unfold((rx, stop, caller), |(mut rx, mut stop, caller)| async move {
-        loop {
-        let next = tokio::select! {
-            r = rx.recv() => r,
-            // The hub is shutting down: end the stream so the shutdown can complete.
-            _ = stop.wait_for(|s| *s) => return None,
-        };
-        return match next {
-            // Only the alerts of the caller's patients reach them.
-            Ok(text) if !event_visible(&caller, &text) => continue,
-            Ok(text) => Some((Ok(Event::default().event("alert").data(text)), (rx, stop, caller))),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                // A subscriber that fell behind is told so, and can re-read GET /alerts.
-                let note = json!({ "event": "lagged", "missed": n }).to_string();
-                Some((Ok(Event::default().event("lagged").data(note)), (rx, stop, caller)))
+    let events = futures_util::stream::unfold(
+        (rx, stop, caller),
+        |(mut rx, mut stop, caller)| async move {
+            loop {
+                let next = tokio::select! {
+                    r = rx.recv() => r,
+                    // The hub is shutting down: end the stream so the shutdown can complete.
+                    _ = stop.wait_for(|s| *s) => return None,
+                };
+                return match next {
+                    // Only the alerts of the caller's patients reach them.
+                    Ok(text) if !event_visible(&caller, &text) => continue,
+                    Ok(text) => Some((
+                        Ok(Event::default().event("alert").data(text)),
+                        (rx, stop, caller),
+                    )),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // A subscriber that fell behind is told so, and can re-read GET /alerts.
+                        let note = json!({ "event": "lagged", "missed": n }).to_string();
+                        Some((
+                            Ok(Event::default().event("lagged").data(note)),
+                            (rx, stop, caller),
+                        ))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => None,
+                };
             }
-            Err(broadcast::error::RecvError::Closed) => None,
-        };
-        }
-    });
+        },
+    );
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
@@ -379,7 +388,11 @@ fn event_visible(caller: &osler_auth::Caller, text: &str) -> bool {
     }
     serde_json::from_str::<Value>(text)
         .ok()
-        .and_then(|v| v.get("patient").and_then(Value::as_str).map(|p| sees(caller, p)))
+        .and_then(|v| {
+            v.get("patient")
+                .and_then(Value::as_str)
+                .map(|p| sees(caller, p))
+        })
         .unwrap_or(false)
 }
 

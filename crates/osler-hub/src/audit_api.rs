@@ -64,18 +64,26 @@ async fn checkpoint(State(state): State<Arc<AppState>>) -> Result<Response, ApiE
 }
 
 async fn key(State(state): State<Arc<AppState>>) -> Response {
-    text(format!("{}\n", note::verifier_key(&state.audit_key.verifying_key())))
+    text(format!(
+        "{}\n",
+        note::verifier_key(&state.audit_key.verifying_key())
+    ))
 }
 
 fn numbers(raw: Option<&str>, names: [&str; 2]) -> Result<[u64; 2], ApiError> {
     let params = parse_query(raw.unwrap_or(""))?;
     let mut out = [None, None];
     for (k, v) in &params {
-        let i = names
-            .iter()
-            .position(|n| n == k)
-            .ok_or_else(|| bad(format!("unknown parameter {k:?}; expected {} and {}", names[0], names[1])))?;
-        out[i] = Some(v.parse::<u64>().map_err(|_| bad(format!("{k} must be a whole number")))?);
+        let i = names.iter().position(|n| n == k).ok_or_else(|| {
+            bad(format!(
+                "unknown parameter {k:?}; expected {} and {}",
+                names[0], names[1]
+            ))
+        })?;
+        out[i] = Some(
+            v.parse::<u64>()
+                .map_err(|_| bad(format!("{k} must be a whole number")))?,
+        );
     }
     match out {
         [Some(a), Some(b)] => Ok([a, b]),
@@ -139,7 +147,15 @@ async fn read(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError(FhirError::new(ErrorKind::NotFound, format!("AuditEvent/{} is not known", id.chars().take(24).collect::<String>())));
+    let not_found = || {
+        ApiError(FhirError::new(
+            ErrorKind::NotFound,
+            format!(
+                "AuditEvent/{} is not known",
+                id.chars().take(24).collect::<String>()
+            ),
+        ))
+    };
     let n: u64 = id.parse().map_err(|_| not_found())?;
     let store = state.store.clone();
     let rows = tokio::task::spawn_blocking(move || store.audit_rows(n, n)).await??;
@@ -158,11 +174,17 @@ async fn search(
     let params = parse_query(raw.as_deref().unwrap_or(""))?;
     let (mut count, mut before) = (50u64, None::<u64>);
     for (k, v) in &params {
-        let n = v.parse::<u64>().map_err(|_| bad(format!("{k} must be a whole number")))?;
+        let n = v
+            .parse::<u64>()
+            .map_err(|_| bad(format!("{k} must be a whole number")))?;
         match k.as_str() {
             "_count" => count = n.min(1000),
             "_before" => before = Some(n),
-            _ => return Err(bad(format!("unknown parameter {k:?}; AuditEvent takes _count and _before"))),
+            _ => {
+                return Err(bad(format!(
+                    "unknown parameter {k:?}; AuditEvent takes _count and _before"
+                )));
+            }
         }
     }
     let store = state.store.clone();
@@ -170,7 +192,11 @@ async fn search(
         let size = store.audit_size()?;
         let top = before.map_or(size, |b| b.saturating_sub(1).min(size));
         let from = top.saturating_sub(count.max(1) - 1).max(1);
-        let rows = if top == 0 || count == 0 { Vec::new() } else { store.audit_rows(from, top)? };
+        let rows = if top == 0 || count == 0 {
+            Vec::new()
+        } else {
+            store.audit_rows(from, top)?
+        };
         Ok::<_, osler_store::StoreError>((size, rows))
     })
     .await??;
@@ -180,12 +206,18 @@ async fn search(
         .iter()
         .rev()
         .filter_map(|(seq, e, _)| {
-            Some((format!("{base}/AuditEvent/{seq}"), osler_fhir::audit::served(*seq, e)?))
+            Some((
+                format!("{base}/AuditEvent/{seq}"),
+                osler_fhir::audit::served(*seq, e)?,
+            ))
         })
         .collect();
     let mut links = vec![("self", format!("{base}/AuditEvent?_count={count}"))];
     if let Some(o) = oldest.filter(|&o| o > 1) {
-        links.push(("next", format!("{base}/AuditEvent?_count={count}&_before={o}")));
+        links.push((
+            "next",
+            format!("{base}/AuditEvent?_count={count}&_before={o}"),
+        ));
     }
     Ok(fhir(
         StatusCode::OK,

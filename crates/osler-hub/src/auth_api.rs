@@ -11,10 +11,10 @@ use osler_auth::Policy;
 use serde_json::json;
 
 use crate::access::Routes;
+use crate::access::record_later;
 use crate::body::read_body;
 use crate::fhir_api::base_url;
 use crate::tls::Peer;
-use crate::access::record_later;
 use crate::{AppState, now_ms};
 
 pub(crate) fn routes() -> Routes {
@@ -65,14 +65,20 @@ async fn revoke(
     body: Body,
 ) -> Response {
     let Ok(bytes) = read_body(&headers, body, 8 * 1024).await else {
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_request"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_request"})),
+        )
+            .into_response();
     };
     let text = String::from_utf8_lossy(&bytes);
     let token = text.split('&').find_map(|kv| kv.strip_prefix("token="));
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return (
             StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "invalid_request", "error_description": "token= is required"})),
+            axum::Json(
+                json!({"error": "invalid_request", "error_description": "token= is required"}),
+            ),
         )
             .into_response();
     };
@@ -97,7 +103,12 @@ async fn revoke(
             what: Some(format!("token {}", t.id)),
             query: None,
         });
-        if state.store.revoke_token(hash, now_ms(), vec![entry]).await.is_err() {
+        if state
+            .store
+            .revoke_token(hash, now_ms(), vec![entry])
+            .await
+            .is_err()
+        {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 axum::Json(json!({"error": "temporarily_unavailable"})),
@@ -198,17 +209,27 @@ fn entry(
     })
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
     serde_json::from_slice(bytes).map_err(|e| {
-        oauth_error(StatusCode::BAD_REQUEST, "invalid_request", format!("the body: {e}"))
+        Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the body: {e}"),
+        ))
     })
 }
 
-async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Response> {
+async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Box<Response>> {
     read_body(headers, body, 16 * 1024)
         .await
         .map(|b| b.to_vec())
-        .map_err(|_| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "the body is unreadable or over 16 KiB"))
+        .map_err(|_| {
+            Box::new(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the body is unreadable or over 16 KiB",
+            ))
+        })
 }
 
 #[derive(serde::Deserialize)]
@@ -229,44 +250,91 @@ async fn enrol(
 ) -> Response {
     let bytes = match body_bytes(&headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let b: EnrolBody = match json_body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let hash = code_hash(&b.code);
     let store = state.store.clone();
     let now = now_ms();
-    let Ok(Ok(Some(account))) = tokio::task::spawn_blocking(move || store.enrolling(&hash, now)).await else {
-        record_later(&state, entry("enrol", Action::Update, Outcome::Refused, "anonymous", None, peer, None, Some("unknown, used or expired code".into())));
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "this enrolment code is unknown, used or expired; ask an administrator for a new one");
+    let Ok(Ok(Some(account))) =
+        tokio::task::spawn_blocking(move || store.enrolling(&hash, now)).await
+    else {
+        record_later(
+            &state,
+            entry(
+                "enrol",
+                Action::Update,
+                Outcome::Refused,
+                "anonymous",
+                None,
+                peer,
+                None,
+                Some("unknown, used or expired code".into()),
+            ),
+        );
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "this enrolment code is unknown, used or expired; ask an administrator for a new one",
+        );
     };
     if let Err(e) = osler_auth::password::check(&b.password, &account.name) {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string());
     }
     let (Some(salt), Some(secret)) = (random::<16>(), random::<20>()) else {
-        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "no randomness");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "no randomness",
+        );
     };
     let totp = needs_second_factor(&account.role).then_some(secret.to_vec());
     let mut codes = Vec::new();
     for _ in 0..10 {
         match random::<16>() {
             Some(r) => codes.push(code_text(&r)),
-            None => return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "no randomness"),
+            None => {
+                return oauth_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "no randomness",
+                );
+            }
         }
     }
     let hashes: Vec<[u8; 32]> = codes.iter().map(|c| code_hash(c)).collect();
     let password = b.password;
-    let Ok(Ok(phc)) = tokio::task::spawn_blocking(move || osler_auth::password::hash(&password, &salt)).await else {
-        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "cannot hash the password");
+    let Ok(Ok(phc)) =
+        tokio::task::spawn_blocking(move || osler_auth::password::hash(&password, &salt)).await
+    else {
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "cannot hash the password",
+        );
     };
     let (name, role) = (account.name.clone(), account.role.clone());
     let audit = move |e: &osler_store::Enrolled| match e {
-        osler_store::Enrolled::Done(_) => vec![entry("enrol", Action::Update, Outcome::Success, &name, Some(&role), peer, None, None)],
+        osler_store::Enrolled::Done(_) => vec![entry(
+            "enrol",
+            Action::Update,
+            Outcome::Success,
+            &name,
+            Some(&role),
+            peer,
+            None,
+            None,
+        )],
         osler_store::Enrolled::BadCode => Vec::new(),
     };
-    match state.store.enrol(hash, phc, totp.clone(), hashes, now_ms(), audit).await {
+    match state
+        .store
+        .enrol(hash, phc, totp.clone(), hashes, now_ms(), audit)
+        .await
+    {
         Ok(osler_store::Enrolled::Done(a)) => {
             let second = totp.map(|s| {
                 json!({"type": "totp", "secret": osler_auth::totp::base32(&s),
@@ -275,13 +343,23 @@ async fn enrol(
             });
             (
                 [("cache-control", "no-store")],
-                axum::Json(json!({"account": a.name, "role": a.role, "second_factor": second,
-                    "recovery_codes": if second.is_some() { json!(codes) } else { json!([]) }})),
+                axum::Json(
+                    json!({"account": a.name, "role": a.role, "second_factor": second,
+                    "recovery_codes": if second.is_some() { json!(codes) } else { json!([]) }}),
+                ),
             )
                 .into_response()
         }
-        Ok(osler_store::Enrolled::BadCode) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "this enrolment code was used meanwhile"),
-        Err(_) => oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store failed; nothing changed"),
+        Ok(osler_store::Enrolled::BadCode) => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "this enrolment code was used meanwhile",
+        ),
+        Err(_) => oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the store failed; nothing changed",
+        ),
     }
 }
 
@@ -303,7 +381,11 @@ async fn issue_pair(
     event: &str,
 ) -> Response {
     let (Some(a), Some(r), Some(f)) = (random::<32>(), random::<32>(), random::<12>()) else {
-        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "no randomness");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "no randomness",
+        );
     };
     let family = family.unwrap_or_else(|| f.iter().map(|b| format!("{b:02x}")).collect());
     let access = osler_auth::token::secret(osler_auth::token::ACCESS_PREFIX, &a);
@@ -329,10 +411,26 @@ async fn issue_pair(
             },
         )
     };
-    let tokens = vec![record(&access, "access", ACCESS_MS), record(&refresh, "refresh", REFRESH_MS)];
-    let audit = vec![entry(event, Action::Create, Outcome::Success, &account.name, Some(&account.role), peer, account.patient.as_deref(), None)];
+    let tokens = vec![
+        record(&access, "access", ACCESS_MS),
+        record(&refresh, "refresh", REFRESH_MS),
+    ];
+    let audit = vec![entry(
+        event,
+        Action::Create,
+        Outcome::Success,
+        &account.name,
+        Some(&account.role),
+        peer,
+        account.patient.as_deref(),
+        None,
+    )];
     if state.store.issue(tokens, audit).await.is_err() {
-        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store failed");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the store failed",
+        );
     }
     let mut body = json!({"access_token": access, "token_type": "Bearer", "expires_in": ACCESS_MS / 1000,
         "refresh_token": refresh, "scope": scopes});
@@ -359,11 +457,11 @@ async fn login(
 ) -> Response {
     let bytes = match body_bytes(&headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let b: LoginBody = match json_body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let now = now_ms();
     if let Err(wait) = state.throttle.admit(&b.name, peer.ip(), now) {
@@ -373,7 +471,11 @@ async fn login(
     let name = b.name.clone();
     let password = b.password;
     let checked = tokio::task::spawn_blocking(move || {
-        let account = store.account(&name).ok().flatten().filter(|a| a.enrolled_ms.is_some());
+        let account = store
+            .account(&name)
+            .ok()
+            .flatten()
+            .filter(|a| a.enrolled_ms.is_some());
         let phc = account
             .as_ref()
             .and_then(|a| a.password.clone())
@@ -386,15 +488,35 @@ async fn login(
     .flatten();
     let Some(account) = checked else {
         state.throttle.failed(&b.name, peer.ip(), now);
-        record_later(&state, entry("login", Action::Execute, Outcome::Refused, &b.name, None, peer, None, Some("wrong name or password".into())));
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", "wrong name or password");
+        record_later(
+            &state,
+            entry(
+                "login",
+                Action::Execute,
+                Outcome::Refused,
+                &b.name,
+                None,
+                peer,
+                None,
+                Some("wrong name or password".into()),
+            ),
+        );
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_grant",
+            "wrong name or password",
+        );
     };
     state.throttle.succeeded(&account.name, peer.ip());
     if !needs_second_factor(&account.role) {
         return issue_pair(&state, &account, None, peer, "login").await;
     }
     let Some(m) = random::<32>() else {
-        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "no randomness");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "no randomness",
+        );
     };
     let mfa = osler_auth::token::secret("osl_mfa_", &m);
     let h = osler_auth::token::hash(&mfa);
@@ -411,13 +533,28 @@ async fn login(
         used_ms: None,
         revoked_ms: None,
     };
-    let audit = vec![entry("login", Action::Execute, Outcome::Success, &account.name, Some(&account.role), peer, None, Some("password accepted; second factor to follow".into()))];
+    let audit = vec![entry(
+        "login",
+        Action::Execute,
+        Outcome::Success,
+        &account.name,
+        Some(&account.role),
+        peer,
+        None,
+        Some("password accepted; second factor to follow".into()),
+    )];
     if state.store.issue(vec![(h, record)], audit).await.is_err() {
-        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store failed");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the store failed",
+        );
     }
     (
         [("cache-control", "no-store")],
-        axum::Json(json!({"second_factor_required": true, "mfa_token": mfa, "expires_in": MFA_MS / 1000})),
+        axum::Json(
+            json!({"second_factor_required": true, "mfa_token": mfa, "expires_in": MFA_MS / 1000}),
+        ),
     )
         .into_response()
 }
@@ -440,11 +577,11 @@ async fn second_factor(
 ) -> Response {
     let bytes = match body_bytes(&headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let b: SecondBody = match json_body(&bytes) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let now = now_ms();
     let mfa_hash = osler_auth::token::hash(&b.mfa_token);
@@ -457,7 +594,8 @@ async fn second_factor(
     .await
     .ok()
     .flatten();
-    let refused = |why: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", why.to_owned());
+    let refused =
+        |why: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", why.to_owned());
     let Some((t, account)) = found.filter(|(t, _)| {
         t.kind == "mfa" && t.used_ms.is_none() && t.revoked_ms.is_none() && t.expires_ms > now
     }) else {
@@ -477,7 +615,20 @@ async fn second_factor(
                     state
                         .store
                         .use_totp_step(name.clone(), step, move |ok| {
-                            vec![entry("second-factor", Action::Execute, if ok { Outcome::Success } else { Outcome::Refused }, &n, Some(&r), peer, None, (!ok).then(|| "a code already used".to_owned()))]
+                            vec![entry(
+                                "second-factor",
+                                Action::Execute,
+                                if ok {
+                                    Outcome::Success
+                                } else {
+                                    Outcome::Refused
+                                },
+                                &n,
+                                Some(&r),
+                                peer,
+                                None,
+                                (!ok).then(|| "a code already used".to_owned()),
+                            )]
                         })
                         .await
                         .unwrap_or(false)
@@ -490,22 +641,54 @@ async fn second_factor(
             state
                 .store
                 .use_recovery(name.clone(), code_hash(rc), now, move |ok| {
-                    vec![entry("recovery-code", Action::Execute, if ok { Outcome::Success } else { Outcome::Refused }, &n, Some(&r), peer, None, None)]
+                    vec![entry(
+                        "recovery-code",
+                        Action::Execute,
+                        if ok {
+                            Outcome::Success
+                        } else {
+                            Outcome::Refused
+                        },
+                        &n,
+                        Some(&r),
+                        peer,
+                        None,
+                        None,
+                    )]
                 })
                 .await
                 .unwrap_or(false)
         }
         _ => {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "give code (six digits) or recovery_code");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "give code (six digits) or recovery_code",
+            );
         }
     };
     if !ok {
         state.throttle.failed(&name, peer.ip(), now);
-        record_later(&state, entry("second-factor", Action::Execute, Outcome::Refused, &name, Some(&role), peer, None, Some("wrong or reused code".into())));
+        record_later(
+            &state,
+            entry(
+                "second-factor",
+                Action::Execute,
+                Outcome::Refused,
+                &name,
+                Some(&role),
+                peer,
+                None,
+                Some("wrong or reused code".into()),
+            ),
+        );
         return refused("wrong or already used code");
     }
     // The password step is spent now: it cannot open a second session.
-    let spent = state.store.spend(osler_auth::token::hash(&b.mfa_token), now, |_| Vec::new()).await;
+    let spent = state
+        .store
+        .spend(osler_auth::token::hash(&b.mfa_token), now, |_| Vec::new())
+        .await;
     if !matches!(spent, Ok(osler_store::Spent::Fresh(_))) {
         return refused("the login has expired or was completed; log in again");
     }
@@ -528,44 +711,92 @@ async fn token(
 ) -> Response {
     let bytes = match body_bytes(&headers, body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let f = form(&bytes);
     let get = |k: &str| f.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
     match get("grant_type").as_deref() {
         Some("refresh_token") => refresh(&state, peer, get("refresh_token")).await,
         Some("client_credentials") => {
-            backend(&state, &headers, peer, get("client_assertion_type"), get("client_assertion"), get("scope")).await
+            backend(
+                &state,
+                &headers,
+                peer,
+                get("client_assertion_type"),
+                get("client_assertion"),
+                get("scope"),
+            )
+            .await
         }
-        _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type is refresh_token or client_credentials"),
+        _ => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type is refresh_token or client_credentials",
+        ),
     }
 }
 
 async fn refresh(state: &AppState, peer: std::net::SocketAddr, token: Option<String>) -> Response {
     let Some(token) = token else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is required");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "refresh_token is required",
+        );
     };
     let now = now_ms();
     let audit = move |s: &osler_store::Spent| match s {
-        osler_store::Spent::Reused(t) => vec![entry("refresh-reuse", Action::Execute, Outcome::Refused, &t.subject, Some(&t.role), peer, None,
-            Some("a spent refresh token was used again: every token of this login is revoked".into()))],
+        osler_store::Spent::Reused(t) => vec![entry(
+            "refresh-reuse",
+            Action::Execute,
+            Outcome::Refused,
+            &t.subject,
+            Some(&t.role),
+            peer,
+            None,
+            Some(
+                "a spent refresh token was used again: every token of this login is revoked".into(),
+            ),
+        )],
         _ => Vec::new(),
     };
-    let spent = state.store.spend(osler_auth::token::hash(&token), now, audit).await;
+    let spent = state
+        .store
+        .spend(osler_auth::token::hash(&token), now, audit)
+        .await;
     match spent {
         Ok(osler_store::Spent::Fresh(t)) if t.kind == "refresh" => {
             let store = state.store.clone();
             let name = t.subject.clone();
-            let account = tokio::task::spawn_blocking(move || store.account(&name)).await.ok().and_then(Result::ok).flatten();
+            let account = tokio::task::spawn_blocking(move || store.account(&name))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
             match account {
                 Some(a) => issue_pair(state, &a, t.family.clone(), peer, "token-refresh").await,
-                None => oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", "the account is gone"),
+                None => oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_grant",
+                    "the account is gone",
+                ),
             }
         }
-        Ok(osler_store::Spent::Reused(_)) => oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant",
-            "this refresh token was used before: every token of this login is revoked; log in again"),
-        Ok(_) => oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", "unknown, expired or revoked refresh token"),
-        Err(_) => oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store failed"),
+        Ok(osler_store::Spent::Reused(_)) => oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_grant",
+            "this refresh token was used before: every token of this login is revoked; log in again",
+        ),
+        Ok(_) => oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_grant",
+            "unknown, expired or revoked refresh token",
+        ),
+        Err(_) => oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the store failed",
+        ),
     }
 }
 
@@ -579,10 +810,18 @@ async fn backend(
 ) -> Response {
     const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
     if assertion_type.as_deref() != Some(JWT_BEARER) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", format!("client_assertion_type must be {JWT_BEARER}"));
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("client_assertion_type must be {JWT_BEARER}"),
+        );
     }
     let (Some(jwt), Some(scope)) = (assertion, scope) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "client_assertion and scope are required");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_assertion and scope are required",
+        );
     };
     let invalid = |why: String| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why);
     let Some(iss) = osler_auth::jwt::issuer(&jwt) else {
@@ -590,9 +829,25 @@ async fn backend(
     };
     let store = state.store.clone();
     let id = iss.clone();
-    let client = tokio::task::spawn_blocking(move || store.client(&id)).await.ok().and_then(Result::ok).flatten();
+    let client = tokio::task::spawn_blocking(move || store.client(&id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     let Some(client) = client.filter(|c| c.revoked_ms.is_none()) else {
-        record_later(state, entry("token-issue", Action::Create, Outcome::Refused, &iss, Some("integration"), peer, None, Some("unknown client".into())));
+        record_later(
+            state,
+            entry(
+                "token-issue",
+                Action::Create,
+                Outcome::Refused,
+                &iss,
+                Some("integration"),
+                peer,
+                None,
+                Some("unknown client".into()),
+            ),
+        );
         return invalid("unknown client".into());
     };
     let root = base_url(state, headers);
@@ -601,35 +856,92 @@ async fn backend(
     let a = match osler_auth::jwt::verify(&jwt, &client.jwks, &token_url, now / 1000) {
         Ok(a) => a,
         Err(e) => {
-            record_later(state, entry("token-issue", Action::Create, Outcome::Refused, &iss, Some("integration"), peer, None, Some(e.to_string())));
+            record_later(
+                state,
+                entry(
+                    "token-issue",
+                    Action::Create,
+                    Outcome::Refused,
+                    &iss,
+                    Some("integration"),
+                    peer,
+                    None,
+                    Some(e.to_string()),
+                ),
+            );
             return invalid(e.to_string());
         }
     };
     let (who, jti) = (a.client_id.clone(), a.jti.clone());
     let first = state
         .store
-        .first_jti(a.client_id.clone(), jti, a.exp_s * 1000, now, move |first| {
-            if first { Vec::new() } else {
-                vec![entry("token-issue", Action::Create, Outcome::Refused, &who, Some("integration"), peer, None, Some("a replayed assertion (jti seen before)".into()))]
-            }
-        })
+        .first_jti(
+            a.client_id.clone(),
+            jti,
+            a.exp_s * 1000,
+            now,
+            move |first| {
+                if first {
+                    Vec::new()
+                } else {
+                    vec![entry(
+                        "token-issue",
+                        Action::Create,
+                        Outcome::Refused,
+                        &who,
+                        Some("integration"),
+                        peer,
+                        None,
+                        Some("a replayed assertion (jti seen before)".into()),
+                    )]
+                }
+            },
+        )
         .await;
     match first {
         Ok(true) => {}
-        Ok(false) => return invalid("this assertion was used before (jti); sign a new one for every request".into()),
-        Err(_) => return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store failed"),
+        Ok(false) => {
+            return invalid(
+                "this assertion was used before (jti); sign a new one for every request".into(),
+            );
+        }
+        Err(_) => {
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the store failed",
+            );
+        }
     }
-    let (Ok(asked), Ok(allowed)) = (osler_auth::Scopes::parse(&scope), osler_auth::Scopes::parse(&client.scopes)) else {
+    let (Ok(asked), Ok(allowed)) = (
+        osler_auth::Scopes::parse(&scope),
+        osler_auth::Scopes::parse(&client.scopes),
+    ) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "malformed scope");
     };
-    if asked.has_context(osler_auth::Context::Patient) || asked.has_context(osler_auth::Context::User) || !asked.grants_data() {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "a backend service asks for system/ scopes");
+    if asked.has_context(osler_auth::Context::Patient)
+        || asked.has_context(osler_auth::Context::User)
+        || !asked.grants_data()
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "a backend service asks for system/ scopes",
+        );
     }
     if let Some(s) = asked.0.iter().find(|s| !allowed.0.contains(s)) {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", format!("{s} is not registered for this client"));
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!("{s} is not registered for this client"),
+        );
     }
     let Some(r) = random::<32>() else {
-        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "no randomness");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "no randomness",
+        );
     };
     let access = osler_auth::token::secret(osler_auth::token::ACCESS_PREFIX, &r);
     let h = osler_auth::token::hash(&access);
@@ -646,9 +958,22 @@ async fn backend(
         used_ms: None,
         revoked_ms: None,
     };
-    let audit = vec![entry("token-issue", Action::Create, Outcome::Success, &format!("client:{}", client.id), Some("integration"), peer, None, None)];
+    let audit = vec![entry(
+        "token-issue",
+        Action::Create,
+        Outcome::Success,
+        &format!("client:{}", client.id),
+        Some("integration"),
+        peer,
+        None,
+        None,
+    )];
     if state.store.issue(vec![(h, record)], audit).await.is_err() {
-        return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "the store failed");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the store failed",
+        );
     }
     (
         [("cache-control", "no-store")],

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Body;
-use axum::response::IntoResponse;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use osler_fhir::bundle::{response_bundle, response_entry};
 use osler_fhir::registry::{etag, parse_registry_search, prepare, resource_json};
@@ -21,14 +21,14 @@ use osler_registry::{ResourceWrite, WriteMode};
 use osler_store::{Correction, WriteOp, WriteOutcome};
 use serde_json::Value;
 
+use crate::access::{Ax, Cx, audited, sees};
 use crate::fhir_api::{
     base_url, in_entry, invalid_reading, location, outcome_error, prefers, read_json, status_line,
 };
-use crate::access::{Ax, Cx, audited, sees};
 use crate::registry_api::{narrow, new_id, refusal, visible};
-use osler_auth::{Caller, Interaction};
 use crate::reply::{ApiError, fhir};
 use crate::{AppState, now_ms};
+use osler_auth::{Caller, Interaction};
 
 /// What became of an entry before the store saw it.
 enum Slot {
@@ -87,12 +87,23 @@ fn prepare_entry(e: ResourceEntry, i: usize, now: i64) -> Result<ResourceWrite, 
 
 /// Why the caller may not write this entry, if they may not: each entry is authorised on its
 /// own (scope ∩ role ∩ compartment), before anything is stored.
-fn entry_refusal(caller: &Caller, i: usize, w: &mut ResourceWrite, body: &Value) -> Option<FhirError> {
+fn entry_refusal(
+    caller: &Caller,
+    i: usize,
+    w: &mut ResourceWrite,
+    body: &Value,
+) -> Option<FhirError> {
     let interaction = match w.mode {
         WriteMode::Create | WriteMode::CreateIfNoneExist(_) => Interaction::Create,
         WriteMode::Update | WriteMode::UpdateMatching(_) => Interaction::Update,
     };
-    let at = |msg: String| Some(FhirError::at(ErrorKind::Forbidden, format!("Bundle.entry[{i}]"), msg));
+    let at = |msg: String| {
+        Some(FhirError::at(
+            ErrorKind::Forbidden,
+            format!("Bundle.entry[{i}]"),
+            msg,
+        ))
+    };
     if let Err(d) = caller.may(w.kind.as_str(), interaction) {
         return at(d.to_string());
     }
@@ -101,7 +112,10 @@ fn entry_refusal(caller: &Caller, i: usize, w: &mut ResourceWrite, body: &Value)
         _ => true,
     };
     if !narrowed || !visible(caller, w.kind, &w.id, body) {
-        return at(format!("this {} names a patient outside the caller's compartment", w.kind));
+        return at(format!(
+            "this {} names a patient outside the caller's compartment",
+            w.kind
+        ));
     }
     None
 }
@@ -125,7 +139,9 @@ pub(crate) async fn transaction_or_batch(
         let slot = match entry {
             Err(e) => Slot::Refused(e),
             Ok(BundleEntry::Read { url }) => Slot::Read(url),
-            Ok(BundleEntry::Create(_)) if caller.may("Observation", Interaction::Create).is_err() => {
+            Ok(BundleEntry::Create(_))
+                if caller.may("Observation", Interaction::Create).is_err() =>
+            {
                 Slot::Refused(FhirError::at(
                     ErrorKind::Forbidden,
                     format!("Bundle.entry[{i}]"),
@@ -133,11 +149,13 @@ pub(crate) async fn transaction_or_batch(
                 ))
             }
             Ok(BundleEntry::Create(req)) => match req.input.validate(received) {
-                Ok(reading) if !sees(&caller, reading.patient.as_str()) => Slot::Refused(FhirError::at(
-                    ErrorKind::Forbidden,
-                    format!("Bundle.entry[{i}].resource.subject"),
-                    "this patient is outside the caller's compartment",
-                )),
+                Ok(reading) if !sees(&caller, reading.patient.as_str()) => {
+                    Slot::Refused(FhirError::at(
+                        ErrorKind::Forbidden,
+                        format!("Bundle.entry[{i}].resource.subject"),
+                        "this patient is outside the caller's compartment",
+                    ))
+                }
                 Ok(reading) => {
                     ops.push(WriteOp {
                         // An amended, corrected or entered-in-error reading replaces the one
@@ -194,7 +212,17 @@ pub(crate) async fn transaction_or_batch(
     // A job that committed carries this request's audit entry; otherwise (nothing to write,
     // a transaction undone) the guard records the outcome.
     let committed = result.as_ref().is_some_and(|r| r.committed);
-    let answer = answer_bundle(&state, &headers, bundle.kind, slots, kinds, result, &base, with_resources).await;
+    let answer = answer_bundle(
+        &state,
+        &headers,
+        bundle.kind,
+        slots,
+        kinds,
+        result,
+        &base,
+        with_resources,
+    )
+    .await;
     Ok(match (answer, committed) {
         (Ok(r), true) => audited(r),
         (Err(e), true) => audited(e.into_response()),
@@ -282,7 +310,7 @@ async fn answer_bundle(
                             j["meta"]["versionId"] = Value::String(version.to_string());
                             j
                         });
-                        let loc = format!("{}/_history/{version}", location(&base, s));
+                        let loc = format!("{}/_history/{version}", location(base, s));
                         let mut e = response_entry(status, Some(&loc), resource, None);
                         e["response"]["etag"] = Value::String(etag(version));
                         e

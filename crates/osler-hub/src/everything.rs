@@ -20,10 +20,10 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::access::Routes;
-use osler_auth::{Interaction, Policy};
 use crate::fhir_api::{base_url, next_link, stored_json};
 use crate::registry_api::resource_or_stub;
 use crate::reply::{ApiError, fhir};
+use osler_auth::{Interaction, Policy};
 
 pub(crate) fn routes() -> Routes {
     Routes::new().get(

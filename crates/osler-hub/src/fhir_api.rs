@@ -20,28 +20,40 @@ use osler_fhir::{
 use osler_store::{Correction, Cursor, Query, StoredReading, WriteOp, WriteOutcome};
 use serde_json::Value;
 
+use crate::access::{Ax, Cx, Routes, audited, sees, within};
 use crate::body::{BodyError, read_body};
 use crate::reply::{ApiError, fhir};
-use crate::access::{Ax, Cx, Routes, audited, sees, within};
 use crate::{AppState, now_ms};
 use osler_auth::{Interaction, Policy};
 
 type St = State<Arc<AppState>>;
 
 pub(crate) fn routes() -> Routes {
-    use Interaction::*;
     use crate::observation_versions as versions;
+    use Interaction::*;
     let obs = |i| Policy::Resource("Observation", i);
     Routes::new()
-        .post("/fhir", Policy::PerEntry, crate::bundle_api::transaction_or_batch)
-        .post("/fhir/", Policy::PerEntry, crate::bundle_api::transaction_or_batch)
+        .post(
+            "/fhir",
+            Policy::PerEntry,
+            crate::bundle_api::transaction_or_batch,
+        )
+        .post(
+            "/fhir/",
+            Policy::PerEntry,
+            crate::bundle_api::transaction_or_batch,
+        )
         .get("/fhir/metadata", Policy::Public, metadata)
         .post("/fhir/Observation", obs(Create), create)
         .get("/fhir/Observation", obs(Search), search)
         .get("/fhir/Observation/$lastn", obs(Search), last_n)
         .get("/fhir/Observation/{id}", obs(Read), versions::read)
         .put("/fhir/Observation/{id}", obs(Update), versions::correct)
-        .get("/fhir/Observation/{id}/_history", obs(Read), versions::history)
+        .get(
+            "/fhir/Observation/{id}/_history",
+            obs(Read),
+            versions::history,
+        )
         .get(
             "/fhir/Observation/{id}/_history/{vid}",
             obs(Read),
@@ -260,7 +272,7 @@ async fn created(
             .len()
             .max(1) as u64
     };
-    let mut response = if prefers(&headers, "minimal") == Some(true) {
+    let mut response = if prefers(headers, "minimal") == Some(true) {
         let mut r = status.into_response();
         if let Ok(v) = HeaderValue::from_str(&osler_fhir::registry::etag(version)) {
             r.headers_mut().insert(header::ETAG, v);
@@ -315,7 +327,10 @@ async fn search(
     let s = parse_observation_search(&params, false)?;
     let base = base_url(&state, &headers);
     let self_link = format!("{base}/Observation?{}", encode_query(&params));
-    let outside = s.patient.as_ref().is_some_and(|p| !sees(&caller, p.as_str()));
+    let outside = s
+        .patient
+        .as_ref()
+        .is_some_and(|p| !sees(&caller, p.as_str()));
     if s.metrics.as_ref().is_some_and(Vec::is_empty) || outside {
         // The codes or categories asked for name no metric Osler stores, or the patient is
         // outside the caller's compartment: nothing can match.
@@ -327,7 +342,8 @@ async fn search(
     }
     let store = state.store.clone();
     let s2 = s.clone();
-    let compartment = within(&caller).map(|w| w.iter().filter_map(|p| Id::parse(p)).collect::<Vec<Id>>());
+    let compartment =
+        within(&caller).map(|w| w.iter().filter_map(|p| Id::parse(p)).collect::<Vec<Id>>());
     let (total, page) =
         tokio::task::spawn_blocking(move || -> Result<_, osler_store::StoreError> {
             if let Some(ident) = &s2.identifier {
@@ -457,7 +473,8 @@ async fn last_n(
     let Some(patient) = s.patient.clone() else {
         return Err(FhirError::new(ErrorKind::BadParameter, "$lastn needs patient").into());
     };
-    let found = if s.metrics.as_ref().is_some_and(Vec::is_empty) || !sees(&caller, patient.as_str()) {
+    let found = if s.metrics.as_ref().is_some_and(Vec::is_empty) || !sees(&caller, patient.as_str())
+    {
         Vec::new()
     } else {
         let store = state.store.clone();

@@ -16,8 +16,8 @@ use osler_store::{BatchMark, WriteOp, WriteOutcome};
 use osler_wire::{Envelope, MAX_ENVELOPE_BYTES, parse_public_key};
 use serde_json::json;
 
-use crate::body::{BodyError, read_body};
 use crate::access::Routes;
+use crate::body::{BodyError, read_body};
 use crate::{AppState, now_ms};
 use osler_auth::Policy;
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Body;
-use axum::response::IntoResponse;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use osler_fhir::{ErrorKind, FhirError, parse_observation};
 use osler_store::{Correction, ReadingId, StoredReading, WriteOp, WriteOutcome};

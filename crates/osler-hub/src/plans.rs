@@ -24,8 +24,8 @@ use osler_rules::{RULES, Rule};
 use osler_store::alerts::{AlertWrite, PlanChange};
 use serde_json::{Value, json};
 
-use crate::alerts::error;
 use crate::access::{Ax, Cx, Routes, audited, sees};
+use crate::alerts::error;
 use crate::{AppState, now_ms};
 use osler_auth::{Interaction, Policy};
 

@@ -54,9 +54,17 @@ pub fn init(
     // Secrets first, each created anew (never truncating a file that is there), the CA last:
     // its presence is what marks a prepared hub.
     write_new(&dir.join(CA_KEY_FILE), certs.ca_key_pem.as_bytes(), true)?;
-    write_new(&dir.join(SERVER_KEY_FILE), certs.server_key_pem.as_bytes(), true)?;
+    write_new(
+        &dir.join(SERVER_KEY_FILE),
+        certs.server_key_pem.as_bytes(),
+        true,
+    )?;
     write_new(&dir.join(AUDIT_KEY_FILE), hex(&seed).as_bytes(), true)?;
-    write_new(&dir.join(SERVER_FILE), certs.server_chain_pem.as_bytes(), false)?;
+    write_new(
+        &dir.join(SERVER_FILE),
+        certs.server_chain_pem.as_bytes(),
+        false,
+    )?;
     write_new(&dir.join(CA_FILE), certs.ca_pem.as_bytes(), false)?;
     Ok(Prepared {
         ca_file: dir.join(CA_FILE),

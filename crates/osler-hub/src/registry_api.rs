@@ -21,9 +21,9 @@ use osler_fhir::registry::{
 use osler_fhir::{ErrorKind, FhirError, encode_query, parse_query};
 use osler_registry::{Kind, StoredResource, WriteMode, WriteOutcome};
 
+use crate::access::{Ax, Cx, Routes, audited, sees};
 use crate::fhir_api::{base_url, prefers, read_json};
 use crate::reply::{ApiError, fhir, http_date};
-use crate::access::{Ax, Cx, Routes, audited, sees};
 use crate::{AppState, now_ms};
 use osler_auth::{Caller, Compartment, Interaction, OPERATIONS, Policy};
 

@@ -71,7 +71,10 @@ impl Throttle {
             e.1 = now + wait;
         }
         s.by_address.entry(addr).or_default().push_back(now);
-        s.by_account.entry(account.to_owned()).or_default().push_back(now);
+        s.by_account
+            .entry(account.to_owned())
+            .or_default()
+            .push_back(now);
     }
 
     pub(crate) fn succeeded(&self, account: &str, addr: IpAddr) {
@@ -89,7 +92,8 @@ mod tests {
     #[test]
     fn guesses_slow_down_and_the_owner_is_never_shut_out() {
         let t = Throttle::default();
-        let (attacker, owner): (IpAddr, IpAddr) = ("10.0.0.66".parse().unwrap(), "10.0.0.7".parse().unwrap());
+        let (attacker, owner): (IpAddr, IpAddr) =
+            ("10.0.0.66".parse().unwrap(), "10.0.0.7".parse().unwrap());
         t.succeeded("dr-a", owner);
         let mut now = 0;
         for _ in 0..3 {
@@ -111,6 +115,9 @@ mod tests {
         assert!(t.admit("dr-a", "10.9.9.9".parse().unwrap(), now).is_err());
         assert!(t.admit("dr-a", owner, now).is_ok());
         // An hour later the account's count has passed.
-        assert!(t.admit("dr-a", "10.9.9.9".parse().unwrap(), now + HOUR_MS + 1).is_ok());
+        assert!(
+            t.admit("dr-a", "10.9.9.9".parse().unwrap(), now + HOUR_MS + 1)
+                .is_ok()
+        );
     }
 }

@@ -670,11 +670,7 @@ impl Store {
         // On a connection of its own, like the admin commands (SQLite serialises it with the
         // writer): the revocation and its audit entry are one transaction.
         let key = self.audit_key.clone().ok_or(StoreError::NoAuditKey)?;
-        let dir = self
-            .path
-            .parent()
-            .map(Path::to_owned)
-            .unwrap_or_default();
+        let dir = self.path.parent().map(Path::to_owned).unwrap_or_default();
         tokio::task::spawn_blocking(move || {
             admin::in_transaction(&dir, &key, &audit, |c| {
                 security::revoke_token(c, Some(&hash), None, now_ms)
@@ -699,7 +695,11 @@ impl Store {
     }
 
     /// The account a still-valid enrolment code is for.
-    pub fn enrolling(&self, code_hash: &[u8; 32], now_ms: i64) -> Result<Option<Account>, StoreError> {
+    pub fn enrolling(
+        &self,
+        code_hash: &[u8; 32],
+        now_ms: i64,
+    ) -> Result<Option<Account>, StoreError> {
         self.read(|c| security::enrolling(c, code_hash, now_ms))
     }
 
@@ -719,7 +719,14 @@ impl Store {
         audit: impl FnOnce(&Enrolled) -> Vec<String> + Send + 'static,
     ) -> Result<Enrolled, StoreError> {
         self.transact(move |c| {
-            let e = security::enrol(c, &code_hash, &password_phc, totp_secret.as_deref(), &recovery, now_ms)?;
+            let e = security::enrol(
+                c,
+                &code_hash,
+                &password_phc,
+                totp_secret.as_deref(),
+                &recovery,
+                now_ms,
+            )?;
             let a = audit(&e);
             Ok((e, a))
         })

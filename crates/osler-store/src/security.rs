@@ -142,13 +142,12 @@ pub(crate) fn token_by_hash(
     c: &Connection,
     hash: &[u8; 32],
 ) -> Result<Option<TokenRecord>, StoreError> {
-    Ok(c
-        .query_row(
-            &format!("SELECT {TOKEN_COLUMNS} FROM token WHERE hash = ?1"),
-            [hash.as_slice()],
-            token_row,
-        )
-        .optional()?)
+    Ok(c.query_row(
+        &format!("SELECT {TOKEN_COLUMNS} FROM token WHERE hash = ?1"),
+        [hash.as_slice()],
+        token_row,
+    )
+    .optional()?)
 }
 
 /// Revokes the token with this hash or this id; returns it if there was one (already revoked
@@ -212,7 +211,8 @@ pub(crate) fn append(
     }
     let origin = note::origin(&key.verifying_key());
     let mut tree = frontier(c)?;
-    let mut insert = c.prepare_cached("INSERT INTO audit(seq, entry, signature) VALUES (?1, ?2, ?3)")?;
+    let mut insert =
+        c.prepare_cached("INSERT INTO audit(seq, entry, signature) VALUES (?1, ?2, ?3)")?;
     for e in entries {
         tree.push(leaf_hash(e.as_bytes()));
         let size = tree.size();
@@ -289,17 +289,18 @@ fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
 }
 
 pub(crate) fn account(c: &Connection, name: &str) -> Result<Option<Account>, StoreError> {
-    Ok(c
-        .query_row(
-            &format!("SELECT {ACCOUNT_COLUMNS} FROM account WHERE name = ?1"),
-            [name],
-            account_row,
-        )
-        .optional()?)
+    Ok(c.query_row(
+        &format!("SELECT {ACCOUNT_COLUMNS} FROM account WHERE name = ?1"),
+        [name],
+        account_row,
+    )
+    .optional()?)
 }
 
 pub(crate) fn accounts(c: &Connection) -> Result<Vec<Account>, StoreError> {
-    let mut stmt = c.prepare(&format!("SELECT {ACCOUNT_COLUMNS} FROM account ORDER BY name"))?;
+    let mut stmt = c.prepare(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM account ORDER BY name"
+    ))?;
     let rows = stmt.query_map([], account_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -396,11 +397,7 @@ pub(crate) fn use_recovery(
 /// Spends a single-use token (a refresh or mfa token). `Ok(Some)` the first time; a second
 /// use of a refresh token is theft or a replay: its whole family is revoked and `Ok(None)`
 /// returned.
-pub(crate) fn spend(
-    c: &Connection,
-    hash: &[u8; 32],
-    now_ms: i64,
-) -> Result<Spent, StoreError> {
+pub(crate) fn spend(c: &Connection, hash: &[u8; 32], now_ms: i64) -> Result<Spent, StoreError> {
     let Some(t) = token_by_hash(c, hash)? else {
         return Ok(Spent::Unknown);
     };
@@ -451,7 +448,10 @@ pub(crate) fn first_jti(
 }
 
 /// The patients of the active care teams a practitioner is a member of.
-pub(crate) fn care_team_patients(c: &Connection, practitioner: &str) -> Result<Vec<String>, StoreError> {
+pub(crate) fn care_team_patients(
+    c: &Connection,
+    practitioner: &str,
+) -> Result<Vec<String>, StoreError> {
     let mut stmt = c.prepare_cached(
         "SELECT DISTINCT p.value FROM resource_term m
          JOIN resource_term p ON p.kind = 'CareTeam' AND p.id = m.id AND p.param = 'patient'
@@ -460,7 +460,9 @@ pub(crate) fn care_team_patients(c: &Connection, practitioner: &str) -> Result<V
                 WHERE s.kind = 'CareTeam' AND s.id = m.id AND s.param = 'status'
                   AND s.value IN ('inactive', 'suspended', 'entered-in-error', 'proposed'))",
     )?;
-    let rows = stmt.query_map([format!("Practitioner/{practitioner}")], |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map([format!("Practitioner/{practitioner}")], |r| {
+        r.get::<_, String>(0)
+    })?;
     let mut out = Vec::new();
     for v in rows {
         if let Some(p) = v?.strip_prefix("Patient/") {
@@ -481,20 +483,19 @@ pub struct Client {
 }
 
 pub(crate) fn client(c: &Connection, id: &str) -> Result<Option<Client>, StoreError> {
-    Ok(c
-        .query_row(
-            "SELECT id, jwks, scopes, revoked_ms FROM client WHERE id = ?1",
-            [id],
-            |r| {
-                Ok(Client {
-                    id: r.get(0)?,
-                    jwks: r.get(1)?,
-                    scopes: r.get(2)?,
-                    revoked_ms: r.get(3)?,
-                })
-            },
-        )
-        .optional()?)
+    Ok(c.query_row(
+        "SELECT id, jwks, scopes, revoked_ms FROM client WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(Client {
+                id: r.get(0)?,
+                jwks: r.get(1)?,
+                scopes: r.get(2)?,
+                revoked_ms: r.get(3)?,
+            })
+        },
+    )
+    .optional()?)
 }
 
 pub(crate) fn add_client(c: &Connection, cl: &Client, now_ms: i64) -> Result<(), StoreError> {
@@ -507,7 +508,11 @@ pub(crate) fn add_client(c: &Connection, cl: &Client, now_ms: i64) -> Result<(),
 }
 
 /// The account waiting for enrolment with this code, if the code is still good.
-pub(crate) fn enrolling(c: &Connection, code_hash: &[u8; 32], now_ms: i64) -> Result<Option<Account>, StoreError> {
+pub(crate) fn enrolling(
+    c: &Connection,
+    code_hash: &[u8; 32],
+    now_ms: i64,
+) -> Result<Option<Account>, StoreError> {
     Ok(c
         .query_row(
             &format!("SELECT {ACCOUNT_COLUMNS} FROM account WHERE enrolment = ?1 AND enrolment_expires_ms > ?2"),

@@ -108,7 +108,9 @@ fn write(
     body: serde_json::Value,
 ) -> osler_registry::WriteOutcome {
     let w = osler_fhir::registry::prepare(kind, &body, id, WriteMode::Update, None, T0).unwrap();
-    let r = rt.block_on(store.write_resources(vec![w], None)).unwrap();
+    let r = rt
+        .block_on(store.write_resources(vec![w], None, Vec::new()))
+        .unwrap();
     r.resources.into_iter().next().unwrap()
 }
 

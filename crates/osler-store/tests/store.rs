@@ -343,7 +343,7 @@ async fn gateway_batches_are_deduplicated_and_dead_lettered() {
         })
         .collect();
     let res = store
-        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![])
+        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![], vec![])
         .await
         .unwrap();
     assert!(
@@ -354,7 +354,7 @@ async fn gateway_batches_are_deduplicated_and_dead_lettered() {
     assert_eq!(store.committed_through("gw-1", 1).unwrap(), 10);
     // The same batch again: every op is recognised by its sequence number.
     let res = store
-        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![])
+        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![], vec![])
         .await
         .unwrap();
     assert!(
@@ -375,7 +375,7 @@ async fn gateway_batches_are_deduplicated_and_dead_lettered() {
     )];
     let m = mark(6, &ops2, rejected);
     assert_eq!(m.last_seq, 12);
-    let res = store.write_batch(ops2, m, vec![]).await.unwrap();
+    let res = store.write_batch(ops2, m, vec![], vec![]).await.unwrap();
     assert_eq!(
         res.outcomes[..5],
         vec![WriteOutcome::AlreadyCommitted; 5][..]
@@ -405,17 +405,31 @@ async fn gateway_batches_are_deduplicated_and_dead_lettered() {
 #[test]
 fn gateways_are_enrolled_and_revoked() {
     let dir = TempDir::new("enrol");
-    osler_store::admin::enrol(&dir.0, "gw-1", "ab", 5).unwrap();
-    osler_store::admin::enrol(&dir.0, "gw-2", "cd", 6).unwrap();
-    assert!(osler_store::admin::revoke(&dir.0, "gw-2", 7).unwrap());
-    assert!(!osler_store::admin::revoke(&dir.0, "gw-9", 7).unwrap());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[1u8; 32]);
+    let audit = |what: &str| vec![format!("{{\"what\":\"{what}\"}}")];
+    osler_store::admin::enrol(&dir.0, &key, "gw-1", "ab", 5, &audit("enrol 1")).unwrap();
+    osler_store::admin::enrol(&dir.0, &key, "gw-2", "cd", 6, &audit("enrol 2")).unwrap();
+    assert!(osler_store::admin::revoke(&dir.0, &key, "gw-2", 7, &audit("revoke 2")).unwrap());
+    // Revoking a gateway never enrolled changes nothing and records nothing.
+    assert!(!osler_store::admin::revoke(&dir.0, &key, "gw-9", 7, &audit("revoke 9")).unwrap());
     let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+    // Each change is in the audit log, committed with it.
+    let log: Vec<String> = store
+        .audit_rows(1, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(
+        log,
+        [audit("enrol 1"), audit("enrol 2"), audit("revoke 2")].concat()
+    );
     let g1 = store.gateway("gw-1").unwrap().unwrap();
     assert_eq!((g1.public_key.as_str(), g1.revoked_ms), ("ab", None));
     assert_eq!(store.gateway("gw-2").unwrap().unwrap().revoked_ms, Some(7));
     assert_eq!(store.gateway("gw-3").unwrap(), None);
     // Enrolling again while the hub's store is open replaces the key and lifts the revocation.
-    osler_store::admin::enrol(&dir.0, "gw-2", "ef", 8).unwrap();
+    osler_store::admin::enrol(&dir.0, &key, "gw-2", "ef", 8, &audit("enrol 2 again")).unwrap();
     let g2 = store.gateway("gw-2").unwrap().unwrap();
     assert_eq!((g2.public_key.as_str(), g2.revoked_ms), ("ef", None));
     assert_eq!(osler_store::admin::list(&dir.0).unwrap().len(), 2);
@@ -428,7 +442,7 @@ async fn summaries_are_stored_once_and_searched_with_readings() {
     let r = reading("s1", Metric::HeartRate, Some("w"), T0, 70.0);
     let ops = vec![op(r.clone())];
     store
-        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![])
+        .write_batch(ops.clone(), mark(1, &ops, vec![]), vec![], vec![])
         .await
         .unwrap();
     let summary = |t0: i64| osler_store::Summary {
@@ -462,12 +476,12 @@ async fn summaries_are_stored_once_and_searched_with_readings() {
             .collect(),
     };
     store
-        .write_batch(vec![], batch(1, &[T0 + 1000, T0 + 61_000]), vec![])
+        .write_batch(vec![], batch(1, &[T0 + 1000, T0 + 61_000]), vec![], vec![])
         .await
         .unwrap();
     // A resend of the same sequence numbers stores nothing twice.
     store
-        .write_batch(vec![], batch(1, &[T0 + 1000, T0 + 61_000]), vec![])
+        .write_batch(vec![], batch(1, &[T0 + 1000, T0 + 61_000]), vec![], vec![])
         .await
         .unwrap();
     let q = Query::patient(r.patient.clone());
@@ -524,7 +538,7 @@ fn an_alert_update_is_stored_only_when_worse() {
         higher_is_worse,
     };
     let changed = |w: Vec<AlertWrite>| -> Vec<Option<f64>> {
-        rt.block_on(store.write_alerts(w))
+        rt.block_on(store.write_alerts(w, vec![]))
             .unwrap()
             .alerts
             .into_iter()
@@ -592,6 +606,7 @@ async fn rules_run_inside_the_commit_on_what_it_stored() {
             false,
             None,
             rules,
+            Vec::new(),
         )
         .await
         .unwrap();
@@ -616,7 +631,7 @@ async fn rules_run_inside_the_commit_on_what_it_stored() {
         150.0,
     );
     let res = store
-        .write_with_rules(vec![op(later), op(clash)], true, None, rules)
+        .write_with_rules(vec![op(later), op(clash)], true, None, rules, Vec::new())
         .await
         .unwrap();
     assert!(!res.committed);

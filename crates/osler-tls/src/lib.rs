@@ -71,7 +71,10 @@ pub fn generate(
     {
         (
             vec!["localhost".to_owned()],
-            vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])],
+            vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+            ],
         )
     } else {
         (names.to_vec(), addresses.to_vec())
@@ -98,7 +101,9 @@ pub fn generate(
             .cloned()
             .unwrap_or_else(|| addresses[0].to_string()),
     );
-    server.distinguished_name.push(DnType::OrganizationName, org);
+    server
+        .distinguished_name
+        .push(DnType::OrganizationName, org);
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.not_before = rcgen::date_time_ymd(now_year - 1, 1, 1);
@@ -131,7 +136,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The certificates in a PEM text, in order.
-pub fn certificates(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn certificates(
+    pem: &str,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
@@ -148,7 +156,10 @@ pub fn certificates(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<
 }
 
 /// A server configuration presenting `chain_pem` with `key_pem`.
-pub fn server_config(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certificates(chain_pem, "the server certificate")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
         what: "the server key",

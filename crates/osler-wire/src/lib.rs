@@ -365,9 +365,18 @@ fn request_message(gateway: &str, method: &str, path_and_query: &str, at_ms: i64
 
 impl GatewayKey {
     /// The `Osler-Gateway` header value for a request.
-    pub fn sign_request(&self, gateway: &str, method: &str, path_and_query: &str, at_ms: i64) -> String {
+    pub fn sign_request(
+        &self,
+        gateway: &str,
+        method: &str,
+        path_and_query: &str,
+        at_ms: i64,
+    ) -> String {
         let m = request_message(gateway, method, path_and_query, at_ms);
-        format!("{gateway} {at_ms} {}", hex(&self.0.sign(m.as_bytes()).to_bytes()))
+        format!(
+            "{gateway} {at_ms} {}",
+            hex(&self.0.sign(m.as_bytes()).to_bytes())
+        )
     }
 }
 
@@ -387,16 +396,21 @@ pub fn verify_request(
     now_ms: i64,
 ) -> Result<(), WireError> {
     let mut parts = header.split(' ');
-    let (Some(gateway), Some(at), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(gateway), Some(at), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(WireError::BadSignature);
     };
     let at_ms: i64 = at.parse().map_err(|_| WireError::BadSignature)?;
     if (now_ms - at_ms).abs() > REQUEST_SKEW_MS {
         return Err(WireError::BadSignature);
     }
-    let sig = ed25519_dalek::Signature::from_bytes(&unhex::<64>(sig).map_err(|_| WireError::BadSignature)?);
+    let sig = ed25519_dalek::Signature::from_bytes(
+        &unhex::<64>(sig).map_err(|_| WireError::BadSignature)?,
+    );
     let m = request_message(gateway, method, path_and_query, at_ms);
-    key.verify_strict(m.as_bytes(), &sig).map_err(|_| WireError::BadSignature)
+    key.verify_strict(m.as_bytes(), &sig)
+        .map_err(|_| WireError::BadSignature)
 }
 
 /// A public key as the hub enrols it.

@@ -175,14 +175,16 @@ struct GatewayArgs {
 enum HubAdmin {
     /// Prepare a hub's data directory: its own certificate authority and server certificate,
     /// and the audit log's signing key. Asks nothing; refuses a directory prepared before.
-    #[command(long_about = "Prepare a hub's data directory before its first `osler serve`.\n\n\
+    #[command(
+        long_about = "Prepare a hub's data directory before its first `osler serve`.\n\n\
         Makes the hub's own certificate authority (tls/ca.pem), a server certificate signed by\n\
         it for the names and addresses given (localhost, 127.0.0.1 and ::1 by default), and the\n\
         audit log's signing key. Private keys are written owner-only. It asks nothing on a\n\
         terminal, and refuses a directory that is prepared already (its keys are never\n\
         overwritten); a directory holding an older hub's database is prepared around it.\n\n\
         Clients trust the hub by its CA:  osler hub ca --data DIR > hub-ca.pem\n\
-          curl --cacert hub-ca.pem https://localhost:8080/fhir/metadata")]
+          curl --cacert hub-ca.pem https://localhost:8080/fhir/metadata"
+    )]
     Init {
         /// The hub's data directory (created if missing).
         #[arg(long, value_name = "DIR")]
@@ -249,14 +251,16 @@ enum HubAdmin {
 #[derive(Subcommand)]
 enum UserCmd {
     /// Add an account and print its one-time enrolment code (valid 7 days).
-    #[command(long_about = "Add an account and print its one-time enrolment code (valid 7 days, shown\n\
+    #[command(
+        long_about = "Add an account and print its one-time enrolment code (valid 7 days, shown\n\
         once). The person enrols with it: POST /auth/enrol {\"code\": ..., \"password\": ...}\n\
         sets their password (8 to 128 characters, not a common one) and, for administrators\n\
         and clinicians, answers their TOTP secret (an authenticator app's otpauth:// URI) and\n\
         ten single-use recovery codes. Login is then POST /auth/login {name, password},\n\
         then POST /auth/second-factor {mfa_token, code}.\n\n\
         Roles: admin (every patient, the audit log); clinician --practitioner ID (the patients\n\
-        of that Practitioner's care teams); patient --patient ID (their own record).")]
+        of that Practitioner's care teams); patient --patient ID (their own record)."
+    )]
     Add {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
@@ -300,14 +304,16 @@ enum ClientCmd {
 #[derive(Subcommand)]
 enum TokenCmd {
     /// Make a bearer token and print it, and nothing else, to standard output.
-    #[command(long_about = "Make a bearer token for a program and print it, and nothing else, to\n\
+    #[command(
+        long_about = "Make a bearer token for a program and print it, and nothing else, to\n\
         standard output (it is stored only as a hash: it cannot be shown again).\n\n\
         Scopes are SMART v2: system/Observation.rs reads and searches every patient's\n\
         readings; system/*.cruds is everything a program may do; patient/*.rs with\n\
         --patient p1 reads p1's record only. v1 forms (.read, .write, .*) are accepted.\n\n\
         Example:\n\
           TOKEN=$(osler hub token create --data hub-data --scope 'system/Observation.rs' --expires 1h)\n\
-          curl --cacert hub-ca.pem -H \"Authorization: Bearer $TOKEN\" https://localhost:8080/fhir/Observation?code=8867-4")]
+          curl --cacert hub-ca.pem -H \"Authorization: Bearer $TOKEN\" https://localhost:8080/fhir/Observation?code=8867-4"
+    )]
     Create {
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
@@ -350,7 +356,8 @@ enum AuditCmd {
     },
     /// Recompute the log's Merkle tree and check every entry's signed checkpoint; exits
     /// non-zero naming the first bad entry.
-    #[command(long_about = "Recompute the audit log's Merkle tree (RFC 9162) and check the signed\n\
+    #[command(
+        long_about = "Recompute the audit log's Merkle tree (RFC 9162) and check the signed\n\
         checkpoint of every entry; name the first entry that was changed, removed, inserted or\n\
         moved, or the truncation, and exit non-zero.\n\n\
         On the hub:       osler audit verify --data hub-data\n\
@@ -358,7 +365,8 @@ enum AuditCmd {
                           osler audit key --data hub-data > audit.key\n\
                           osler audit verify --log audit.jsonl --key audit.key\n\
         With --checkpoint FILE (a GET /audit/checkpoint kept earlier) it also proves the log\n\
-        only grew since.")]
+        only grew since."
+    )]
     Verify {
         /// The hub's data directory (verifies its log with its own key).
         #[arg(long, value_name = "DIR", conflicts_with_all = ["log", "key"], required_unless_present = "log")]
@@ -396,6 +404,9 @@ enum Bench {
     /// Registry searches: Patient by name among 100,000 patients, Observation across patients
     /// over 10 M readings.
     Registry(osler_bench::registry::RegistryBenchArgs),
+    /// What a login costs over TLS (Argon2id), that a wrong password and an unknown name cost
+    /// the same, and what checking a bearer token adds to a request.
+    Login(osler_bench::login::LoginBenchArgs),
 }
 
 fn init_logging() -> anyhow::Result<()> {
@@ -486,6 +497,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Mqtt(args) => osler_bench::mqtt::run(args),
             Bench::Soak(args) => osler_bench::soak::run(args),
             Bench::Registry(args) => osler_bench::registry::run(args),
+            Bench::Login(args) => osler_bench::login::run(args),
         },
     }
 }
@@ -529,7 +541,10 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         Identity::set_id(&data, id).map_err(anyhow::Error::msg)?;
     }
     if let Some(device) = &args.add_device {
-        println!("{}", osler_gateway::devices::Devices::add(&data, device).map_err(anyhow::Error::msg)?);
+        println!(
+            "{}",
+            osler_gateway::devices::Devices::add(&data, device).map_err(anyhow::Error::msg)?
+        );
         return Ok(());
     }
     let identity = Identity::load_or_create(&data).map_err(anyhow::Error::msg)?;
@@ -560,12 +575,17 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         (Some(path), true) => {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --hub-ca {}", path.display()))?;
-            Some(osler_tls::client_config(&pem).with_context(|| format!("--hub-ca {}", path.display()))?)
+            Some(
+                osler_tls::client_config(&pem)
+                    .with_context(|| format!("--hub-ca {}", path.display()))?,
+            )
         }
         (None, true) => anyhow::bail!(
             "--hub {hub} is HTTPS: give the hub's CA with --hub-ca FILE (on the hub: osler hub ca --data DIR > hub-ca.pem)"
         ),
-        (Some(_), false) => anyhow::bail!("--hub-ca is for an https:// hub; --hub {hub} is plain HTTP"),
+        (Some(_), false) => {
+            anyhow::bail!("--hub-ca is for an https:// hub; --hub {hub} is plain HTTP")
+        }
         (None, false) => None,
     };
     upload.max_count = args.max_batch.max(1);
@@ -582,7 +602,9 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
         open_devices: args.open_devices,
     };
     if args.open_devices {
-        tracing::warn!("--open-devices: readings are taken from any device as they claim, without credentials");
+        tracing::warn!(
+            "--open-devices: readings are taken from any device as they claim, without credentials"
+        );
     }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async {
@@ -608,7 +630,9 @@ fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
             let p = osler_hub::prepare::init(&data, &names, &addresses, now_ms())
                 .with_context(|| format!("cannot prepare {}", data.display()))?;
             let code = osler_hub::admin::add_user(&data, &admin, "admin", None, None)
-                .with_context(|| format!("cannot add the first administrator in {}", data.display()))?;
+                .with_context(|| {
+                    format!("cannot add the first administrator in {}", data.display())
+                })?;
             let mut on: Vec<String> = p.names.clone();
             on.extend(p.addresses.iter().map(|a| a.to_string()));
             if on.is_empty() {
@@ -618,7 +642,9 @@ fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
             println!("certificate authority: {}", p.ca_file.display());
             println!("server certificate for: {}", on.join(", "));
             println!("first administrator: {admin}, enrolment code {code}");
-            println!("  (shown once; valid 7 days: POST /auth/enrol {{\"code\": \"{code}\", \"password\": ...}})");
+            println!(
+                "  (shown once; valid 7 days: POST /auth/enrol {{\"code\": \"{code}\", \"password\": ...}})"
+            );
             println!("next: osler serve --data {}", data.display());
         }
         HubAdmin::Ca { data } => {
@@ -675,7 +701,11 @@ fn hub_admin(which: HubAdmin) -> anyhow::Result<()> {
             }
             UserCmd::List { data } => {
                 for a in osler_store::admin::accounts(&data)? {
-                    let state = if a.enrolled_ms.is_some() { "enrolled" } else { "waiting" };
+                    let state = if a.enrolled_ms.is_some() {
+                        "enrolled"
+                    } else {
+                        "waiting"
+                    };
                     let of = a
                         .practitioner
                         .map(|p| format!("Practitioner/{p}"))

@@ -71,7 +71,11 @@ fn demo_shows_alerts_serves_fhir_and_stops_on_sigint() {
     };
     let script = format!("{}\n{}\n", printed("TOKEN=$("), printed("curl --cacert"));
     let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     assert_eq!(b["resourceType"], "Bundle", "{b}");
@@ -79,7 +83,10 @@ fn demo_shows_alerts_serves_fhir_and_stops_on_sigint() {
     assert_eq!(b["entry"][0]["resource"]["resourceType"], "Observation");
     // Without the token the same request is refused.
     let bare = Command::new("sh")
-        .args(["-c", &printed("curl --cacert").replace("-H \"Authorization: Bearer $TOKEN\" ", "")])
+        .args([
+            "-c",
+            &printed("curl --cacert").replace("-H \"Authorization: Bearer $TOKEN\" ", ""),
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&bare.stdout).contains("\"security\""));

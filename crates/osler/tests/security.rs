@@ -25,7 +25,12 @@ fn call(method: &str, url: &str, token: Option<&str>) -> Answer {
         "POST" | "PUT" => "{}",
         _ => "",
     };
-    send(method, url, body, &[("Authorization", auth.as_deref().unwrap_or(""))])
+    send(
+        method,
+        url,
+        body,
+        &[("Authorization", auth.as_deref().unwrap_or(""))],
+    )
 }
 
 /// The hub with two patients, each with a reading, a practitioner, and tokens:
@@ -66,7 +71,10 @@ fn world() -> World {
     }
     // A hypertensive crisis (one reading is enough) raises an alert for p2.
     let bp = blood_pressure("p2", 196.0, 104.0, &minutes_ago(4));
-    assert_eq!(post(&format!("{b}/Observation"), &bp.to_string()).status, 201);
+    assert_eq!(
+        post(&format!("{b}/Observation"), &bp.to_string()).status,
+        201
+    );
     let d = &dir.0;
     World {
         wide: hub.access.token.clone(),
@@ -198,9 +206,17 @@ fn every_route_declares_a_policy_and_the_access_matrix_holds_over_tls() {
     }
     assert!(checked > 500, "{checked}");
     // The stream's guard, without staying on it (a caller let through would stay).
-    assert_eq!(call("GET", &format!("{root}/alerts/stream"), None).status, 401);
     assert_eq!(
-        call("GET", &format!("{root}/alerts/stream"), Some(&w.readings_only)).status,
+        call("GET", &format!("{root}/alerts/stream"), None).status,
+        401
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &format!("{root}/alerts/stream"),
+            Some(&w.readings_only)
+        )
+        .status,
         403
     );
 }
@@ -210,7 +226,12 @@ fn a_patient_token_sees_only_its_patient_everywhere_a_query_could_leak() {
     let w = world();
     let (b, root) = (&w.hub.base, w.hub.root());
     let as_p1 = |url: &str| {
-        send("GET", url, "", &[("Authorization", &format!("Bearer {}", w.p1_read))])
+        send(
+            "GET",
+            url,
+            "",
+            &[("Authorization", &format!("Bearer {}", w.p1_read))],
+        )
     };
     // Search by the other patient: empty, total 0.
     let s = as_p1(&format!("{b}/Observation?patient=p2")).json();
@@ -260,7 +281,10 @@ fn a_patient_token_sees_only_its_patient_everywhere_a_query_could_leak() {
         "{mine}"
     );
     let flags = as_p1(&format!("{b}/Flag")).json();
-    assert!(flags["entry"].as_array().is_none_or(|e| e.is_empty()), "{flags}");
+    assert!(
+        flags["entry"].as_array().is_none_or(|e| e.is_empty()),
+        "{flags}"
+    );
     // A batch's reads are authorised one by one, as the caller.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "Patient/p2"}},
@@ -307,35 +331,75 @@ fn expired_revoked_unknown_and_forged_credentials_are_refused() {
     let (b, d) = (&w.hub.base, &w.hub.access.ca_file);
     let hub_dir = d.parent().unwrap().parent().unwrap().to_owned();
     let with = |t: &str| {
-        send("GET", &format!("{b}/Observation?patient=p1"), "", &[("Authorization", &format!("Bearer {t}"))])
+        send(
+            "GET",
+            &format!("{b}/Observation?patient=p1"),
+            "",
+            &[("Authorization", &format!("Bearer {t}"))],
+        )
     };
     // Unknown.
     let a = with("osl_at_not-a-real-token");
     assert_eq!(a.status, 401);
-    assert!(a.header("www-authenticate").unwrap().contains("invalid_token"));
+    assert!(
+        a.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
     // Expired: a token that lives one second stops working by itself.
     let short = osler(&[
-        "hub", "token", "create", "--data", hub_dir.to_str().unwrap(), "--scope",
-        "system/Observation.rs", "--expires", "1s",
+        "hub",
+        "token",
+        "create",
+        "--data",
+        hub_dir.to_str().unwrap(),
+        "--scope",
+        "system/Observation.rs",
+        "--expires",
+        "1s",
     ])
     .trim()
     .to_owned();
-    let expired = wait_for(Duration::from_secs(10), || (with(&short).status == 401).then_some(()));
+    let expired = wait_for(Duration::from_secs(10), || {
+        (with(&short).status == 401).then_some(())
+    });
     assert!(expired.is_some(), "a 1 s token still works after 10 s");
-    assert!(with(&short).header("www-authenticate").unwrap().contains("expired"));
+    assert!(
+        with(&short)
+            .header("www-authenticate")
+            .unwrap()
+            .contains("expired")
+    );
     // Revoked on the command line: at once.
     let t = token(&hub_dir, "system/Observation.rs", None);
     assert_eq!(with(&t).status, 200);
-    osler(&["hub", "token", "revoke", "--data", hub_dir.to_str().unwrap(), "--token", &t]);
+    osler(&[
+        "hub",
+        "token",
+        "revoke",
+        "--data",
+        hub_dir.to_str().unwrap(),
+        "--token",
+        &t,
+    ]);
     assert_eq!(with(&t).status, 401);
-    assert!(with(&t).header("www-authenticate").unwrap().contains("revoked"));
+    assert!(
+        with(&t)
+            .header("www-authenticate")
+            .unwrap()
+            .contains("revoked")
+    );
     // Revoked by its holder at the revocation endpoint (RFC 7009): at once.
     let t = token(&hub_dir, "system/Observation.rs", None);
     assert_eq!(with(&t).status, 200);
-    let r = request("POST", &format!("{}/auth/revoke", w.hub.root()), &[("Authorization", "")])
-        .set("Content-Type", "application/x-www-form-urlencoded")
-        .send_string(&format!("token={t}"))
-        .unwrap();
+    let r = request(
+        "POST",
+        &format!("{}/auth/revoke", w.hub.root()),
+        &[("Authorization", "")],
+    )
+    .set("Content-Type", "application/x-www-form-urlencoded")
+    .send_string(&format!("token={t}"))
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(with(&t).status, 401);
     // A forged gateway signature on a poll of every patient's thresholds.
@@ -343,10 +407,7 @@ fn expired_revoked_unknown_and_forged_credentials_are_refused() {
         "GET",
         &format!("{}/alerts/overrides", w.hub.root()),
         "",
-        &[
-            ("Authorization", ""),
-            ("Osler-Gateway", "gw-nobody 1 00"),
-        ],
+        &[("Authorization", ""), ("Osler-Gateway", "gw-nobody 1 00")],
     );
     assert_eq!(a.status, 401, "{}", a.text);
     // A patient token cannot be stretched to another patient by asking for one.
@@ -418,7 +479,13 @@ fn plain_http_is_refused_and_only_loopback_may_opt_out() {
     assert!(untrusted.is_err());
     // --insecure-http on a non-loopback address is refused at start.
     let out = std::process::Command::new(osler_bin())
-        .args(["serve", "--insecure-http", "--listen", "0.0.0.0:0", "--data"])
+        .args([
+            "serve",
+            "--insecure-http",
+            "--listen",
+            "0.0.0.0:0",
+            "--data",
+        ])
         .arg(&dir.0)
         .output()
         .unwrap();
@@ -446,7 +513,10 @@ fn plain_http_is_refused_and_only_loopback_may_opt_out() {
     // Secrets are owner-only.
     use std::os::unix::fs::PermissionsExt;
     for f in ["tls/ca-key.pem", "tls/server-key.pem", "audit-key"] {
-        let mode = std::fs::metadata(dir.0.join(f)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.0.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
     }
 }
@@ -467,7 +537,10 @@ fn a_gateway_pinned_to_another_ca_sends_nothing_and_says_why() {
     );
     let reading = json!({"patient": "pin", "device": "w", "metric": "heart-rate", "value": 70,
         "unit": "/min", "time": minutes_ago(1)});
-    assert_eq!(post(&format!("{}/readings", gw.url), &reading.to_string()).status, 200);
+    assert_eq!(
+        post(&format!("{}/readings", gw.url), &reading.to_string()).status,
+        200
+    );
     let error = wait_for(Duration::from_secs(30), || {
         let s = gw.status();
         let e = s["upload"]["last_error"].as_str()?.to_owned();
@@ -475,7 +548,11 @@ fn a_gateway_pinned_to_another_ca_sends_nothing_and_says_why() {
     })
     .expect("the gateway says the hub's certificate is not its CA's");
     assert!(error.contains("certificate"), "{error}");
-    assert_eq!(gw.status()["outbox"]["readings"], 1, "nothing left the outbox");
+    assert_eq!(
+        gw.status()["outbox"]["readings"],
+        1,
+        "nothing left the outbox"
+    );
     let s = get(&format!("{}/Observation?patient=pin", hub.base)).json();
     assert_eq!(s["total"], 0);
     // An https hub without --hub-ca is refused at start, with what to do.
@@ -517,7 +594,15 @@ fn verify_file(dir: &TempDir, key: &std::path::Path, lines: &[String]) -> (bool,
 fn the_audit_log_records_access_and_detects_any_tampering() {
     let w = world();
     let root = w.hub.root();
-    let hub_dir = w.hub.access.ca_file.parent().unwrap().parent().unwrap().to_owned();
+    let hub_dir = w
+        .hub
+        .access
+        .ca_file
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
     // A read and a refusal are recorded (soon: reads do not wait for their entry's commit);
     // a plan change is recorded in its own commit.
     let programs = get(&format!("{}/AuditEvent?_count=1", w.hub.base)).status;
@@ -527,7 +612,11 @@ fn the_audit_log_records_access_and_detects_any_tampering() {
         note.lines().nth(1).unwrap().parse().unwrap()
     };
     let n0 = size(&root);
-    call("GET", &format!("{}/Patient/p2", w.hub.base), Some(&w.p1_read));
+    call(
+        "GET",
+        &format!("{}/Patient/p2", w.hub.base),
+        Some(&w.p1_read),
+    );
     let a = send(
         "PUT",
         &format!("{root}/plans/p1/hr-high"),
@@ -535,7 +624,9 @@ fn the_audit_log_records_access_and_detects_any_tampering() {
         &[],
     );
     assert!(a.status == 422 || a.status == 200, "{}", a.text);
-    let grown = wait_for(Duration::from_secs(10), || (size(&root) >= n0 + 2).then_some(()));
+    let grown = wait_for(Duration::from_secs(10), || {
+        (size(&root) >= n0 + 2).then_some(())
+    });
     assert!(grown.is_some(), "the read and the refusal were not audited");
     w.hub.stop();
 
@@ -554,25 +645,41 @@ fn the_audit_log_records_access_and_detects_any_tampering() {
         .find(|e| e["outcome"] == "4" && e["entity"][0]["what"]["reference"] == "Patient/p2")
         .expect("the read outside the compartment is audited as refused");
     assert_eq!(refused["agent"][0]["network"]["address"], "127.0.0.1");
-    assert!(events.iter().any(|e| e["subtype"][0]["code"] == "token-issue"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["subtype"][0]["code"] == "token-issue")
+    );
     assert!(events.iter().any(|e| e["subtype"][0]["code"] == "create"
         && e["entity"][0]["what"]["reference"] == "Patient/p2"));
 
     let key = w._dir.0.join("audit.key");
-    std::fs::write(&key, osler(&["audit", "key", "--data", hub_dir.to_str().unwrap()])).unwrap();
-    assert!(verify_file(&w._dir, &key, &lines).0, "the untouched export verifies");
+    std::fs::write(
+        &key,
+        osler(&["audit", "key", "--data", hub_dir.to_str().unwrap()]),
+    )
+    .unwrap();
+    assert!(
+        verify_file(&w._dir, &key, &lines).0,
+        "the untouched export verifies"
+    );
     // Flip bytes of a sample of entries: every one is caught, and the entry named.
     let mut flips = 0;
     for (i, line) in lines.iter().enumerate().skip(1).step_by(3) {
         for pos in [line.len() / 3, line.len() / 2, line.len() - 3] {
             let mut b = line.clone().into_bytes();
             b[pos] ^= 0x04;
-            let Ok(t) = String::from_utf8(b) else { continue };
+            let Ok(t) = String::from_utf8(b) else {
+                continue;
+            };
             let mut tampered = lines.clone();
             tampered[i] = t;
             let (ok, why) = verify_file(&w._dir, &key, &tampered);
             assert!(!ok, "a flipped byte at {pos} of line {i} passed");
-            assert!(why.contains(&format!("entry {i}")) || why.contains("head"), "{why}");
+            assert!(
+                why.contains(&format!("entry {i}")) || why.contains("head"),
+                "{why}"
+            );
             flips += 1;
         }
     }
@@ -631,26 +738,53 @@ fn devices_are_identities_bound_to_their_assignment_over_http_and_mqtt() {
     for (path, body) in [
         ("Patient/anna", json!({"resourceType": "Patient"})),
         ("Patient/ben", json!({"resourceType": "Patient"})),
-        ("Device/cuff-1", json!({"resourceType": "Device", "status": "active"})),
-        ("DeviceUseStatement/u1", json!({"resourceType": "DeviceUseStatement", "status": "active",
+        (
+            "Device/cuff-1",
+            json!({"resourceType": "Device", "status": "active"}),
+        ),
+        (
+            "DeviceUseStatement/u1",
+            json!({"resourceType": "DeviceUseStatement", "status": "active",
             "subject": {"reference": "Patient/anna"}, "device": {"reference": "Device/cuff-1"},
-            "timingPeriod": {"start": minutes_ago(120)}})),
+            "timingPeriod": {"start": minutes_ago(120)}}),
+        ),
     ] {
-        assert_eq!(send("PUT", &format!("{b}/{path}"), &body.to_string(), &[]).status, 201, "{path}");
+        assert_eq!(
+            send("PUT", &format!("{b}/{path}"), &body.to_string(), &[]).status,
+            201,
+            "{path}"
+        );
     }
-    let token = osler(&["gateway", "--data", gw_dir.to_str().unwrap(), "--add-device", "cuff-1"])
-        .trim()
-        .to_owned();
+    let token = osler(&[
+        "gateway",
+        "--data",
+        gw_dir.to_str().unwrap(),
+        "--add-device",
+        "cuff-1",
+    ])
+    .trim()
+    .to_owned();
     let topic_root = format!("osler-sec-{}", std::process::id());
     let filter = format!("{topic_root}/+/readings");
     let gw = Gateway::start(
         &gw_dir,
         &hub.root(),
         0,
-        &["--raw", "--mqtt", "127.0.0.1:1883", "--mqtt-topic", &filter, DEVICE_CREDENTIALS],
+        &[
+            "--raw",
+            "--mqtt",
+            "127.0.0.1:1883",
+            "--mqtt-topic",
+            &filter,
+            DEVICE_CREDENTIALS,
+        ],
     );
     assert!(
-        wait_for(Duration::from_secs(30), || (gw.status()["assignments"].as_u64() >= Some(1)).then_some(())).is_some(),
+        wait_for(Duration::from_secs(30), || (gw.status()["assignments"]
+            .as_u64()
+            >= Some(1))
+        .then_some(()))
+        .is_some(),
         "the gateway fetched the assignment"
     );
     let reading = |patient: Option<&str>, device: Option<&str>, v: f64| {
@@ -669,27 +803,55 @@ fn devices_are_identities_bound_to_their_assignment_over_http_and_mqtt() {
     // No credential, or one the gateway never issued: refused.
     let none = post_with(&url, &reading(Some("anna"), Some("cuff-1"), 70.0), &[]);
     assert_eq!(none.status, 401, "{}", none.text);
-    assert_eq!(with("Bearer osl_dev_forged", &reading(Some("anna"), None, 70.0)).status, 401);
+    assert_eq!(
+        with("Bearer osl_dev_forged", &reading(Some("anna"), None, 70.0)).status,
+        401
+    );
     let bearer = format!("Bearer {token}");
     // Its own patient: taken (with or without naming itself).
-    assert_eq!(with(&bearer, &reading(Some("anna"), Some("cuff-1"), 71.0)).json()["accepted"], 1);
-    assert_eq!(with(&bearer, &reading(Some("anna"), None, 72.0)).json()["accepted"], 1);
+    assert_eq!(
+        with(&bearer, &reading(Some("anna"), Some("cuff-1"), 71.0)).json()["accepted"],
+        1
+    );
+    assert_eq!(
+        with(&bearer, &reading(Some("anna"), None, 72.0)).json()["accepted"],
+        1
+    );
     // Another patient, or another device's name: quarantined with the reason.
     let other = with(&bearer, &reading(Some("ben"), None, 73.0)).json();
     assert_eq!(other["accepted"], 0, "{other}");
-    assert!(other["rejected"][0]["reason"].as_str().unwrap().contains("assigned to patient \"anna\""), "{other}");
+    assert!(
+        other["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("assigned to patient \"anna\""),
+        "{other}"
+    );
     let spoof = with(&bearer, &reading(Some("anna"), Some("cuff-9"), 74.0)).json();
     assert_eq!(spoof["accepted"], 0, "{spoof}");
     // Over MQTT the topic names the device: the same binding.
     let publish = |device: &str, body: &str| {
         let ok = std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", &format!("{topic_root}/{device}/readings"), "-m", body])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "1883",
+                "-q",
+                "1",
+                "-t",
+                &format!("{topic_root}/{device}/readings"),
+                "-m",
+                body,
+            ])
             .status()
             .unwrap()
             .success();
         assert!(ok);
     };
-    let connected = wait_for(Duration::from_secs(20), || (gw.status()["mqtt"]["connected"] == true).then_some(()));
+    let connected = wait_for(Duration::from_secs(20), || {
+        (gw.status()["mqtt"]["connected"] == true).then_some(())
+    });
     assert!(connected.is_some());
     publish("cuff-1", &reading(Some("ben"), None, 75.0));
     publish("cuff-1", &reading(Some("anna"), None, 76.0));
@@ -699,12 +861,26 @@ fn devices_are_identities_bound_to_their_assignment_over_http_and_mqtt() {
         (n >= 3).then_some(q)
     })
     .expect("three readings quarantined");
-    let reasons: Vec<&str> = q["items"].as_array().unwrap().iter().map(|x| x["reason"].as_str().unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.contains("claims patient \"ben\"")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("names device \"cuff-9\"")), "{reasons:?}");
+    let reasons: Vec<&str> = q["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("claims patient \"ben\"")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("names device \"cuff-9\"")),
+        "{reasons:?}"
+    );
     // Only anna's three readings reach the hub; none under ben.
     let stored = wait_for(Duration::from_secs(30), || {
-        let n = get(&format!("{b}/Observation?patient=anna&_summary=count")).json()["total"].as_u64()?;
+        let n = get(&format!("{b}/Observation?patient=anna&_summary=count")).json()["total"]
+            .as_u64()?;
         (n == 3).then_some(n)
     });
     assert_eq!(
@@ -714,5 +890,8 @@ fn devices_are_identities_bound_to_their_assignment_over_http_and_mqtt() {
         gw.status(),
         get(&format!("{b}/Observation?patient=anna")).text
     );
-    assert_eq!(get(&format!("{b}/Observation?patient=ben")).json()["total"], 0);
+    assert_eq!(
+        get(&format!("{b}/Observation?patient=ben")).json()["total"],
+        0
+    );
 }

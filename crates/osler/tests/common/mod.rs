@@ -254,7 +254,11 @@ impl Gateway {
         let mut cmd = Command::new(osler_bin());
         cmd.args(["gateway", "--data"]).arg(data);
         let extra: Vec<&str> = if extra.contains(&DEVICE_CREDENTIALS) {
-            extra.iter().copied().filter(|a| *a != DEVICE_CREDENTIALS).collect()
+            extra
+                .iter()
+                .copied()
+                .filter(|a| *a != DEVICE_CREDENTIALS)
+                .collect()
         } else {
             let mut e = extra.to_vec();
             e.push("--open-devices");
@@ -266,14 +270,14 @@ impl Gateway {
             cmd.arg("--hub-ca").arg(&a.ca_file);
         }
         cmd.args([
-                "--hub",
-                hub_root,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--max-wait-ms",
-                "50",
-            ])
-            .args(extra);
+            "--hub",
+            hub_root,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--max-wait-ms",
+            "50",
+        ])
+        .args(extra);
         let (child, url) = spawn_printing_url(cmd, None, "osler gateway");
         Gateway { child, url }
     }
@@ -755,7 +759,15 @@ pub struct Person {
 /// `osler hub user add`, then `POST /auth/enrol` with the code it printed.
 pub fn enrol_person(hub: &Hub, data: &Path, name: &str, role: &str, of: Option<&str>) -> Person {
     let mut args = vec![
-        "hub", "user", "add", "--data", data.to_str().unwrap(), "--name", name, "--role", role,
+        "hub",
+        "user",
+        "add",
+        "--data",
+        data.to_str().unwrap(),
+        "--name",
+        name,
+        "--role",
+        role,
     ];
     match (role, of) {
         ("clinician", Some(p)) => args.extend(["--practitioner", p]),
