@@ -164,3 +164,41 @@ mod tests {
         assert_eq!(served(7, &entry_text(&r)).unwrap()["id"], "7");
     }
 }
+
+/// What a Provenance says of a reading that a gateway's signed batch carried.
+pub struct BatchProvenance<'a> {
+    pub target: &'a str,
+    pub gateway: &'a str,
+    pub lane: &'a str,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub received_ms: i64,
+    pub signature: &'a [u8],
+}
+
+/// A FHIR R4 Provenance for a reading from a gateway: the gateway as the agent that
+/// assembled it, the batch as the source entity, and the gateway's Ed25519 signature over the
+/// batch (ASTM E1762 "Source Signature").
+pub fn provenance(p: &BatchProvenance<'_>) -> Value {
+    let gateway = json!({"identifier": {"system": "https://osler.health/fhir/NamingSystem/gateway", "value": p.gateway}, "display": format!("gateway {}", p.gateway)});
+    let when = osler_core::Timestamp::utc(p.received_ms).to_string();
+    let batch = format!("{}/{}/{}-{}", p.gateway, p.lane, p.first_seq, p.last_seq);
+    json!({
+        "resourceType": "Provenance",
+        "id": format!("{}-{}-{}", p.gateway, p.lane, p.first_seq).replace(['/', '_'], "-"),
+        "target": [{"reference": p.target}],
+        "recorded": when,
+        "agent": [{
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "assembler", "display": "Assembler"}]},
+            "who": gateway,
+        }],
+        "entity": [{"role": "source", "what": {"identifier": {"system": "https://osler.health/fhir/NamingSystem/batch", "value": batch}, "display": format!("signed batch {batch}")}}],
+        "signature": [{
+            "type": [{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.14", "display": "Source Signature"}],
+            "when": when,
+            "who": gateway,
+            "sigFormat": "application/octet-stream",
+            "data": base64(p.signature),
+        }],
+    })
+}

@@ -59,6 +59,11 @@ pub(crate) fn routes() -> Routes {
             obs(Read),
             versions::vread,
         )
+        .get(
+            "/fhir/Provenance",
+            Policy::Resource("Provenance", Search),
+            versions::provenance,
+        )
 }
 
 /// The FHIR base URL as the client sees it.

@@ -30,11 +30,13 @@ pub(crate) fn routes() -> Routes {
 /// A batch's place in its gateway's sequence with the entries refused before the store; each
 /// lane adds what it carries (ops, summaries).
 fn mark_of(
-    header: &osler_wire::BatchHeader,
+    env: &Envelope<'_>,
     received: i64,
     rejected: Vec<(u64, String, String)>,
 ) -> BatchMark {
+    let header = &env.header;
     BatchMark {
+        signature: env.signature().to_vec(),
         gateway: header.gateway.clone(),
         received_ms: received,
         first_seq: header.first_seq,
@@ -165,7 +167,7 @@ async fn batch(
     let mark = BatchMark {
         op_seqs,
         op_raw,
-        ..mark_of(&header, received, rejected.clone())
+        ..mark_of(&env, received, rejected.clone())
     };
     // The readings and the alert changes the rules find in them are one commit: a crash
     // before it makes the gateway resend the batch, and nothing of it was stored.
@@ -308,7 +310,7 @@ async fn alert_batch(
             )),
         }
     }
-    let mark = mark_of(&env.header, received, rejected.clone());
+    let mark = mark_of(&env, received, rejected.clone());
     let result = match state
         .store
         .write_batch(
@@ -373,7 +375,7 @@ async fn summary_batch(
     let stored = summaries.len();
     let mark = BatchMark {
         summaries,
-        ..mark_of(&env.header, received, rejected.clone())
+        ..mark_of(&env, received, rejected.clone())
     };
     let audit = vec![batch_entry(&env.header, peer)];
     if let Err(e) = state

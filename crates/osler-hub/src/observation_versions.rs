@@ -187,6 +187,78 @@ async fn correction_answer(
     }
 }
 
+/// `GET /fhir/Provenance?target=Observation/{id}`: the signed gateway batch a reading came
+/// in (none for a reading posted through FHIR: its record is the audit log's).
+pub(crate) async fn provenance(
+    State(state): St,
+    Extension(caller): Cx,
+    headers: HeaderMap,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    let params = osler_fhir::parse_query(raw.as_deref().unwrap_or(""))?;
+    let mut target = None;
+    for (k, v) in &params {
+        match k.as_str() {
+            "target" => target = Some(v.clone()),
+            _ => {
+                return Err(FhirError::at(
+                    ErrorKind::BadParameter,
+                    k.clone(),
+                    "Provenance is searched by target=Observation/{id}",
+                )
+                .into());
+            }
+        }
+    }
+    let target = target.ok_or_else(|| {
+        FhirError::new(ErrorKind::BadParameter, "target=Observation/{id} is required")
+    })?;
+    let id = target.strip_prefix("Observation/").unwrap_or(&target).to_owned();
+    let base = base_url(&state, &headers);
+    let store = state.store.clone();
+    let found = match ReadingId::parse(&id) {
+        Some(rid) => tokio::task::spawn_blocking(move || {
+            let r = store.get(rid)?;
+            let p = store.provenance(rid)?;
+            Ok::<_, osler_store::StoreError>(r.map(|r| (r, p)))
+        })
+        .await??,
+        None => None,
+    };
+    // A reading outside the caller's compartment has no provenance for them either.
+    let found = found.filter(|(r, _)| sees(&caller, r.reading.patient.as_str()));
+    let entries: Vec<(String, Value)> = found
+        .into_iter()
+        .flat_map(|(_, ps)| ps)
+        .map(|p| {
+            let lane = osler_wire::Lane::from_u8(p.lane).map_or("lane", |l| match l {
+                osler_wire::Lane::Readings => "readings",
+                osler_wire::Lane::Alerts => "alerts",
+                osler_wire::Lane::Summaries => "summaries",
+            });
+            let v = osler_fhir::audit::provenance(&osler_fhir::audit::BatchProvenance {
+                target: &format!("Observation/{id}"),
+                gateway: &p.gateway,
+                lane,
+                first_seq: p.first_seq,
+                last_seq: p.last_seq,
+                received_ms: p.received_ms,
+                signature: &p.signature,
+            });
+            (format!("{base}/Provenance/{}", v["id"].as_str().unwrap_or("")), v)
+        })
+        .collect();
+    let n = entries.len() as u64;
+    Ok(fhir(
+        StatusCode::OK,
+        &osler_fhir::bundle::searchset(
+            Some(n),
+            &[("self", format!("{base}/Provenance?target=Observation/{id}"))],
+            entries,
+        ),
+    ))
+}
+
 /// `GET /fhir/Observation/{id}/_history`: every version, newest first.
 pub(crate) async fn history(
     State(state): St,

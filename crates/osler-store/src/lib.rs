@@ -227,6 +227,19 @@ pub struct BatchMark {
     pub rejected: Vec<(u64, String, String)>,
     /// (sequence number, summary) of a summaries-lane batch.
     pub summaries: Vec<(u64, Summary)>,
+    /// The batch's signature by its gateway: kept as the provenance of what it stored.
+    pub signature: Vec<u8>,
+}
+
+/// Where a stored reading came from: the signed gateway batch that carried it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provenance {
+    pub gateway: String,
+    pub lane: u8,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub received_ms: i64,
+    pub signature: Vec<u8>,
 }
 
 /// A window summary from a gateway's edge: readings of one stream that were not sent one by
@@ -817,6 +830,12 @@ impl Store {
     /// The patients of the active care teams the practitioner is a member of.
     pub fn care_team_patients(&self, practitioner: &str) -> Result<Vec<String>, StoreError> {
         self.read(|c| security::care_team_patients(c, practitioner))
+    }
+
+    /// The gateway batches that carried a stored reading (one, or none for a reading posted
+    /// through FHIR).
+    pub fn provenance(&self, id: ReadingId) -> Result<Vec<Provenance>, StoreError> {
+        self.read(|c| security::provenance(c, id))
     }
 
     /// The audit log's size (entries).

@@ -14,7 +14,9 @@ pub(crate) const SCHEMA_VERSION: i64 = 3;
 /// thresholds set before are recorded as plan changes by an unknown author at upgrade time
 /// (their real time and author were never kept).
 ///
-/// Version 3 added access tokens and the audit log: new tables only.
+/// Version 3 added access tokens, accounts, the audit log and gateway batches (their
+/// signatures, the provenance of what they stored): new tables, and a column `b` on readings
+/// naming the batch that carried each (absent, so no bytes, on readings stored before).
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -24,7 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
             CAST(strftime('%s', 'now') AS INTEGER) * 1000
      FROM threshold_override;",
     ),
-    (2, ""),
+    (2, "ALTER TABLE reading ADD COLUMN b INTEGER;"),
 ];
 
 const CREATE: &str = "
@@ -48,6 +50,7 @@ CREATE TABLE IF NOT EXISTS reading(
     rx INTEGER NOT NULL,
     status INTEGER NOT NULL,
     ident TEXT,
+    b INTEGER,
     PRIMARY KEY(series, t)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gateway(

@@ -49,6 +49,15 @@ CREATE TABLE IF NOT EXISTS recovery_code(
     used_ms INTEGER,
     PRIMARY KEY(account, hash)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch(
+    id INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    gateway TEXT NOT NULL,
+    lane INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    signature BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jwt_seen(
     issuer TEXT NOT NULL,
     jti TEXT NOT NULL,
@@ -520,4 +529,43 @@ pub(crate) fn enrolling(
             account_row,
         )
         .optional()?)
+}
+
+/// Records a gateway batch (its provenance: the readings it stores name it); returns its id.
+pub(crate) fn record_batch(c: &Connection, b: &crate::BatchMark) -> Result<i64, StoreError> {
+    c.prepare_cached(
+        "INSERT INTO batch(received_ms, gateway, lane, first_seq, last_seq, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        b.received_ms,
+        b.gateway,
+        b.lane,
+        b.first_seq as i64,
+        b.last_seq as i64,
+        b.signature,
+    ])?;
+    Ok(c.last_insert_rowid())
+}
+
+/// The batch that carried a reading, if a gateway's did.
+pub(crate) fn provenance(c: &Connection, id: crate::ReadingId) -> Result<Vec<crate::Provenance>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT gateway, lane, first_seq, last_seq, received_ms, signature FROM batch
+         WHERE id = (SELECT b FROM reading WHERE series = ?1 AND t = ?2)",
+    )?;
+    let rows = stmt.query_map(
+        params![id.series, id.t_ms],
+        |r| {
+            Ok(crate::Provenance {
+                gateway: r.get(0)?,
+                lane: r.get(1)?,
+                first_seq: r.get::<_, i64>(2)? as u64,
+                last_seq: r.get::<_, i64>(3)? as u64,
+                received_ms: r.get(4)?,
+                signature: r.get(5)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

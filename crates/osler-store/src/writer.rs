@@ -44,6 +44,8 @@ pub(crate) struct Writer {
     patient_stub: Option<osler_registry::Stub>,
     audit_key: Option<ed25519_dalek::SigningKey>,
     series: HashMap<SeriesKey, i64>,
+    /// The gateway batch being applied, named on the readings it stores.
+    batch: Option<i64>,
 }
 
 impl Writer {
@@ -70,6 +72,7 @@ impl Writer {
             patient_stub,
             audit_key,
             series,
+            batch: None,
         })
     }
 
@@ -308,13 +311,26 @@ impl Writer {
             Ok(())
         };
         let mut outcomes = Vec::with_capacity(ops.len());
+        // The readings this batch stores name it: their provenance.
+        self.batch = if ops.is_empty() || batch.last_seq <= hwm {
+            None
+        } else {
+            Some(crate::security::record_batch(&self.conn, batch)?)
+        };
         for (i, op) in ops.iter().enumerate() {
             let seq = batch.op_seqs.get(i).copied().unwrap_or(0);
             if seq <= hwm {
                 outcomes.push(WriteOutcome::AlreadyCommitted);
                 continue;
             }
-            let outcome = self.apply(op, new_series)?;
+            let outcome = self.apply(op, new_series);
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    self.batch = None;
+                    return Err(e);
+                }
+            };
             if let WriteOutcome::Conflict { existing } = &outcome {
                 let raw = batch.op_raw.get(i).map_or("", String::as_str);
                 let reason = format!(
@@ -327,6 +343,7 @@ impl Writer {
                 outcomes.push(outcome);
             }
         }
+        self.batch = None;
         for (seq, raw, reason) in &batch.rejected {
             if *seq > hwm {
                 dead(&self.conn, *seq, raw, reason)?;
@@ -401,8 +418,8 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO reading(series, t, v, v2, tz, rx, status, ident)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(series, t) DO NOTHING",
+                "INSERT INTO reading(series, t, v, v2, tz, rx, status, ident, b)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(series, t) DO NOTHING",
             )?
             .execute(params![
                 series,
@@ -412,7 +429,8 @@ impl Writer {
                 r.taken.offset_min,
                 r.received_ms - r.taken.utc_ms,
                 r.status as u8,
-                ident
+                ident,
+                self.batch
             ])?;
         if inserted == 0 {
             let existing = load_reading_row(&self.conn, id, r)?.ok_or_else(|| {
@@ -507,7 +525,8 @@ impl Writer {
         let identifier = r.identifier.as_ref().or(existing.identifier.as_ref());
         self.conn
             .prepare_cached(
-                "UPDATE reading SET v=?3, v2=?4, tz=?5, rx=?6, status=?7, ident=?8 WHERE series=?1 AND t=?2",
+                // A correction is the corrector's, not the batch's: its provenance goes.
+                "UPDATE reading SET v=?3, v2=?4, tz=?5, rx=?6, status=?7, ident=?8, b=NULL WHERE series=?1 AND t=?2",
             )?
             .execute(params![
                 id.series,

@@ -312,6 +312,7 @@ async fn concurrent_writers_share_commits() {
 fn mark(first: u64, ops: &[WriteOp], rejected: Vec<(u64, String, String)>) -> BatchMark {
     let n = (ops.len() + rejected.len()) as u64;
     BatchMark {
+        signature: vec![7; 64],
         gateway: "gw-1".into(),
         received_ms: T0,
         first_seq: first,
@@ -461,6 +462,7 @@ async fn summaries_are_stored_once_and_searched_with_readings() {
         },
     };
     let batch = |first: u64, ts: &[i64]| BatchMark {
+        signature: vec![7; 64],
         gateway: "gw-1".into(),
         received_ms: T0,
         first_seq: first,

@@ -467,6 +467,11 @@ fn u32_le(b: &[u8]) -> usize {
 }
 
 impl<'a> Envelope<'a> {
+    /// The batch's Ed25519 signature (its provenance, kept with what it stored).
+    pub fn signature(&self) -> [u8; 64] {
+        self.signature.to_bytes()
+    }
+
     /// Splits an envelope into its parts and reads the header.
     pub fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, WireError> {
         if bytes.len() > MAX_ENVELOPE_BYTES {
