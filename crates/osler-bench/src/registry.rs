@@ -157,8 +157,7 @@ pub fn run(args: RegistryBenchArgs) -> anyhow::Result<()> {
                         "gender": if i % 2 == 0 { "female" } else { "male" },
                         "birthDate": format!("{}-{:02}-{:02}", 1930 + i % 80, 1 + i % 12, 1 + i % 28),
                     });
-                    agent
-                        .put(&format!("{base}/Patient/bp{i}"))
+                    crate::process::request_on(&agent, "PUT", &format!("{base}/Patient/bp{i}"))
                         .set("Content-Type", "application/fhir+json")
                         .send_string(&body.to_string())
                         .with_context(|| format!("PUT Patient/bp{i}"))?;

@@ -137,34 +137,6 @@ pub fn served(seq: u64, entry: &str) -> Option<Value> {
     Some(Value::Object(out))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use osler_audit::{Action, Outcome};
-
-    #[test]
-    fn a_search_names_its_patient_and_query() {
-        let r = Record {
-            recorded_ms: 0,
-            event: "search-type".into(),
-            action: Action::Execute,
-            outcome: Outcome::Success,
-            outcome_text: None,
-            who: "tok-1".into(),
-            role: Some("integration".into()),
-            network: Some("127.0.0.1".into()),
-            patient: Some("p1".into()),
-            what: Some("Observation".into()),
-            query: Some("patient=p1".into()),
-        };
-        let v = audit_event(&r);
-        assert_eq!(v["subtype"][0]["code"], "search-type");
-        assert_eq!(v["entity"][0]["what"]["reference"], "Patient/p1");
-        assert_eq!(v["entity"][1]["query"], base64(b"patient=p1"));
-        assert_eq!(served(7, &entry_text(&r)).unwrap()["id"], "7");
-    }
-}
-
 /// What a Provenance says of a reading that a gateway's signed batch carried.
 pub struct BatchProvenance<'a> {
     pub target: &'a str,
@@ -201,4 +173,32 @@ pub fn provenance(p: &BatchProvenance<'_>) -> Value {
             "data": base64(p.signature),
         }],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use osler_audit::{Action, Outcome};
+
+    #[test]
+    fn a_search_names_its_patient_and_query() {
+        let r = Record {
+            recorded_ms: 0,
+            event: "search-type".into(),
+            action: Action::Execute,
+            outcome: Outcome::Success,
+            outcome_text: None,
+            who: "tok-1".into(),
+            role: Some("integration".into()),
+            network: Some("127.0.0.1".into()),
+            patient: Some("p1".into()),
+            what: Some("Observation".into()),
+            query: Some("patient=p1".into()),
+        };
+        let v = audit_event(&r);
+        assert_eq!(v["subtype"][0]["code"], "search-type");
+        assert_eq!(v["entity"][0]["what"]["reference"], "Patient/p1");
+        assert_eq!(v["entity"][1]["query"], base64(b"patient=p1"));
+        assert_eq!(served(7, &entry_text(&r)).unwrap()["id"], "7");
+    }
 }

@@ -246,8 +246,11 @@ fn unauthorized(why: &Unauthenticated) -> Response {
 /// A 403 for what the token's scopes or the caller's role do not allow.
 pub(crate) fn forbidden(d: &osler_auth::Denied) -> Response {
     let mut r = ApiError(FhirError::new(ErrorKind::Forbidden, d.to_string())).into_response();
+    // RFC 6750 §3: the scope that would grant the request (any of the contexts).
     let scope = match d {
-        osler_auth::Denied::Scope(s) => format!(r#", scope="{s}""#),
+        osler_auth::Denied::Scope(s) => {
+            format!(r#", scope="system/{s} user/{s} patient/{s}""#)
+        }
         _ => String::new(),
     };
     if let Ok(v) = HeaderValue::from_str(&format!(
@@ -425,14 +428,49 @@ async fn guard(policy: Policy, mut req: Request, next: Next) -> Response {
 }
 
 /// Appends an entry for what changed nothing (a read, a refusal) without holding the answer
-/// for its commit: the writer commits it with the next group, milliseconds later.
+/// for its commit: entries gathered over [`AUDIT_EVERY`] are committed together (one fsync
+/// for many reads, not one each).
 pub(crate) fn record_later(state: &AppState, entry: String) {
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        if let Err(e) = store.audit(vec![entry]).await {
-            tracing::error!(error = %e, "an audit entry could not be stored");
+    let mut pending = state
+        .audit_pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    pending.push(entry);
+    if pending.len() == 1 {
+        state.audit_wake.notify_one();
+    }
+}
+
+/// How long a read's audit entry waits for others to share its commit.
+pub(crate) const AUDIT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Commits the gathered read and refusal entries, every [`AUDIT_EVERY`] while there are
+/// any, until the server has finished its last request (`audit_closing`, then once more, so
+/// none is left behind).
+pub(crate) async fn audit_flusher(state: Arc<AppState>) {
+    loop {
+        state.audit_wake.notified().await;
+        let stopping = state
+            .audit_closing
+            .load(std::sync::atomic::Ordering::Acquire);
+        if !stopping {
+            tokio::time::sleep(AUDIT_EVERY).await;
         }
-    });
+        let batch = std::mem::take(
+            &mut *state
+                .audit_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if !batch.is_empty()
+            && let Err(e) = state.store.audit(batch).await
+        {
+            tracing::error!(error = %e, "audit entries could not be stored");
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Whether the caller may see this patient's data: outside the compartment an instance is

@@ -201,15 +201,25 @@ async fn everything(
             ),
         )
     })?;
+    // Only the types the caller's scopes and role let them read (a token for Patient and
+    // Observation gets no Flags or CareTeams).
+    let may = |ty: &str| caller.may(ty, osler_auth::Interaction::Read).is_ok();
     let mut entries: Vec<(String, Value)> = head
         .into_iter()
+        .filter(|(u, _)| {
+            u.split('/')
+                .next()
+                .is_some_and(|ty| ty == "Patient" || may(ty))
+        })
         .map(|(u, j)| (format!("{base}/{u}"), j))
         .collect();
-    entries.extend(
-        page.readings
-            .iter()
-            .map(|s| (format!("{base}/Observation/{}", s.id), stored_json(s))),
-    );
+    if may("Observation") {
+        entries.extend(
+            page.readings
+                .iter()
+                .map(|s| (format!("{base}/Observation/{}", s.id), stored_json(s))),
+        );
+    }
     let path = format!("{base}/Patient/{id}/$everything");
     let mut links = vec![("self", format!("{path}?{}", encode_query(&params)))];
     if let Some(c) = page.next {

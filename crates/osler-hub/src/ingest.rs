@@ -29,11 +29,7 @@ pub(crate) fn routes() -> Routes {
 
 /// A batch's place in its gateway's sequence with the entries refused before the store; each
 /// lane adds what it carries (ops, summaries).
-fn mark_of(
-    env: &Envelope<'_>,
-    received: i64,
-    rejected: Vec<(u64, String, String)>,
-) -> BatchMark {
+fn mark_of(env: &Envelope<'_>, received: i64, rejected: Vec<(u64, String, String)>) -> BatchMark {
     let header = &env.header;
     BatchMark {
         signature: env.signature().to_vec(),
@@ -310,7 +306,7 @@ async fn alert_batch(
             )),
         }
     }
-    let mark = mark_of(&env, received, rejected.clone());
+    let mark = mark_of(env, received, rejected.clone());
     let result = match state
         .store
         .write_batch(
@@ -375,7 +371,7 @@ async fn summary_batch(
     let stored = summaries.len();
     let mark = BatchMark {
         summaries,
-        ..mark_of(&env, received, rejected.clone())
+        ..mark_of(env, received, rejected.clone())
     };
     let audit = vec![batch_entry(&env.header, peer)];
     if let Err(e) = state

@@ -105,6 +105,11 @@ pub(crate) struct AppState {
     pub max_body: usize,
     pub cors_origins: Vec<String>,
     pub started: String,
+    /// Audit entries of reads and refusals waiting to be committed together.
+    pub audit_pending: std::sync::Mutex<Vec<String>>,
+    pub audit_wake: tokio::sync::Notify,
+    /// Set once the server has answered its last request: the flusher commits and ends.
+    pub audit_closing: std::sync::atomic::AtomicBool,
     /// Failed logins, to slow guessing (see `throttle`).
     pub throttle: throttle::Throttle,
     /// The audit log's signing key: signs the checkpoints served.
@@ -182,6 +187,9 @@ impl Hub {
             started: osler_core::Timestamp::utc(now_ms()).to_string(),
             audit_key: ed25519_dalek::SigningKey::from_bytes(&audit_seed),
             throttle: throttle::Throttle::default(),
+            audit_pending: std::sync::Mutex::new(Vec::new()),
+            audit_wake: tokio::sync::Notify::new(),
+            audit_closing: std::sync::atomic::AtomicBool::new(false),
             scheme: if tls.is_some() { "https" } else { "http" },
             shutdown: tokio::sync::watch::Sender::new(false),
         });
@@ -212,6 +220,7 @@ impl Hub {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), HubError> {
         let app = router(self.state.clone());
+        let flusher = tokio::spawn(access::audit_flusher(self.state.clone()));
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -219,7 +228,7 @@ impl Hub {
         };
         tracing::info!(url = %self.url(), db = %self.state.store.path().display(), "hub serving");
         let service = app.into_make_service_with_connect_info::<tls::Peer>();
-        match self.tls {
+        let served = match self.tls {
             Some(config) => {
                 let listener =
                     tls::TlsListener::new(self.listener, config).map_err(HubError::Serve)?;
@@ -232,8 +241,14 @@ impl Hub {
                     .with_graceful_shutdown(shutdown)
                     .await
             }
-        }
-        .map_err(HubError::Serve)
+        };
+        // Requests are finished: the audit entries they left waiting are committed now.
+        self.state
+            .audit_closing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.state.audit_wake.notify_one();
+        let _ = flusher.await;
+        served.map_err(HubError::Serve)
     }
 }
 

@@ -211,18 +211,26 @@ pub(crate) async fn provenance(
         }
     }
     let target = target.ok_or_else(|| {
-        FhirError::new(ErrorKind::BadParameter, "target=Observation/{id} is required")
+        FhirError::new(
+            ErrorKind::BadParameter,
+            "target=Observation/{id} is required",
+        )
     })?;
-    let id = target.strip_prefix("Observation/").unwrap_or(&target).to_owned();
+    let id = target
+        .strip_prefix("Observation/")
+        .unwrap_or(&target)
+        .to_owned();
     let base = base_url(&state, &headers);
     let store = state.store.clone();
     let found = match ReadingId::parse(&id) {
-        Some(rid) => tokio::task::spawn_blocking(move || {
-            let r = store.get(rid)?;
-            let p = store.provenance(rid)?;
-            Ok::<_, osler_store::StoreError>(r.map(|r| (r, p)))
-        })
-        .await??,
+        Some(rid) => {
+            tokio::task::spawn_blocking(move || {
+                let r = store.get(rid)?;
+                let p = store.provenance(rid)?;
+                Ok::<_, osler_store::StoreError>(r.map(|r| (r, p)))
+            })
+            .await??
+        }
         None => None,
     };
     // A reading outside the caller's compartment has no provenance for them either.
@@ -245,7 +253,10 @@ pub(crate) async fn provenance(
                 received_ms: p.received_ms,
                 signature: &p.signature,
             });
-            (format!("{base}/Provenance/{}", v["id"].as_str().unwrap_or("")), v)
+            (
+                format!("{base}/Provenance/{}", v["id"].as_str().unwrap_or("")),
+                v,
+            )
         })
         .collect();
     let n = entries.len() as u64;

@@ -44,6 +44,11 @@ pub fn init(
         move |source| HubError::Io { path, source }
     };
     std::fs::create_dir_all(dir.join(TLS_DIR)).map_err(io(&dir.join(TLS_DIR)))?;
+    // The database holds patients' data and TOTP secrets: the directory is its owner's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
     let year = osler_core::Timestamp::utc(now_ms).to_string()[..4]
         .parse()
         .unwrap_or(2026);

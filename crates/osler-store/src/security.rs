@@ -549,23 +549,23 @@ pub(crate) fn record_batch(c: &Connection, b: &crate::BatchMark) -> Result<i64, 
 }
 
 /// The batch that carried a reading, if a gateway's did.
-pub(crate) fn provenance(c: &Connection, id: crate::ReadingId) -> Result<Vec<crate::Provenance>, StoreError> {
+pub(crate) fn provenance(
+    c: &Connection,
+    id: crate::ReadingId,
+) -> Result<Vec<crate::Provenance>, StoreError> {
     let mut stmt = c.prepare_cached(
         "SELECT gateway, lane, first_seq, last_seq, received_ms, signature FROM batch
          WHERE id = (SELECT b FROM reading WHERE series = ?1 AND t = ?2)",
     )?;
-    let rows = stmt.query_map(
-        params![id.series, id.t_ms],
-        |r| {
-            Ok(crate::Provenance {
-                gateway: r.get(0)?,
-                lane: r.get(1)?,
-                first_seq: r.get::<_, i64>(2)? as u64,
-                last_seq: r.get::<_, i64>(3)? as u64,
-                received_ms: r.get(4)?,
-                signature: r.get(5)?,
-            })
-        },
-    )?;
+    let rows = stmt.query_map(params![id.series, id.t_ms], |r| {
+        Ok(crate::Provenance {
+            gateway: r.get(0)?,
+            lane: r.get(1)?,
+            first_seq: r.get::<_, i64>(2)? as u64,
+            last_seq: r.get::<_, i64>(3)? as u64,
+            received_ms: r.get(4)?,
+            signature: r.get(5)?,
+        })
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -10,6 +10,19 @@ use std::time::Duration;
 
 use common::*;
 
+/// Kills the demo (SIGKILL; its children die with it) if the test ends early, so that a
+/// failed assertion leaves no demo running on the machine.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 #[test]
 fn demo_shows_alerts_serves_fhir_and_stops_on_sigint() {
     let dir = TempDir::new("demo");
@@ -22,6 +35,7 @@ fn demo_shows_alerts_serves_fhir_and_stops_on_sigint() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(child.id());
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = lines.clone();
     let stdout = child.stdout.take().unwrap();
@@ -136,6 +150,7 @@ fn a_demo_killed_with_sigkill_leaves_nothing_running() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = KillOnDrop(child.id());
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -111,12 +111,23 @@ fn everything_served_is_valid_fhir_r4() {
     served.push(post(&format!("{}/Observation", hub.base), "{").json());
     served.push(get(&format!("{}/Observation?patient=val&bogus=1", hub.base)).json());
     // Refusals for security: 401 and 403.
-    served.push(send("GET", &format!("{}/Patient", hub.base), "", &[("Authorization", "")]).json());
+    served.push(
+        send(
+            "GET",
+            &format!("{}/Patient", hub.base),
+            "",
+            &[("Authorization", "")],
+        )
+        .json(),
+    );
     served.push(get(&format!("{}/AuditEvent", hub.base)).json());
 
     // The audit log as an administrator reads it: AuditEvents of every kind so far.
     let admin = enrol_person(&hub, &dir.0, "val-admin", "admin", None);
-    let token = login(&hub, &admin)["access_token"].as_str().unwrap().to_owned();
+    let token = login(&hub, &admin)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let log = send(
         "GET",
         &format!("{}/AuditEvent?_count=200", hub.base),
@@ -133,7 +144,10 @@ fn everything_served_is_valid_fhir_r4() {
     let gw = Gateway::start(&gw_dir, &hub.root(), 0, &["--raw"]);
     let r = json!({"patient": "val-gw", "device": "w", "metric": "heart-rate", "value": 70,
         "unit": "/min", "time": minutes_ago(3)});
-    assert_eq!(post(&format!("{}/readings", gw.url), &r.to_string()).status, 200);
+    assert_eq!(
+        post(&format!("{}/readings", gw.url), &r.to_string()).status,
+        200
+    );
     let id = wait_for(Duration::from_secs(30), || {
         let s = get(&format!("{}/Observation?patient=val-gw", hub.base)).json();
         s["entry"][0]["resource"]["id"].as_str().map(str::to_owned)
@@ -142,11 +156,30 @@ fn everything_served_is_valid_fhir_r4() {
     let prov = get(&format!("{}/Provenance?target=Observation/{id}", hub.base)).json();
     assert_eq!(prov["total"], 1, "{prov}");
     let p = &prov["entry"][0]["resource"];
-    assert_eq!(p["agent"][0]["who"]["identifier"]["value"].as_str().unwrap().len(), 15, "{p}");
-    assert_eq!(p["signature"][0]["data"].as_str().unwrap().len(), 88, "an Ed25519 signature, base64");
+    assert_eq!(
+        p["agent"][0]["who"]["identifier"]["value"]
+            .as_str()
+            .unwrap()
+            .len(),
+        15,
+        "{p}"
+    );
+    assert_eq!(
+        p["signature"][0]["data"].as_str().unwrap().len(),
+        88,
+        "an Ed25519 signature, base64"
+    );
     served.push(prov);
     // A reading posted through FHIR has none (its record is the audit log's).
-    let none = get(&format!("{}/Provenance?target={}", hub.base, served[0]["id"].as_str().map(|i| format!("Observation/{i}")).unwrap_or_default())).json();
+    let none = get(&format!(
+        "{}/Provenance?target={}",
+        hub.base,
+        served[0]["id"]
+            .as_str()
+            .map(|i| format!("Observation/{i}"))
+            .unwrap_or_default()
+    ))
+    .json();
     assert_eq!(none["total"], 0, "{none}");
 
     assert_valid_fhir(&dir.0, &served);

@@ -43,6 +43,11 @@ struct World {
     readings_only: String,
     p1_read: String,
     p1_write: String,
+    /// People, logged in: an administrator, a clinician whose care team looks after p1, and
+    /// p1 themselves.
+    admin: String,
+    clinician: String,
+    patient: String,
     /// The id of p2's reading.
     p2_reading: String,
 }
@@ -76,7 +81,33 @@ fn world() -> World {
         201
     );
     let d = &dir.0;
+    for (path, body) in [
+        ("Practitioner/doc", json!({"resourceType": "Practitioner"})),
+        (
+            "CareTeam/t1",
+            json!({"resourceType": "CareTeam", "status": "active",
+            "subject": {"reference": "Patient/p1"},
+            "participant": [{"member": {"reference": "Practitioner/doc"}}]}),
+        ),
+    ] {
+        assert_eq!(
+            send("PUT", &format!("{b}/{path}"), &body.to_string(), &[]).status,
+            201
+        );
+    }
+    let person = |name: &str, role: &str, of: Option<&str>| {
+        let p = enrol_person(&hub, d, name, role, of);
+        login(&hub, &p)["access_token"].as_str().unwrap().to_owned()
+    };
+    let (admin, clinician, patient) = (
+        person("ada", "admin", None),
+        person("dr-doc", "clinician", Some("doc")),
+        person("pat-one", "patient", Some("p1")),
+    );
     World {
+        admin,
+        clinician,
+        patient,
         wide: hub.access.token.clone(),
         readings_only: token(d, "system/Observation.rs", None),
         p1_read: token(d, "patient/*.rs", Some("p1")),
@@ -114,11 +145,34 @@ fn expected(caller: &str, policy: Policy) -> Expect {
         Policy::Everyone(r, i) => (r, i, true),
     };
     let reads = matches!(interaction, Interaction::Read | Interaction::Search);
+    let writes_clinical = matches!(resource, "Observation" | "Flag" | "CarePlan");
     match caller {
         "anonymous" => Unauthenticated,
+        // An administrator may do everything, and read (only read) the audit log.
+        "admin" => Through,
         // Only administrators read the audit log; programs never.
         _ if resource == "AuditEvent" => Forbidden,
         "wide" => Through,
+        // People other than administrators see only their own compartment.
+        "clinician" | "patient" if everyone => Forbidden,
+        // A clinician acts on readings, alerts and plans, and reads the registry.
+        "clinician" => {
+            if reads || writes_clinical {
+                Through
+            } else {
+                Forbidden
+            }
+        }
+        // A patient reads their own record and may add readings to it.
+        "patient" => {
+            if (reads && resource != "OslerOperations")
+                || (resource == "Observation" && interaction == Interaction::Create)
+            {
+                Through
+            } else {
+                Forbidden
+            }
+        }
         "readings_only" => {
             if resource == "Observation" && reads {
                 Through
@@ -145,12 +199,15 @@ fn every_route_declares_a_policy_and_the_access_matrix_holds_over_tls() {
     let w = world();
     let table = osler_hub::route_table();
     assert!(table.len() > 60, "{} routes", table.len());
-    let callers: [(&str, Option<&str>); 5] = [
+    let callers: [(&str, Option<&str>); 8] = [
         ("anonymous", None),
         ("wide", Some(&w.wide)),
         ("readings_only", Some(&w.readings_only)),
         ("p1_read", Some(&w.p1_read)),
         ("p1_write", Some(&w.p1_write)),
+        ("admin", Some(&w.admin)),
+        ("clinician", Some(&w.clinician)),
+        ("patient", Some(&w.patient)),
     ];
     let root = w.hub.root();
     let mut checked = 0;
@@ -193,7 +250,7 @@ fn every_route_declares_a_policy_and_the_access_matrix_holds_over_tls() {
                 // instance finds nothing there.
                 let instance = path.contains("{patient}") || path.starts_with("/fhir/Patient/{id}");
                 if got == Expect::Through
-                    && name.starts_with("p1")
+                    && matches!(name, "p1_read" | "p1_write" | "clinician" | "patient")
                     && patient == "p2"
                     && instance
                     && method == "GET"
@@ -512,6 +569,12 @@ fn plain_http_is_refused_and_only_loopback_may_opt_out() {
     assert_eq!(ca, hub.access.ca_pem);
     // Secrets are owner-only.
     use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir.0).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the data directory is open to others: {mode:o}"
+    );
     for f in ["tls/ca-key.pem", "tls/server-key.pem", "audit-key"] {
         let mode = std::fs::metadata(dir.0.join(f))
             .unwrap()
@@ -628,6 +691,51 @@ fn the_audit_log_records_access_and_detects_any_tampering() {
         (size(&root) >= n0 + 2).then_some(())
     });
     assert!(grown.is_some(), "the read and the refusal were not audited");
+    // The proofs the hub serves check out against its signed checkpoint, as a third party
+    // would check them (RFC 9162 §2.1.3 and §2.1.4).
+    let key =
+        osler_audit::note::parse_verifier_key(&get(&format!("{root}/audit/key")).text).unwrap();
+    let note = get(&format!("{root}/audit/checkpoint")).text;
+    let head = osler_audit::note::open_checkpoint(&key, &note)
+        .expect("a checkpoint signed by the audit key");
+    let b64 = |v: &Value| -> [u8; 32] {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let n = head.size;
+    let inc = get(&format!("{root}/audit/proof/inclusion?entry=3&size={n}")).json();
+    let proof: Vec<[u8; 32]> = inc["proof"].as_array().unwrap().iter().map(b64).collect();
+    assert!(osler_audit::merkle::verify_inclusion(
+        2,
+        n,
+        &b64(&inc["leaf_hash"]),
+        &proof,
+        &head.root
+    ));
+    assert!(!osler_audit::merkle::verify_inclusion(
+        3,
+        n,
+        &b64(&inc["leaf_hash"]),
+        &proof,
+        &head.root
+    ));
+    let con = get(&format!("{root}/audit/proof/consistency?from=5&to={n}")).json();
+    let proof: Vec<[u8; 32]> = con["proof"].as_array().unwrap().iter().map(b64).collect();
+    assert!(osler_audit::merkle::verify_consistency(
+        5,
+        n,
+        &b64(&con["from_root"]),
+        &head.root,
+        &proof
+    ));
+    assert_eq!(
+        get(&format!("{root}/audit/proof/inclusion?entry=0&size={n}")).outcome(400)["code"],
+        "invalid"
+    );
     w.hub.stop();
 
     assert!(osler(&["audit", "verify", "--data", hub_dir.to_str().unwrap()]).starts_with("ok: "));
@@ -894,4 +1002,65 @@ fn devices_are_identities_bound_to_their_assignment_over_http_and_mqtt() {
         get(&format!("{b}/Observation?patient=ben")).json()["total"],
         0
     );
+}
+
+#[test]
+fn the_alert_stream_carries_only_the_callers_patients() {
+    let w = world();
+    let root = w.hub.root();
+    use std::io::BufRead;
+    let subscribe = |token: &str| {
+        let resp = request(
+            "GET",
+            &format!("{root}/alerts/stream"),
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+        .timeout(Duration::from_secs(60))
+        .call()
+        .unwrap();
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(resp.into_reader())
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(d) = line.strip_prefix("data:")
+                    && let Ok(v) = serde_json::from_str::<Value>(d.trim())
+                {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        events
+    };
+    let mine = subscribe(&w.p1_read);
+    let all = subscribe(&w.wide);
+    // Both subscriptions are made (the response headers came back) before anything is raised.
+    // p3 is new (p2's crisis is open already: a second one raises nothing).
+    for (p, minutes) in [("p3", 3), ("p1", 2)] {
+        let bp = blood_pressure(p, 200.0, 112.0, &minutes_ago(minutes));
+        assert_eq!(
+            post(&format!("{}/Observation", w.hub.base), &bp.to_string()).status,
+            201
+        );
+    }
+    let seen_all = wait_for(Duration::from_secs(20), || {
+        let e = all.lock().unwrap();
+        let ps: Vec<String> = e
+            .iter()
+            .filter_map(|v| v["patient"].as_str().map(str::to_owned))
+            .collect();
+        (ps.iter().any(|p| p == "p1") && ps.iter().any(|p| p == "p3")).then_some(ps)
+    });
+    assert!(
+        seen_all.is_some(),
+        "the wide stream saw both patients' alerts"
+    );
+    let got = wait_for(Duration::from_secs(10), || {
+        let e = mine.lock().unwrap();
+        e.iter().any(|v| v["patient"] == "p1").then(|| e.clone())
+    })
+    .expect("p1's stream carries p1's alert");
+    assert!(got.iter().all(|v| v["patient"] == "p1"), "{got:?}");
 }

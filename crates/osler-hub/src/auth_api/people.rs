@@ -1,4 +1,6 @@
-//! The authorization server's public face: SMART discovery and token revocation (RFC 7009).
+//! People signing in: enrolment with a one-time code, login (password, then for
+//! administrators and clinicians a TOTP code or a recovery code), and rotating refresh tokens
+//! whose reuse revokes the whole login.
 
 use std::sync::Arc;
 
@@ -6,134 +8,19 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use osler_audit::{Action, Outcome, Record};
-use osler_auth::Policy;
+use osler_audit::{Action, Outcome};
 use serde_json::json;
 
-use crate::access::Routes;
+use super::{entry, json_body, oauth_error, random, slow_down};
 use crate::access::record_later;
-use crate::body::read_body;
-use crate::fhir_api::base_url;
 use crate::tls::Peer;
 use crate::{AppState, now_ms};
-
-pub(crate) fn routes() -> Routes {
-    Routes::new()
-        .get(
-            "/.well-known/smart-configuration",
-            Policy::Public,
-            smart_configuration,
-        )
-        .get(
-            "/fhir/.well-known/smart-configuration",
-            Policy::Public,
-            smart_configuration,
-        )
-        // Whoever holds a token may end it: the token in the body is the credential.
-        .post("/auth/revoke", Policy::Public, revoke)
-        // The credentials are in the bodies: a code, a password, a second factor, a refresh
-        // token or a signed assertion.
-        .post("/auth/enrol", Policy::Public, enrol)
-        .post("/auth/login", Policy::Public, login)
-        .post("/auth/second-factor", Policy::Public, second_factor)
-        .post("/auth/token", Policy::Public, token)
-}
-
-async fn smart_configuration(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let fhir = base_url(&state, &headers);
-    let root = fhir.trim_end_matches("/fhir");
-    axum::Json(json!({
-        "issuer": root,
-        "token_endpoint": format!("{root}/auth/token"),
-        "revocation_endpoint": format!("{root}/auth/revoke"),
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": ["ES384", "RS384"],
-        "grant_types_supported": ["client_credentials", "refresh_token"],
-        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/Observation.rs", "patient/*.rs", "user/*.cruds"],
-        "capabilities": ["permission-v2", "permission-patient", "permission-user", "client-confidential-asymmetric"],
-        "code_challenge_methods_supported": [],
-    }))
-    .into_response()
-}
-
-/// RFC 7009: `token=…` form-encoded; the answer is 200 whether or not the token was known
-/// (§2.2), so that revocation reveals nothing.
-async fn revoke(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let Ok(bytes) = read_body(&headers, body, 8 * 1024).await else {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "invalid_request"})),
-        )
-            .into_response();
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let token = text.split('&').find_map(|kv| kv.strip_prefix("token="));
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(
-                json!({"error": "invalid_request", "error_description": "token= is required"}),
-            ),
-        )
-            .into_response();
-    };
-    let hash = osler_auth::token::hash(token);
-    let store = state.store.clone();
-    let known = tokio::task::spawn_blocking(move || store.token(&hash))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    if let Some(t) = known {
-        let entry = osler_fhir::audit::entry_text(&Record {
-            recorded_ms: now_ms(),
-            event: "token-revoke".into(),
-            action: Action::Delete,
-            outcome: Outcome::Success,
-            outcome_text: None,
-            who: t.subject.clone(),
-            role: Some(t.role.clone()),
-            network: Some(peer.ip().to_string()),
-            patient: t.patient.clone(),
-            what: Some(format!("token {}", t.id)),
-            query: None,
-        });
-        if state
-            .store
-            .revoke_token(hash, now_ms(), vec![entry])
-            .await
-            .is_err()
-        {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"error": "temporarily_unavailable"})),
-            )
-                .into_response();
-        }
-    }
-    StatusCode::OK.into_response()
-}
-
-// ---- People: enrolment, login with a second factor, rotating refresh tokens ----
 
 /// An access token lives a quarter of an hour; a refresh token a shift (8 h), and is spent
 /// each time it is used; the password step of a login holds five minutes for the second.
 const ACCESS_MS: i64 = 15 * 60_000;
 const REFRESH_MS: i64 = 8 * 3_600_000;
 const MFA_MS: i64 = 5 * 60_000;
-/// SMART backend services: tokens SHOULD last at most 300 s, with no refresh token.
-const BACKEND_MS: i64 = 300_000;
-
-fn random<const N: usize>() -> Option<[u8; N]> {
-    let mut b = [0u8; N];
-    getrandom::fill(&mut b).ok()?;
-    Some(b)
-}
 
 /// A one-time code (enrolment, recovery) as people type it: 128 random bits in base32,
 /// grouped by five.
@@ -161,77 +48,6 @@ fn needs_second_factor(role: &str) -> bool {
     matches!(role, "admin" | "clinician")
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
-    (
-        status,
-        [("cache-control", "no-store")],
-        axum::Json(json!({"error": error, "error_description": description.into()})),
-    )
-        .into_response()
-}
-
-fn slow_down(wait_ms: i64) -> Response {
-    let secs = (wait_ms + 999) / 1000;
-    let mut r = oauth_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "slow_down",
-        format!("too many failed attempts from here; try again in {secs} s"),
-    );
-    if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
-        r.headers_mut().insert("retry-after", v);
-    }
-    r
-}
-
-#[allow(clippy::too_many_arguments)]
-fn entry(
-    event: &str,
-    action: Action,
-    outcome: Outcome,
-    who: &str,
-    role: Option<&str>,
-    peer: std::net::SocketAddr,
-    patient: Option<&str>,
-    text: Option<String>,
-) -> String {
-    osler_fhir::audit::entry_text(&Record {
-        recorded_ms: now_ms(),
-        event: event.into(),
-        action,
-        outcome,
-        outcome_text: text,
-        who: who.into(),
-        role: role.map(str::to_owned),
-        network: Some(peer.ip().to_string()),
-        patient: patient.map(str::to_owned),
-        what: None,
-        query: None,
-    })
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        Box::new(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("the body: {e}"),
-        ))
-    })
-}
-
-async fn body_bytes(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, Box<Response>> {
-    read_body(headers, body, 16 * 1024)
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|_| {
-            Box::new(oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "the body is unreadable or over 16 KiB",
-            ))
-        })
-}
-
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnrolBody {
@@ -242,17 +58,13 @@ struct EnrolBody {
 /// `POST /auth/enrol {code, password}`: the one-time code from `osler hub user add` sets the
 /// password and, for administrators and clinicians, the second factor (its secret and
 /// `otpauth://` URI returned once) and ten single-use recovery codes.
-async fn enrol(
+pub(super) async fn enrol(
     State(state): State<Arc<AppState>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let bytes = match body_bytes(&headers, body).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let b: EnrolBody = match json_body(&bytes) {
+    let b: EnrolBody = match json_body(&headers, body).await {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -449,17 +261,13 @@ struct LoginBody {
 
 /// `POST /auth/login {name, password}`. An unknown name and a wrong password get the same
 /// answer after the same work (a decoy hash is checked).
-async fn login(
+pub(super) async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let bytes = match body_bytes(&headers, body).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let b: LoginBody = match json_body(&bytes) {
+    let b: LoginBody = match json_body(&headers, body).await {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -569,17 +377,13 @@ struct SecondBody {
 
 /// `POST /auth/second-factor {mfa_token, code}` (or `recovery_code`): the TOTP code of the
 /// current step, or one step either side, never a step used before; or a recovery code, once.
-async fn second_factor(
+pub(super) async fn second_factor(
     State(state): State<Arc<AppState>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let bytes = match body_bytes(&headers, body).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let b: SecondBody = match json_body(&bytes) {
+    let b: SecondBody = match json_body(&headers, body).await {
         Ok(b) => b,
         Err(r) => return *r,
     };
@@ -596,7 +400,7 @@ async fn second_factor(
     .flatten();
     let refused =
         |why: &str| oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", why.to_owned());
-    let Some((t, account)) = found.filter(|(t, _)| {
+    let Some((_, account)) = found.filter(|(t, _)| {
         t.kind == "mfa" && t.used_ms.is_none() && t.revoked_ms.is_none() && t.expires_ms > now
     }) else {
         return refused("the login has expired or was completed; log in again");
@@ -692,51 +496,14 @@ async fn second_factor(
     if !matches!(spent, Ok(osler_store::Spent::Fresh(_))) {
         return refused("the login has expired or was completed; log in again");
     }
-    let _ = t;
     issue_pair(&state, &account, None, peer, "login").await
 }
 
-fn form(bytes: &[u8]) -> Vec<(String, String)> {
-    osler_fhir::parse_query(&String::from_utf8_lossy(bytes)).unwrap_or_default()
-}
-
-/// `POST /auth/token`: `grant_type=refresh_token` (rotation: the refresh token is spent and a
-/// new pair issued; a spent one used again revokes every token of that login) or
-/// `grant_type=client_credentials` with a signed JWT assertion (SMART backend services).
-async fn token(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    body: Body,
+pub(super) async fn refresh(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    token: Option<String>,
 ) -> Response {
-    let bytes = match body_bytes(&headers, body).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    let f = form(&bytes);
-    let get = |k: &str| f.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
-    match get("grant_type").as_deref() {
-        Some("refresh_token") => refresh(&state, peer, get("refresh_token")).await,
-        Some("client_credentials") => {
-            backend(
-                &state,
-                &headers,
-                peer,
-                get("client_assertion_type"),
-                get("client_assertion"),
-                get("scope"),
-            )
-            .await
-        }
-        _ => oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "grant_type is refresh_token or client_credentials",
-        ),
-    }
-}
-
-async fn refresh(state: &AppState, peer: std::net::SocketAddr, token: Option<String>) -> Response {
     let Some(token) = token else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -798,186 +565,4 @@ async fn refresh(state: &AppState, peer: std::net::SocketAddr, token: Option<Str
             "the store failed",
         ),
     }
-}
-
-async fn backend(
-    state: &AppState,
-    headers: &HeaderMap,
-    peer: std::net::SocketAddr,
-    assertion_type: Option<String>,
-    assertion: Option<String>,
-    scope: Option<String>,
-) -> Response {
-    const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-    if assertion_type.as_deref() != Some(JWT_BEARER) {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("client_assertion_type must be {JWT_BEARER}"),
-        );
-    }
-    let (Some(jwt), Some(scope)) = (assertion, scope) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "client_assertion and scope are required",
-        );
-    };
-    let invalid = |why: String| oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why);
-    let Some(iss) = osler_auth::jwt::issuer(&jwt) else {
-        return invalid("the assertion names no client (iss)".into());
-    };
-    let store = state.store.clone();
-    let id = iss.clone();
-    let client = tokio::task::spawn_blocking(move || store.client(&id))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    let Some(client) = client.filter(|c| c.revoked_ms.is_none()) else {
-        record_later(
-            state,
-            entry(
-                "token-issue",
-                Action::Create,
-                Outcome::Refused,
-                &iss,
-                Some("integration"),
-                peer,
-                None,
-                Some("unknown client".into()),
-            ),
-        );
-        return invalid("unknown client".into());
-    };
-    let root = base_url(state, headers);
-    let token_url = format!("{}/auth/token", root.trim_end_matches("/fhir"));
-    let now = now_ms();
-    let a = match osler_auth::jwt::verify(&jwt, &client.jwks, &token_url, now / 1000) {
-        Ok(a) => a,
-        Err(e) => {
-            record_later(
-                state,
-                entry(
-                    "token-issue",
-                    Action::Create,
-                    Outcome::Refused,
-                    &iss,
-                    Some("integration"),
-                    peer,
-                    None,
-                    Some(e.to_string()),
-                ),
-            );
-            return invalid(e.to_string());
-        }
-    };
-    let (who, jti) = (a.client_id.clone(), a.jti.clone());
-    let first = state
-        .store
-        .first_jti(
-            a.client_id.clone(),
-            jti,
-            a.exp_s * 1000,
-            now,
-            move |first| {
-                if first {
-                    Vec::new()
-                } else {
-                    vec![entry(
-                        "token-issue",
-                        Action::Create,
-                        Outcome::Refused,
-                        &who,
-                        Some("integration"),
-                        peer,
-                        None,
-                        Some("a replayed assertion (jti seen before)".into()),
-                    )]
-                }
-            },
-        )
-        .await;
-    match first {
-        Ok(true) => {}
-        Ok(false) => {
-            return invalid(
-                "this assertion was used before (jti); sign a new one for every request".into(),
-            );
-        }
-        Err(_) => {
-            return oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the store failed",
-            );
-        }
-    }
-    let (Ok(asked), Ok(allowed)) = (
-        osler_auth::Scopes::parse(&scope),
-        osler_auth::Scopes::parse(&client.scopes),
-    ) else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope", "malformed scope");
-    };
-    if asked.has_context(osler_auth::Context::Patient)
-        || asked.has_context(osler_auth::Context::User)
-        || !asked.grants_data()
-    {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            "a backend service asks for system/ scopes",
-        );
-    }
-    if let Some(s) = asked.0.iter().find(|s| !allowed.0.contains(s)) {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            format!("{s} is not registered for this client"),
-        );
-    }
-    let Some(r) = random::<32>() else {
-        return oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "no randomness",
-        );
-    };
-    let access = osler_auth::token::secret(osler_auth::token::ACCESS_PREFIX, &r);
-    let h = osler_auth::token::hash(&access);
-    let record = osler_store::TokenRecord {
-        id: h[..6].iter().map(|b| format!("{b:02x}")).collect(),
-        kind: "access".into(),
-        family: None,
-        subject: format!("client:{}", client.id),
-        role: "integration".into(),
-        scopes: asked.to_string(),
-        patient: None,
-        issued_ms: now,
-        expires_ms: now + BACKEND_MS,
-        used_ms: None,
-        revoked_ms: None,
-    };
-    let audit = vec![entry(
-        "token-issue",
-        Action::Create,
-        Outcome::Success,
-        &format!("client:{}", client.id),
-        Some("integration"),
-        peer,
-        None,
-        None,
-    )];
-    if state.store.issue(vec![(h, record)], audit).await.is_err() {
-        return oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the store failed",
-        );
-    }
-    (
-        [("cache-control", "no-store")],
-        axum::Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": BACKEND_MS / 1000, "scope": asked.to_string()})),
-    )
-        .into_response()
 }
