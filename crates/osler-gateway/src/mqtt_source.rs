@@ -40,6 +40,9 @@ pub struct MqttConfig {
     pub port: u16,
     /// A topic filter, e.g. `osler/+/readings`.
     pub topic: String,
+    /// The broker's CA certificate (PEM): connect over TLS trusting it alone. `None`: plain
+    /// MQTT (a broker on this machine or a trusted segment).
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Unacknowledged messages the broker may send at once: enough for a group commit to hold
@@ -69,6 +72,13 @@ pub async fn run(config: MqttConfig, shared: Arc<Shared>) {
     props.receive_maximum = Some(RECEIVE_MAXIMUM);
     props.max_packet_size = Some(8 << 20);
     opts.set_connect_properties(props);
+    if let Some(ca) = &config.tls_ca {
+        opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+            ca: ca.clone(),
+            alpn: None,
+            client_auth: None,
+        }));
+    }
     // Room for every acknowledgement of a full window and then some: the storer hands them
     // over without waiting, and the connection task drains them between reads.
     let (client, mut eventloop) = AsyncClient::new(opts, 4 * RECEIVE_MAXIMUM as usize);

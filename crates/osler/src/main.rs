@@ -131,9 +131,12 @@ struct GatewayArgs {
     /// MQTT broker to subscribe to, HOST:PORT (e.g. 127.0.0.1:1883).
     #[arg(long, value_name = "HOST:PORT")]
     mqtt: Option<String>,
-    /// MQTT topic filter to subscribe to.
+    /// MQTT topic filter to subscribe to; its `+` is the device's id (see --open-devices).
     #[arg(long, value_name = "FILTER", default_value = "osler/+/readings")]
     mqtt_topic: String,
+    /// Reach the MQTT broker over TLS, trusting the CA in this PEM file alone.
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    mqtt_ca: Option<PathBuf>,
     /// Entries per batch at most.
     #[arg(long, default_value_t = 5000)]
     max_batch: usize,
@@ -567,6 +570,13 @@ fn run_gateway(args: GatewayArgs) -> anyhow::Result<()> {
                 host: host.to_owned(),
                 port,
                 topic: args.mqtt_topic.clone(),
+                tls_ca: match &args.mqtt_ca {
+                    None => None,
+                    Some(f) => Some(
+                        std::fs::read(f)
+                            .with_context(|| format!("cannot read --mqtt-ca {}", f.display()))?,
+                    ),
+                },
             })
         }
     };

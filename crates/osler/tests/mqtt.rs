@@ -440,3 +440,107 @@ fn mqtt_readings_of_a_device_that_knows_only_itself_are_attributed() {
     assert!(held.is_some(), "{}", gw.status());
     assert_eq!(count_for(&hub, "mq-anna"), 1);
 }
+
+#[test]
+fn the_gateway_reaches_its_broker_over_tls_and_refuses_one_it_does_not_trust() {
+    let dir = TempDir::new("mqtt-tls");
+    // A CA and a server certificate for 127.0.0.1 (made the way a hub makes its own), and
+    // another CA the broker's certificate is not from.
+    let (ours, theirs) = (dir.0.join("ours"), dir.0.join("theirs"));
+    init_hub(&ours);
+    init_hub(&theirs);
+    let certs = dir.0.join("broker");
+    std::fs::create_dir_all(&certs).unwrap();
+    // Readable by the broker, which drops root for its own user before it loads them.
+    for f in ["ca.pem", "server.pem", "server-key.pem"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::copy(ours.join("tls").join(f), certs.join(f)).unwrap();
+        std::fs::set_permissions(certs.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let port = free_port();
+    let conf = certs.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server-key.pem\n",
+            certs.display()
+        ),
+    )
+    .unwrap();
+    let _broker = Broker::run(conf, port);
+    let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
+    enrol(&hub_dir, &gw_dir);
+    let hub = Hub::start(&hub_dir);
+    let broker = format!("127.0.0.1:{port}");
+    let ca = certs.join("ca.pem");
+    let gw = Gateway::start(
+        &gw_dir,
+        &hub.root(),
+        0,
+        &[
+            "--raw",
+            "--mqtt",
+            &broker,
+            "--mqtt-topic",
+            "tls/+/readings",
+            "--mqtt-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let up = wait_for(Duration::from_secs(20), || {
+        (gw.status()["mqtt"]["connected"] == true).then_some(())
+    });
+    assert!(up.is_some(), "{}", gw.status());
+    let reading = format!(
+        r#"{{"patient":"mqtt-tls","device":"w1","metric":"heart-rate","value":66,"unit":"/min","time":"{}"}}"#,
+        minutes_ago(1)
+    );
+    let ok = std::process::Command::new("mosquitto_pub")
+        .args([
+            "--cafile",
+            ca.to_str().unwrap(),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "tls/w1/readings",
+            "-m",
+            &reading,
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mosquitto_pub over TLS");
+    assert!(
+        wait_for(Duration::from_secs(20), || (count_for(&hub, "mqtt-tls")
+            == 1)
+            .then_some(()))
+        .is_some(),
+        "the reading crossed TLS to the gateway and reached the hub"
+    );
+    // A gateway told to trust another CA does not connect, and says why.
+    let gw2 = Gateway::start(
+        &dir.0.join("gw2"),
+        &hub.root(),
+        0,
+        &[
+            "--mqtt",
+            &broker,
+            "--mqtt-ca",
+            theirs.join("tls/ca.pem").to_str().unwrap(),
+        ],
+    );
+    let refused = wait_for(Duration::from_secs(20), || {
+        let s = gw2.status();
+        let e = s["mqtt"]["last_error"].as_str()?.to_owned();
+        (s["mqtt"]["connected"] != true).then_some(e)
+    })
+    .expect("the untrusted broker is refused");
+    assert!(
+        refused.to_lowercase().contains("certificate") || refused.contains("Tls"),
+        "{refused}"
+    );
+}
