@@ -209,9 +209,13 @@ pub(crate) async fn transaction_or_batch(
                 .await?,
         )
     };
-    // A job that committed carries this request's audit entry; otherwise (nothing to write,
-    // a transaction undone) the guard records the outcome.
-    let committed = result.as_ref().is_some_and(|r| r.committed);
+    // A job that stored something carries this request's audit entry; otherwise (nothing to
+    // write, a transaction undone, every entry refused) the guard records the outcome.
+    let committed = result.as_ref().is_some_and(|r| {
+        r.committed
+            && (r.outcomes.iter().any(WriteOutcome::is_ok)
+                || r.resources.iter().any(|o| o.stored().is_some()))
+    });
     let answer = answer_bundle(
         &state,
         &headers,

@@ -240,11 +240,11 @@ async fn create(
             vec![entry],
         )
         .await?;
-    // Committed, with its audit entry, whatever the outcome says.
-    Ok(audited(match created(&state, &headers, result).await {
-        Ok(r) => r,
+    // Stored, its entry is in the commit; refused (a conflict), the guard records the refusal.
+    Ok(match created(&state, &headers, result).await {
+        Ok(r) => audited(r),
         Err(e) => e.into_response(),
-    }))
+    })
 }
 
 async fn created(

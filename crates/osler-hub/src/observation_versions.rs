@@ -155,12 +155,11 @@ pub(crate) async fn correct(
         .alerts
         .write(&state.store, vec![op], false, None, vec![entry])
         .await?;
-    // The job committed (its audit entry with it) whatever the outcome says.
-    let answer = correction_answer(&state, rid, result).await;
-    Ok(audited(match answer {
-        Ok(r) => r,
+    // Corrected, its entry is in the commit; refused, the guard records the refusal.
+    Ok(match correction_answer(&state, rid, result).await {
+        Ok(r) => audited(r),
         Err(e) => e.into_response(),
-    }))
+    })
 }
 
 async fn correction_answer(

@@ -284,12 +284,9 @@ async fn write(
         .alerts
         .write_resources(&state.store, vec![w], vec![entry])
         .await?;
-    let committed = result.committed;
-    let answer = answer_write(state, headers, kind, result).await;
-    Ok(match answer {
-        Ok(r) if committed => audited(r),
-        Ok(r) => r,
-        Err(e) if committed => audited(e.into_response()),
+    // Stored, its entry is in the commit; refused, the guard records the refusal.
+    Ok(match answer_write(state, headers, kind, result).await {
+        Ok(r) => audited(r),
         Err(e) => e.into_response(),
     })
 }

@@ -184,9 +184,13 @@ impl Writer {
                     changed.push(crate::alerts::apply(&self.conn, w)?);
                 }
                 // What the job changed and its audit entries are one commit: no audit, no
-                // change. (A job undone above leaves its entries to the caller, who records
-                // the refusal instead.)
-                if !job.audit.is_empty() {
+                // change. A job whose every write was refused changed nothing: its entries
+                // (written as successes) are not appended, and the caller records the refusal
+                // instead, as it does for a job undone above.
+                let wrote = job.ops.is_empty() && job.resources.is_empty()
+                    || outcomes.iter().any(WriteOutcome::is_ok)
+                    || resources.iter().any(|o| o.stored().is_some());
+                if wrote && !job.audit.is_empty() {
                     let key = self.audit_key.as_ref().ok_or(StoreError::NoAuditKey)?;
                     crate::security::append(&self.conn, key, &job.audit)?;
                 }

@@ -680,6 +680,19 @@ fn the_audit_log_records_access_and_detects_any_tampering() {
         &format!("{}/Patient/p2", w.hub.base),
         Some(&w.p1_read),
     );
+    // A write the store refuses (a second Patient with one identifier) is recorded as
+    // refused, not as done.
+    let mrn =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": "M-1"}]});
+    for (id, want) in [("dup-a", 201), ("dup-b", 409)] {
+        let a = send(
+            "PUT",
+            &format!("{}/Patient/{id}", w.hub.base),
+            &mrn.to_string(),
+            &[],
+        );
+        assert_eq!(a.status, want, "{}", a.text);
+    }
     let a = send(
         "PUT",
         &format!("{root}/plans/p1/hr-high"),
@@ -757,6 +770,23 @@ fn the_audit_log_records_access_and_detects_any_tampering() {
         events
             .iter()
             .any(|e| e["subtype"][0]["code"] == "token-issue")
+    );
+    let outcomes_of = |patient: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["entity"][0]["what"]["reference"] == format!("Patient/{patient}"))
+            .map(|e| e["outcome"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        outcomes_of("dup-b"),
+        ["4"],
+        "the refused write is one entry, refused"
+    );
+    assert_eq!(
+        outcomes_of("dup-a"),
+        ["0"],
+        "the stored write is one entry, done"
     );
     assert!(events.iter().any(|e| e["subtype"][0]["code"] == "create"
         && e["entity"][0]["what"]["reference"] == "Patient/p2"));
