@@ -100,6 +100,7 @@ impl Frontier {
         }
         let nodes = rest
             .chunks_exact(32)
+            // `chunks_exact(32)` yields 32-byte slices only: the conversion cannot fail.
             .map(|c| c.try_into().expect("chunks of 32"))
             .collect();
         Some(Frontier { size, nodes })
