@@ -231,4 +231,37 @@ mod tests {
             Err(JwtError::Claim("sub", _))
         ));
     }
+
+    /// A 2048-bit RSA key made for this test only (`openssl genpkey -algorithm RSA`, as a PKCS#1
+    /// RSAPrivateKey in DER): ring verifies RSA but cannot generate keys.
+    const RSA_TEST_KEY: &str = "MIIEpAIBAAKCAQEAso1SjHcQxWDH36IYNVOv6PBElBPEw76gZ+MfmrGIQX28uOHsngTIX7O0rGf1SSR213BeXQZtPH1o2aDjbvplXQrZEcknpoDxv2rhkyhlbi1sJT5AlMazVgLd34Me5jFHlkdMZBxuR78L6hK5gbMcAv8AUaOdfEfvkYFiHigoGMOgFp//Egp/t9ExyOFE8cY0R7QRzRTe8oSrgMmRNttIlBmTC58g+WYRxQIH8KlOPibAawnlBNiiVgZyuLyK6vXBWhTooL1BuIU8OaqkGw2p5YSoZcctlDpR4TqdAaYn1ijpt2Ihw7kLkBALgqLlHtQQKYb1IrhLQoXHeueI8UtynQIDAQABAoIBABzbteAut6Q0dzmQOPoYKOdXkLiff/7kht0jmrkQQTssjQhouNX1ZJlV3I689/+2srUxW98MfzKhUQVTo/liORMnrLEw4jAJc96B8iwsVvB5dkWIC+dqkhOwakHfhGqkw7Lomn0tEdnraTaPiNy19oIOyvNm+WOGkOmN5YOFmVgfCMCeHBSUHUM9UKxFDbDNZ2g1jmdDRbmjNH9QmRivvUBbBas+kKZqBgQWoj6hpQ1hUJhg8rvghJ5yPHdjCAQhEC2Qm5jjBPFyxoqtfaY/dwqgM2uKE78TETrgjpOO40g8RgNqoq9gt3f9Puk1QQ2irb1jo/KnvGVTZnN5aW2sbBUCgYEA6YUo5KY6wwYnvGrnu2AYHQg5z+opCUm+wulC/h9x3qQjHGcmoStQafvffy41RvXqWc1lPNWjfEmDhzi4JzdXml693AKbgVI4FQE2dq8Guwy24m8G2/kRc6T73Ba99KRSxDF8YR+3VmKK+iBXEj5D5+pQ55LFn4ZSvokMfq4cBB8CgYEAw72JIdDvfXwpy39NM4yP5j5mIFpisfkFoR8RZWgAVs0+AmsKdoRMWKGi1AmuJSErv9hPnRZXHAD0T+3RgVQHnahiEPCgwK+3OolHwYpbDmidvdE85mxsIziucOa29ObP9iTxNsR8xNy3LfTI+kY/A8ZurfPyylrk52C6QQKJ0cMCgYBGKZ82zAc9z5yizRAhSWcVWgJcyQNZahHp6EIbroD9Hx35i7icljIMFgR55v1U+9BU+RSg6aO8VS4ys8UI62Tj2fF7qEDm4zg8f2fI0x/XlaNhd3B9KWGn+HtADok2dyTzE9dGK0xfpS4SpyLiNVkb1lhGq9+65ZX4756UdWWviwKBgQCnn5le7ykYYgr8rNC1E2trtgYJML4SQPn0J8HjAHRB4VN4CKiWI+epgwoI4R1TyJtJl/ldwfLpFVwjUrq2MPqwpbENZrOTLycPJt7fPBeMOETVd+jaPwFADFs+biVBhqOS28IBr7RVddocreKqiRuPpQ/FQgKqDbq29luqLn1NtwKBgQDhVcmwlwvL0iHey3SRE9p6sQ/bP5liucj7H0Mij8unwQmAgizAXmiNn8kOp3sdyffI2afEAxuj6gRD1NNrOxxkh/IYG5UDGg3idYDiMQuQIZ0w0x0uTjZj2PtK4aEON4EGKqmzne2dHsRcTQ32oyGoy1r+8sa3jk26tgUxnstisA==";
+
+    #[test]
+    fn an_rs384_assertion_verifies_and_a_tampered_one_does_not() {
+        use base64::engine::general_purpose::STANDARD;
+        let der = STANDARD.decode(RSA_TEST_KEY).unwrap();
+        let kp = ring::signature::RsaKeyPair::from_der(&der).unwrap();
+        let public = ring::signature::RsaPublicKeyComponents::<Vec<u8>>::from(kp.public());
+        let jwks = serde_json::json!({"keys": [{"kty": "RSA", "n": B64URL.encode(&public.n), "e": B64URL.encode(&public.e)}]})
+            .to_string();
+        let now = 1_800_000_000;
+        let h = B64URL.encode(br#"{"alg":"RS384","typ":"JWT"}"#);
+        let p = B64URL.encode(claims(now + 60).to_string());
+        let mut sig = vec![0u8; kp.public().modulus_len()];
+        kp.sign(
+            &ring::signature::RSA_PKCS1_SHA384,
+            &SystemRandom::new(),
+            format!("{h}.{p}").as_bytes(),
+            &mut sig,
+        )
+        .unwrap();
+        let jwt = format!("{h}.{p}.{}", B64URL.encode(&sig));
+        assert_eq!(verify(&jwt, &jwks, URL, now).unwrap().client_id, "c1");
+        sig[10] ^= 1;
+        let forged = format!("{h}.{p}.{}", B64URL.encode(&sig));
+        assert_eq!(verify(&forged, &jwks, URL, now), Err(JwtError::Signature));
+        // An RS384 header against an EC key set (or the reverse) verifies nothing.
+        let (_, ec_jwks) = key();
+        assert_eq!(verify(&jwt, &ec_jwks, URL, now), Err(JwtError::Signature));
+    }
 }
