@@ -112,22 +112,20 @@ pub fn create_token(
     let key = key(dir)?;
     let secret = osler_auth::token::secret(osler_auth::token::ACCESS_PREFIX, &random32()?);
     let hash = osler_auth::token::hash(&secret);
-    // The public handle: the first 12 hex digits of the hash (it identifies the token in
-    // lists and the audit log without being usable as one).
-    let id: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
-    let now = now_ms();
+    let issued = TokenRecord::issued(
+        &hash,
+        "access",
+        "",
+        Role::Integration.as_str(),
+        now_ms(),
+        lifetime_ms,
+    );
+    let id = issued.id.clone();
     let record = TokenRecord {
-        id: id.clone(),
-        kind: "access".into(),
-        family: None,
-        used_ms: None,
         subject: format!("token:{id}"),
-        role: Role::Integration.as_str().into(),
         scopes: parsed.to_string(),
         patient: patient.map(str::to_owned),
-        issued_ms: now,
-        expires_ms: now + lifetime_ms,
-        revoked_ms: None,
+        ..issued
     };
     let audit = cli_record(
         "token-issue",

@@ -104,6 +104,35 @@ pub struct TokenRecord {
     pub revoked_ms: Option<i64>,
 }
 
+impl TokenRecord {
+    /// A token issued at `now_ms` for `life_ms`, named by its hash (`hash` of the secret):
+    /// its public id is the hash's first 12 hex digits, which identify it in lists and the
+    /// audit log without being usable as the token. No scopes, patient or family until the
+    /// caller sets them.
+    pub fn issued(
+        hash: &[u8; 32],
+        kind: &str,
+        subject: &str,
+        role: &str,
+        now_ms: i64,
+        life_ms: i64,
+    ) -> TokenRecord {
+        TokenRecord {
+            id: hash[..6].iter().map(|b| format!("{b:02x}")).collect(),
+            kind: kind.to_owned(),
+            family: None,
+            subject: subject.to_owned(),
+            role: role.to_owned(),
+            scopes: String::new(),
+            patient: None,
+            issued_ms: now_ms,
+            expires_ms: now_ms + life_ms,
+            used_ms: None,
+            revoked_ms: None,
+        }
+    }
+}
+
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
         id: r.get(0)?,

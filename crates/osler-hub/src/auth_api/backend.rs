@@ -48,43 +48,20 @@ pub(super) async fn backend(
         .ok()
         .and_then(Result::ok)
         .flatten();
+    // A refused assertion is answered invalid_client and recorded with the reason.
+    let refused = |why: String| {
+        record_later(state, refusal(&iss, peer, why.clone()));
+        invalid(why)
+    };
     let Some(client) = client.filter(|c| c.revoked_ms.is_none()) else {
-        record_later(
-            state,
-            entry(
-                "token-issue",
-                Action::Create,
-                Outcome::Refused,
-                &iss,
-                Some("integration"),
-                peer,
-                None,
-                Some("unknown client".into()),
-            ),
-        );
-        return invalid("unknown client".into());
+        return refused("unknown client".into());
     };
     let root = base_url(state, headers);
     let token_url = format!("{}/auth/token", root.trim_end_matches("/fhir"));
     let now = now_ms();
     let a = match osler_auth::jwt::verify(&jwt, &client.jwks, &token_url, now / 1000) {
         Ok(a) => a,
-        Err(e) => {
-            record_later(
-                state,
-                entry(
-                    "token-issue",
-                    Action::Create,
-                    Outcome::Refused,
-                    &iss,
-                    Some("integration"),
-                    peer,
-                    None,
-                    Some(e.to_string()),
-                ),
-            );
-            return invalid(e.to_string());
-        }
+        Err(e) => return refused(e.to_string()),
     };
     let (who, jti) = (a.client_id.clone(), a.jti.clone());
     let first = state
@@ -98,15 +75,10 @@ pub(super) async fn backend(
                 if first {
                     Vec::new()
                 } else {
-                    vec![entry(
-                        "token-issue",
-                        Action::Create,
-                        Outcome::Refused,
+                    vec![refusal(
                         &who,
-                        Some("integration"),
                         peer,
-                        None,
-                        Some("a replayed assertion (jti seen before)".into()),
+                        "a replayed assertion (jti seen before)".into(),
                     )]
                 }
             },
@@ -159,18 +131,10 @@ pub(super) async fn backend(
     };
     let access = osler_auth::token::secret(osler_auth::token::ACCESS_PREFIX, &r);
     let h = osler_auth::token::hash(&access);
+    let subject = format!("client:{}", client.id);
     let record = osler_store::TokenRecord {
-        id: h[..6].iter().map(|b| format!("{b:02x}")).collect(),
-        kind: "access".into(),
-        family: None,
-        subject: format!("client:{}", client.id),
-        role: "integration".into(),
         scopes: asked.to_string(),
-        patient: None,
-        issued_ms: now,
-        expires_ms: now + BACKEND_MS,
-        used_ms: None,
-        revoked_ms: None,
+        ..osler_store::TokenRecord::issued(&h, "access", &subject, "integration", now, BACKEND_MS)
     };
     let audit = vec![entry(
         "token-issue",
@@ -194,4 +158,18 @@ pub(super) async fn backend(
         axum::Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": BACKEND_MS / 1000, "scope": asked.to_string()})),
     )
         .into_response()
+}
+
+/// The audit entry of a client's refused token request.
+fn refusal(client: &str, peer: std::net::SocketAddr, why: String) -> String {
+    entry(
+        "token-issue",
+        Action::Create,
+        Outcome::Refused,
+        client,
+        Some("integration"),
+        peer,
+        None,
+        Some(why),
+    )
 }

@@ -206,20 +206,15 @@ async fn issue_pair(
     let scopes = person_scopes(&account.role);
     let record = |secret: &str, kind: &str, life: i64| {
         let h = osler_auth::token::hash(secret);
+        let issued =
+            osler_store::TokenRecord::issued(&h, kind, &account.name, &account.role, now, life);
         (
             h,
             osler_store::TokenRecord {
-                id: h[..6].iter().map(|b| format!("{b:02x}")).collect(),
-                kind: kind.into(),
                 family: Some(family.clone()),
-                subject: account.name.clone(),
-                role: account.role.clone(),
                 scopes: scopes.into(),
                 patient: account.patient.clone(),
-                issued_ms: now,
-                expires_ms: now + life,
-                used_ms: None,
-                revoked_ms: None,
+                ..issued
             },
         )
     };
@@ -328,19 +323,8 @@ pub(super) async fn login(
     };
     let mfa = osler_auth::token::secret("osl_mfa_", &m);
     let h = osler_auth::token::hash(&mfa);
-    let record = osler_store::TokenRecord {
-        id: h[..6].iter().map(|b| format!("{b:02x}")).collect(),
-        kind: "mfa".into(),
-        family: None,
-        subject: account.name.clone(),
-        role: account.role.clone(),
-        scopes: String::new(),
-        patient: None,
-        issued_ms: now,
-        expires_ms: now + MFA_MS,
-        used_ms: None,
-        revoked_ms: None,
-    };
+    let record =
+        osler_store::TokenRecord::issued(&h, "mfa", &account.name, &account.role, now, MFA_MS);
     let audit = vec![entry(
         "login",
         Action::Execute,
