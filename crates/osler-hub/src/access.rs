@@ -286,10 +286,13 @@ pub(crate) async fn authenticate(
         .map(str::trim)
         .ok_or(Unauthenticated::Invalid("not a bearer token"))?;
     let hash = osler_auth::token::hash(token);
-    let store = state.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.token(&hash))
-        .await
-        .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?
+    // The lookups here run on the async worker: each is a point read by key on a pooled
+    // reading connection (microseconds; WAL readers do not wait for the writer), cheaper than
+    // the hand-off to a blocking thread and back, which cost every request a tenth of a
+    // millisecond (BENCHMARKS.md, "With TLS, tokens and the audit log").
+    let found = state
+        .store
+        .token(&hash)
         .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?;
     let t = found
         .filter(|t| t.kind == "access")
@@ -308,18 +311,14 @@ pub(crate) async fn authenticate(
         // A clinician sees the patients of the care teams they are a member of now (from the
         // registry, at every request: a change of team applies at once).
         (None, Role::Clinician) => {
-            let store = state.store.clone();
-            let name = t.subject.clone();
-            let patients = tokio::task::spawn_blocking(move || {
-                let practitioner = store.account(&name)?.and_then(|a| a.practitioner);
-                match practitioner {
+            let store = &state.store;
+            let patients = store
+                .account(&t.subject)
+                .and_then(|a| match a.and_then(|a| a.practitioner) {
                     Some(p) => store.care_team_patients(&p),
                     None => Ok(Vec::new()),
-                }
-            })
-            .await
-            .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?
-            .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?;
+                })
+                .map_err(|_| Unauthenticated::Invalid("unverifiable now"))?;
             Compartment::patients(patients)
         }
         // A patient token without its patient sees nobody.
@@ -343,12 +342,10 @@ async fn gateway_caller(
     let id = osler_wire::request_gateway(header)
         .ok_or(Unauthenticated::Invalid("a malformed gateway signature"))?
         .to_owned();
-    let store = state.store.clone();
-    let lookup = id.clone();
-    let record = tokio::task::spawn_blocking(move || store.gateway(&lookup))
-        .await
+    let record = state
+        .store
+        .gateway(&id)
         .ok()
-        .and_then(Result::ok)
         .flatten()
         .filter(|g| g.revoked_ms.is_none())
         .ok_or(Unauthenticated::Invalid(
