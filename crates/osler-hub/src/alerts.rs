@@ -2,9 +2,9 @@
 //!
 //! Every reading the hub accepts (new, or a resend it already had) is run through the rules
 //! (`osler-rules`) at its own time, right after its commit and before the sender's answer; alert
-//! changes are committed too, then published on the live stream. Routes: `GET /alerts` (filters
-//! `patient`, `state`, `severity`, `limit`), `GET /alerts/stream` (Server-Sent Events, one JSON
-//! object per change), `GET /alerts/overrides` (every patient's thresholds, for gateways; plans
+//! changes are committed too, with their events (the alert's timeline, `alert_lifecycle`), then
+//! the live stream is woken. Routes: `GET /alerts` (filters `patient`, `state`, `severity`,
+//! `limit`), `GET /alerts/overrides` (every patient's thresholds, for gateways; plans
 //! are set under `/plans`, see `plans`), and each alert as a
 //! FHIR `Flag` (`/fhir/Flag/{id}`, `/fhir/Flag?patient=&status=`).
 //!
@@ -13,19 +13,16 @@
 //! duration and an alert raised before the restart is not raised again.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use osler_core::{Metric, Reading, Timestamp};
 use osler_rules::{AlertEvent, Change, Engine, Overrides, Rule};
 use osler_store::alerts::{AlertFilter, AlertRecord, AlertWrite};
 use osler_store::{BatchMark, Rules, Store, WriteOp, WriteResult};
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 
 use crate::access::{Cx, Routes, sees, within};
 use crate::{AppState, now_ms};
@@ -35,7 +32,9 @@ use osler_auth::{Interaction, Policy};
 pub(crate) struct Alerts {
     engine: Mutex<Engine>,
     overrides: Mutex<HashMap<String, Overrides>>,
-    stream: broadcast::Sender<String>,
+    /// Bumped after every commit that added alert events: wakes the live streams, which read
+    /// the new events from the store (see `alert_lifecycle`).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// How far back the engine's history is rebuilt at start-up, per metric: a little more than
@@ -73,11 +72,10 @@ impl Alerts {
         for a in &open {
             engine.restore_open(&a.patient, &a.rule, a.value, a.raised_reading_ms);
         }
-        let (stream, _) = broadcast::channel(16_384);
         Ok(Alerts {
             engine: Mutex::new(engine),
             overrides: Mutex::new(overrides),
-            stream,
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -160,20 +158,29 @@ impl Alerts {
             .collect()
     }
 
-    /// Publishes the alerts a write changed (`changed[i]` is the outcome of `events[i]`), on the
-    /// stream and in the log.
+    /// Publishes the alerts a write changed (`changed[i]` is the outcome of `events[i]`): in
+    /// the log, and to the live streams (the events themselves were stored in the commit).
     pub(crate) fn publish(&self, events: &[AlertEvent], changed: Vec<Option<AlertRecord>>) {
+        let mut any = false;
         for (event, record) in events.iter().zip(changed) {
             let Some(record) = record else { continue };
             let change = event.change.as_str();
             tracing::info!(patient = %record.patient, rule = %record.rule, severity = %record.severity, change, late = record.late, source = %record.source, "alert");
-            let mut json = alert_json(&record, change);
-            if event.change == Change::Updated {
-                json["updated_reading_time"] = json!(time(event.reading_ms));
-            }
-            // No subscriber is not an error: the alert is stored either way.
-            let _ = self.stream.send(json.to_string());
+            any = true;
         }
+        if any {
+            self.changed();
+        }
+    }
+
+    /// Wakes the live streams: alert events were committed.
+    pub(crate) fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// What a live stream waits on.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub(crate) fn set_override(&self, patient: &str, rule: &str, value: Option<f64>) {
@@ -205,6 +212,8 @@ pub(crate) fn writes(events: &[AlertEvent], source: &str) -> Vec<AlertWrite> {
                 value: e.value,
                 higher_is_worse: Rule::by_id(e.rule)
                     .is_none_or(|r| r.direction == osler_rules::Direction::Above),
+                reading_ms: e.reading_ms,
+                at_ms: at,
             },
             Change::Raised => AlertWrite::Raise {
                 patient: e.patient.clone(),
@@ -275,7 +284,6 @@ pub(crate) fn routes() -> Routes {
     use Interaction::*;
     Routes::new()
         .get("/alerts", Policy::Resource("Flag", Search), list)
-        .get("/alerts/stream", Policy::Resource("Flag", Search), stream)
         .get(
             "/alerts/overrides",
             Policy::Everyone("CarePlan", Search),
@@ -340,60 +348,6 @@ async fn list(
         .into_response(),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read alerts"),
     }
-}
-
-async fn stream(
-    State(state): State<Arc<AppState>>,
-    axum::Extension(caller): Cx,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let rx = state.alerts.stream.subscribe();
-    let stop = state.shutdown.subscribe();
-    let caller = Arc::new(caller);
-    let events = futures_util::stream::unfold(
-        (rx, stop, caller),
-        |(mut rx, mut stop, caller)| async move {
-            loop {
-                let next = tokio::select! {
-                    r = rx.recv() => r,
-                    // The hub is shutting down: end the stream so the shutdown can complete.
-                    _ = stop.wait_for(|s| *s) => return None,
-                };
-                return match next {
-                    // Only the alerts of the caller's patients reach them.
-                    Ok(text) if !event_visible(&caller, &text) => continue,
-                    Ok(text) => Some((
-                        Ok(Event::default().event("alert").data(text)),
-                        (rx, stop, caller),
-                    )),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // A subscriber that fell behind is told so, and can re-read GET /alerts.
-                        let note = json!({ "event": "lagged", "missed": n }).to_string();
-                        Some((
-                            Ok(Event::default().event("lagged").data(note)),
-                            (rx, stop, caller),
-                        ))
-                    }
-                    Err(broadcast::error::RecvError::Closed) => None,
-                };
-            }
-        },
-    );
-    Sse::new(events).keep_alive(KeepAlive::default())
-}
-
-/// Whether a published alert (JSON with its `patient`) is one of the caller's patients'.
-fn event_visible(caller: &osler_auth::Caller, text: &str) -> bool {
-    if caller.compartment == osler_auth::Compartment::All {
-        return true;
-    }
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| {
-            v.get("patient")
-                .and_then(Value::as_str)
-                .map(|p| sees(caller, p))
-        })
-        .unwrap_or(false)
 }
 
 /// Every per-patient threshold, for gateways (they send what is near a patient's own threshold

@@ -11,6 +11,7 @@
 
 mod access;
 pub mod admin;
+mod alert_lifecycle;
 mod alerts;
 mod audit_api;
 pub(crate) mod auth_api;
@@ -42,6 +43,7 @@ use axum::response::{IntoResponse, Response};
 use osler_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
+pub use alert_lifecycle::SnoozeCaps;
 pub use metrics::Metrics;
 
 /// Largest request body accepted by default: a 10,000-entry Bundle fits with room to spare.
@@ -64,6 +66,8 @@ pub struct HubConfig {
     /// Serve plain HTTP instead of HTTPS (development only): refused unless `listen` is a
     /// loopback address.
     pub insecure_http: bool,
+    /// The longest snooze per alert severity.
+    pub snooze_caps: SnoozeCaps,
 }
 
 /// Errors that stop the hub from starting or running.
@@ -114,6 +118,8 @@ pub(crate) struct AppState {
     pub throttle: throttle::Throttle,
     /// The audit log's signing key: signs the checkpoints served.
     pub audit_key: ed25519_dalek::SigningKey,
+    /// The longest snooze per alert severity.
+    pub snooze_caps: SnoozeCaps,
     /// `https`, or `http` under `insecure_http`: the scheme of the links the hub writes.
     pub scheme: &'static str,
     /// Turns true when the hub begins to shut down, so that long-lived responses (the alert
@@ -186,6 +192,7 @@ impl Hub {
                 .collect(),
             started: osler_core::Timestamp::utc(now_ms()).to_string(),
             audit_key: ed25519_dalek::SigningKey::from_bytes(&audit_seed),
+            snooze_caps: config.snooze_caps,
             throttle: throttle::Throttle::default(),
             audit_pending: std::sync::Mutex::new(Vec::new()),
             audit_wake: tokio::sync::Notify::new(),
@@ -262,6 +269,7 @@ pub(crate) fn routes() -> access::Routes {
         .merge(everything::routes())
         .merge(ingest::routes())
         .merge(alerts::routes())
+        .merge(alert_lifecycle::routes())
         .merge(auth_api::routes())
         .merge(audit_api::routes())
         .get(

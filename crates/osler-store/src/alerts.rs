@@ -63,6 +63,8 @@ pub enum AlertWrite {
         /// Whether a higher value is worse (the rule breaches upwards). An update that is not
         /// worse than the alert's stored value changes nothing.
         higher_is_worse: bool,
+        reading_ms: i64,
+        at_ms: i64,
     },
     /// Set (`Some`) or remove (`None`) a patient's threshold for a rule, recorded in the plan's
     /// history with who, when and why.
@@ -160,7 +162,11 @@ pub(crate) fn apply(conn: &Connection, w: &AlertWrite) -> Result<Option<AlertRec
             if n == 0 {
                 return Ok(None);
             }
-            open_alert(conn, patient, rule)
+            let raised = open_alert(conn, patient, rule)?;
+            if let Some(a) = &raised {
+                crate::lifecycle::raised(conn, a, *reading_ms, *at_ms)?;
+            }
+            Ok(raised)
         }
         AlertWrite::Resolve {
             patient,
@@ -175,13 +181,19 @@ pub(crate) fn apply(conn: &Connection, w: &AlertWrite) -> Result<Option<AlertRec
                 "UPDATE alert SET state='resolved', resolved_reading_ms=?2, resolved_at_ms=?3 WHERE id=?1",
             )?
             .execute(params![open.id, reading_ms, at_ms])?;
-            get(conn, open.id)
+            let resolved = get(conn, open.id)?;
+            if let Some(a) = &resolved {
+                crate::lifecycle::resolved(conn, a, *reading_ms, *at_ms)?;
+            }
+            Ok(resolved)
         }
         AlertWrite::Update {
             patient,
             rule,
             value,
             higher_is_worse,
+            reading_ms,
+            at_ms,
         } => {
             let Some(open) = open_alert(conn, patient, rule)? else {
                 return Ok(None);
@@ -200,7 +212,11 @@ pub(crate) fn apply(conn: &Connection, w: &AlertWrite) -> Result<Option<AlertRec
             }
             conn.prepare_cached("UPDATE alert SET value=?2 WHERE id=?1")?
                 .execute(params![open.id, value])?;
-            get(conn, open.id)
+            let updated = get(conn, open.id)?;
+            if let Some(a) = &updated {
+                crate::lifecycle::updated(conn, a, Some(*reading_ms), *at_ms)?;
+            }
+            Ok(updated)
         }
         AlertWrite::Override {
             patient,

@@ -40,6 +40,7 @@
 pub mod admin;
 pub mod alerts;
 mod held;
+pub mod lifecycle;
 mod query;
 mod registry;
 
@@ -836,6 +837,60 @@ impl Store {
     /// through FHIR).
     pub fn provenance(&self, id: ReadingId) -> Result<Vec<Provenance>, StoreError> {
         self.read(|c| security::provenance(c, id))
+    }
+
+    /// Does what a person asks about an alert, with its audit entry in the same transaction:
+    /// the number of the event that records it, or why it was refused (nothing stored then).
+    pub async fn act(
+        &self,
+        alert: i64,
+        who: String,
+        act: lifecycle::Act,
+        note: Option<String>,
+        at_ms: i64,
+        audit: String,
+    ) -> Result<Result<i64, lifecycle::Refused>, StoreError> {
+        self.transact(move |c| {
+            let done = lifecycle::act(c, alert, &who, &act, note.as_deref(), at_ms)?;
+            // A refusal stores nothing, so it is not audited here (the hub records it).
+            let entries = if done.is_ok() {
+                vec![audit]
+            } else {
+                Vec::new()
+            };
+            Ok((done, entries))
+        })
+        .await
+    }
+
+    /// An alert's timeline, oldest first.
+    pub fn alert_timeline(&self, alert: i64) -> Result<Vec<lifecycle::AlertEvent>, StoreError> {
+        self.read(|c| lifecycle::timeline(c, alert))
+    }
+
+    /// Each recipient's response to an alert.
+    pub fn alert_responses(&self, alert: i64) -> Result<Vec<lifecycle::Response>, StoreError> {
+        self.read(|c| lifecycle::responses(c, alert))
+    }
+
+    /// An alert's snoozes, active or ended.
+    pub fn alert_snoozes(&self, alert: i64) -> Result<Vec<lifecycle::Snooze>, StoreError> {
+        self.read(|c| lifecycle::snoozes(c, alert))
+    }
+
+    /// Alert events after `seq` (the live stream's replay), at most `limit`, only `within`'s.
+    pub fn alert_events_after(
+        &self,
+        seq: i64,
+        limit: usize,
+        within: Option<&[String]>,
+    ) -> Result<Vec<lifecycle::AlertEvent>, StoreError> {
+        self.read(|c| lifecycle::events_after(c, seq, limit, within))
+    }
+
+    /// The number of the last alert event (0 before any).
+    pub fn alert_last_seq(&self) -> Result<i64, StoreError> {
+        self.read(lifecycle::last_seq)
     }
 
     /// The audit log's size (entries).

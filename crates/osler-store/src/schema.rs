@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::StoreError;
 
 /// Bumped whenever the on-disk format changes; a newer file is refused rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// What each older schema needs to become the current one, after the CREATE statements
 /// below have made any table it lacks. Version 2 added the registry (resources, their versions
@@ -17,6 +17,10 @@ pub(crate) const SCHEMA_VERSION: i64 = 3;
 /// Version 3 added access tokens, accounts, the audit log and gateway batches (their
 /// signatures, the provenance of what they stored): new tables, and a column `b` on readings
 /// naming the batch that carried each (absent, so no bytes, on readings stored before).
+///
+/// Version 4 added what people do about alerts (their timeline, each recipient's response,
+/// snoozes): new tables only; alerts raised before have an empty timeline and no recipients
+/// (anyone who may see one can still answer it).
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -27,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
      FROM threshold_override;",
     ),
     (2, "ALTER TABLE reading ADD COLUMN b INTEGER;"),
+    (3, ""),
 ];
 
 const CREATE: &str = "
@@ -89,6 +94,39 @@ CREATE TABLE IF NOT EXISTS alert(
     UNIQUE(patient, rule, raised_reading_ms)
 );
 CREATE INDEX IF NOT EXISTS alert_open ON alert(patient, rule) WHERE state='raised';
+CREATE TABLE IF NOT EXISTS alert_event(
+    seq INTEGER PRIMARY KEY,
+    alert INTEGER NOT NULL,
+    patient TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    who TEXT,
+    note TEXT,
+    value REAL,
+    reading_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS alert_event_of ON alert_event(alert, seq);
+CREATE TABLE IF NOT EXISTS alert_response(
+    alert INTEGER NOT NULL,
+    recipient TEXT NOT NULL,
+    state TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY(alert, recipient)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snooze(
+    id INTEGER PRIMARY KEY,
+    alert INTEGER NOT NULL,
+    patient TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    recipient TEXT,
+    who TEXT NOT NULL,
+    reason TEXT,
+    from_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    ended_why TEXT
+);
+CREATE INDEX IF NOT EXISTS snooze_of ON snooze(alert);
 CREATE TABLE IF NOT EXISTS threshold_override(
     patient TEXT NOT NULL,
     rule TEXT NOT NULL,

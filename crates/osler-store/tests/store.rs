@@ -538,6 +538,8 @@ fn an_alert_update_is_stored_only_when_worse() {
         rule: rule.into(),
         value,
         higher_is_worse,
+        reading_ms: T0,
+        at_ms: T0,
     };
     let changed = |w: Vec<AlertWrite>| -> Vec<Option<f64>> {
         rt.block_on(store.write_alerts(w, vec![]))

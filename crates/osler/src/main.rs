@@ -67,6 +67,11 @@ enum Command {
         /// --listen is a loopback address. Without it the hub needs `osler hub init` first.
         #[arg(long)]
         insecure_http: bool,
+        /// The longest snooze of an alert of a severity, as SEVERITY=MINUTES; repeat for
+        /// several. Defaults: critical=15 (ISO 7396-1 lets an emergency alarm be paused 15
+        /// minutes at most), urgent=60, warning=240.
+        #[arg(long = "snooze-cap", value_name = "SEVERITY=MINUTES")]
+        snooze_caps: Vec<String>,
     },
     /// Run an edge gateway: take readings over HTTP and MQTT, keep them on disk, send them to a hub.
     #[command(long_about = "Run an edge gateway.\n\n\
@@ -467,7 +472,13 @@ fn main() -> anyhow::Result<()> {
             public_url,
             cors_origins,
             insecure_http,
+            snooze_caps,
         } => {
+            let mut caps = osler_hub::SnoozeCaps::default();
+            for spec in &snooze_caps {
+                caps.set(spec)
+                    .map_err(|e| anyhow::anyhow!("--snooze-cap {e}"))?;
+            }
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(async {
                 let hub = osler_hub::Hub::bind(osler_hub::HubConfig {
@@ -477,6 +488,7 @@ fn main() -> anyhow::Result<()> {
                     public_url,
                     cors_origins,
                     insecure_http,
+                    snooze_caps: caps,
                 })
                 .await
                 .with_context(|| format!("cannot start the hub with data in {}", data.display()))?;

@@ -1,0 +1,480 @@
+//! What people do about alerts, through the hub's real API over TLS: per-recipient answers,
+//! accepting for the team, re-opening on a markedly worse condition, snoozes (scope, cap,
+//! undo, expiry, end on resolution, a restart in the middle), the audit trail of every act,
+//! and the live stream's numbered events resumed after a reconnect.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A hub with patients p1 (care team: Ana and Ben) and p2 (nobody's), and the two clinicians
+/// logged in.
+struct Ward {
+    dir: TempDir,
+    /// `None` only while it restarts.
+    running: Option<Hub>,
+    ana: String,
+    ben: String,
+}
+
+fn ward(name: &str, extra: &[&str]) -> Ward {
+    let dir = TempDir::new(name);
+    let hub = Hub::start_with(&dir.0, extra);
+    let b = &hub.base;
+    for (path, body) in [
+        ("Patient/p1", json!({"resourceType": "Patient"})),
+        ("Patient/p2", json!({"resourceType": "Patient"})),
+        ("Practitioner/ana", json!({"resourceType": "Practitioner"})),
+        ("Practitioner/ben", json!({"resourceType": "Practitioner"})),
+        (
+            "CareTeam/t1",
+            json!({"resourceType": "CareTeam", "status": "active",
+                "subject": {"reference": "Patient/p1"},
+                "participant": [{"member": {"reference": "Practitioner/ana"}},
+                                {"member": {"reference": "Practitioner/ben"}}]}),
+        ),
+    ] {
+        let a = send("PUT", &format!("{b}/{path}"), &body.to_string(), &[]);
+        assert_eq!(a.status, 201, "{path}: {}", a.text);
+    }
+    let token = |hub: &Hub, name: &str, practitioner: &str| {
+        let p = enrol_person(hub, &dir.0, name, "clinician", Some(practitioner));
+        login(hub, &p)["access_token"].as_str().unwrap().to_owned()
+    };
+    let ana = token(&hub, "dr-ana", "ana");
+    let ben = token(&hub, "dr-ben", "ben");
+    Ward {
+        dir,
+        running: Some(hub),
+        ana,
+        ben,
+    }
+}
+
+impl Ward {
+    fn hub(&self) -> &Hub {
+        self.running.as_ref().unwrap()
+    }
+
+    /// Kills the hub (SIGKILL: nothing flushed at exit) and starts it again on its data.
+    fn crash_and_restart(&mut self) {
+        self.running.take().unwrap().kill9();
+        self.running = Some(Hub::start(&self.dir.0));
+    }
+
+    /// Posts a blood pressure for a patient (as the hub's own program token).
+    fn pressure(&self, patient: &str, sys: f64, seconds: i64) {
+        let o = blood_pressure(patient, sys, 85.0, &seconds_ago(seconds));
+        let a = post(&format!("{}/Observation", self.hub().base), &o.to_string());
+        assert_eq!(a.status, 201, "{}", a.text);
+    }
+
+    /// The open systolic-crisis alert of a patient.
+    fn open_alert(&self, patient: &str) -> i64 {
+        let list = get(&format!(
+            "{}/alerts?patient={patient}&state=raised",
+            self.hub().root()
+        ))
+        .json();
+        list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["rule"] == "bp-crisis-systolic")
+            .unwrap_or_else(|| panic!("no open alert for {patient}: {list}"))["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    fn act(&self, token: &str, id: i64, what: &str, body: Value) -> Answer {
+        send(
+            "POST",
+            &format!("{}/alerts/{id}/{what}", self.hub().root()),
+            &body.to_string(),
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Content-Type", "application/json"),
+            ],
+        )
+    }
+
+    fn detail(&self, token: &str, id: i64) -> Answer {
+        send(
+            "GET",
+            &format!("{}/alerts/{id}", self.hub().root()),
+            "",
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+    }
+}
+
+fn state_of(detail: &Value, who: &str) -> String {
+    detail["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["recipient"] == who)
+        .map_or("none".into(), |r| r["state"].as_str().unwrap().to_owned())
+}
+
+fn kinds(detail: &Value) -> Vec<String> {
+    detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn each_recipient_answers_for_themselves_one_accepts_and_worse_reopens() {
+    let w = ward("lifecycle-answers", &[]);
+    w.pressure("p1", 185.0, 60);
+    let id = w.open_alert("p1");
+
+    // The care team is notified, each on their own.
+    let d = w.detail(&w.ana, id).json();
+    assert_eq!(state_of(&d, "dr-ana"), "notified", "{d}");
+    assert_eq!(state_of(&d, "dr-ben"), "notified", "{d}");
+    assert_eq!(kinds(&d), ["raised"]);
+
+    // Ana's acknowledgement is hers alone.
+    let a = w.act(&w.ana, id, "ack", json!({"note": "calling the patient"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    let d = a.json();
+    assert_eq!(state_of(&d, "dr-ana"), "acknowledged");
+    assert_eq!(state_of(&d, "dr-ben"), "notified");
+    let ack = &d["timeline"][1];
+    assert_eq!(
+        (
+            ack["kind"].as_str(),
+            ack["who"].as_str(),
+            ack["note"].as_str()
+        ),
+        (Some("ack"), Some("dr-ana"), Some("calling the patient"))
+    );
+
+    // Ben takes it for the team; then Ana cannot, and is told who has it.
+    let a = w.act(&w.ben, id, "accept", json!({}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.json()["accepted_by"], "dr-ben");
+    let a = w.act(&w.ana, id, "accept", json!({}));
+    assert_eq!(a.status, 409, "{}", a.text);
+    assert!(a.text.contains("dr-ben"), "{}", a.text);
+    // An acknowledgement after accepting does not undo the acceptance.
+    assert_eq!(w.act(&w.ben, id, "ack", json!({})).status, 200);
+    assert_eq!(state_of(&w.detail(&w.ben, id).json(), "dr-ben"), "accepted");
+
+    // A little worse changes no answer; markedly worse (the excess doubled and a real move)
+    // asks everyone again.
+    w.pressure("p1", 206.0, 40);
+    let d = wait_for(Duration::from_secs(10), || {
+        let d = w.detail(&w.ana, id).json();
+        kinds(&d).contains(&"reopened".to_owned()).then_some(d)
+    })
+    .expect("a markedly worse reading re-opens the answers");
+    assert_eq!(state_of(&d, "dr-ana"), "notified", "{d}");
+    assert_eq!(state_of(&d, "dr-ben"), "notified", "{d}");
+    assert_eq!(d["accepted_by"], Value::Null);
+    assert_eq!(
+        kinds(&d),
+        ["raised", "ack", "accept", "ack", "updated", "reopened"]
+    );
+
+    // Nobody outside the patient's care team learns of another patient's alert.
+    w.pressure("p2", 190.0, 60);
+    let other = w.open_alert("p2");
+    assert_eq!(w.detail(&w.ana, other).status, 404);
+    assert_eq!(w.act(&w.ana, other, "ack", json!({})).status, 404);
+
+    // Once resolved, an alert takes a comment but no more answers.
+    w.pressure("p1", 150.0, 20);
+    wait_for(Duration::from_secs(10), || {
+        (w.detail(&w.ana, id).json()["state"] == "resolved").then_some(())
+    })
+    .expect("a normal reading resolves the alert");
+    assert_eq!(w.act(&w.ana, id, "ack", json!({})).status, 409);
+    let a = w.act(&w.ana, id, "comment", json!({"note": "patient was fine"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(w.act(&w.ana, id, "comment", json!({})).status, 422);
+
+    // Bad bodies are refused with a reason and change nothing.
+    let a = w.act(&w.ana, id, "comment", json!({"nope": 1}));
+    assert_eq!(a.status, 400);
+    assert!(a.text.contains("unknown field"), "{}", a.text);
+
+    // Every act is in the audit trail, with who did it.
+    let log = osler(&["audit", "export", "--data", w.dir.0.to_str().unwrap()]);
+    let acts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("/alerts/{id}/")))
+        .collect();
+    assert_eq!(
+        acts.len(),
+        5,
+        "ack, accept, ack, comment and the refused ack: {acts:#?}"
+    );
+    assert!(
+        acts.iter()
+            .any(|l| l.contains("dr-ben") && l.contains("/accept"))
+    );
+}
+
+#[test]
+fn snoozes_are_narrow_capped_undone_expire_survive_a_restart_and_end_on_resolution() {
+    let mut w = ward("lifecycle-snooze", &[]);
+    w.pressure("p1", 185.0, 120);
+    let id = w.open_alert("p1");
+    let active = |d: &Value| -> Vec<(String, String)> {
+        d["snoozes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["active"] == true)
+            .map(|s| {
+                (
+                    s["scope"].as_str().unwrap().to_owned(),
+                    s["by"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+
+    // A critical alert is snoozed for 15 minutes at most; a team-wide snooze needs a reason.
+    let a = w.act(
+        &w.ana,
+        id,
+        "snooze",
+        json!({"minutes": 30, "reason": "in clinic"}),
+    );
+    assert_eq!(a.status, 422, "{}", a.text);
+    assert!(a.text.contains("at most 15"), "{}", a.text);
+    let a = w.act(
+        &w.ana,
+        id,
+        "snooze",
+        json!({"minutes": 10, "scope": "team"}),
+    );
+    assert_eq!(a.status, 422, "{}", a.text);
+    assert_eq!(w.act(&w.ana, id, "snooze", json!({})).status, 422);
+    assert_eq!(active(&w.detail(&w.ana, id).json()), []);
+
+    // Ana's snooze is hers: it shows who and why, and can be undone (once).
+    let a = w.act(
+        &w.ana,
+        id,
+        "snooze",
+        json!({"minutes": 10, "reason": "in clinic"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let d = a.json();
+    assert_eq!(active(&d), [("me".to_owned(), "dr-ana".to_owned())]);
+    assert_eq!(d["snoozes"][0]["reason"], "in clinic");
+    assert_eq!(d["snoozes"][0]["recipient"], "dr-ana");
+    let a = w.act(&w.ana, id, "unsnooze", json!({}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(active(&a.json()), []);
+    assert_eq!(a.json()["snoozes"][0]["ended_why"], "undone");
+    assert_eq!(w.act(&w.ana, id, "unsnooze", json!({})).status, 409);
+
+    // A snooze outlives a crash of the hub (it was committed before the answer).
+    assert_eq!(
+        w.act(&w.ana, id, "snooze", json!({"minutes": 10})).status,
+        200
+    );
+    w.crash_and_restart();
+    assert_eq!(
+        active(&w.detail(&w.ana, id).json()),
+        [("me".to_owned(), "dr-ana".to_owned())]
+    );
+
+    // A short one expires by itself.
+    assert_eq!(
+        w.act(&w.ben, id, "snooze", json!({"minutes": 0.02})).status,
+        200
+    );
+    assert_eq!(active(&w.detail(&w.ben, id).json()).len(), 2);
+    wait_for(Duration::from_secs(15), || {
+        (active(&w.detail(&w.ben, id).json()).len() == 1).then_some(())
+    })
+    .expect("a snooze of 1.2 s expires");
+
+    // The team's snooze, with its reason; resolution ends every snooze of the alert.
+    let a = w.act(
+        &w.ben,
+        id,
+        "snooze",
+        json!({"minutes": 5, "scope": "team", "reason": "handover"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(active(&a.json()).len(), 2);
+    w.pressure("p1", 150.0, 60);
+    let d = wait_for(Duration::from_secs(10), || {
+        let d = w.detail(&w.ana, id).json();
+        (d["state"] == "resolved").then_some(d)
+    })
+    .expect("resolved");
+    assert_eq!(active(&d), []);
+    let ended: Vec<&str> = d["snoozes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["ended_why"].as_str())
+        .collect();
+    assert_eq!(ended, ["undone", "resolved", "resolved"], "{d}");
+}
+
+#[test]
+fn the_snooze_cap_is_configurable() {
+    let w = ward("lifecycle-cap", &["--snooze-cap", "critical=5"]);
+    w.pressure("p1", 185.0, 60);
+    let id = w.open_alert("p1");
+    let a = w.act(&w.ana, id, "snooze", json!({"minutes": 10}));
+    assert_eq!(a.status, 422, "{}", a.text);
+    assert!(a.text.contains("at most 5"), "{}", a.text);
+    assert_eq!(
+        w.act(&w.ana, id, "snooze", json!({"minutes": 5})).status,
+        200
+    );
+}
+
+/// What a subscription read: (event id, event name, data).
+type Events = Vec<(i64, String, Value)>;
+
+/// One subscription, until `enough` says so or 30 s pass; the receiver says when it is
+/// connected.
+fn subscribe(
+    w: &Ward,
+    token: Option<&str>,
+    last_id: Option<&str>,
+    enough: impl Fn(&[(i64, String, Value)]) -> bool + Send + 'static,
+) -> (mpsc::Receiver<()>, std::thread::JoinHandle<Events>) {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    if let Some(t) = token {
+        headers.push(("Authorization".into(), format!("Bearer {t}")));
+    }
+    if let Some(id) = last_id {
+        headers.push(("Last-Event-ID".into(), id.into()));
+    }
+    let url = format!("{}/alerts/stream", w.hub().root());
+    let (ready_tx, ready) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let resp = request("GET", &url, &h)
+            .timeout(Duration::from_secs(30))
+            .call()
+            .expect("subscribe");
+        assert!(resp.content_type().starts_with("text/event-stream"));
+        let _ = ready_tx.send(());
+        let mut got = Vec::new();
+        let (mut id, mut name) = (0i64, String::new());
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let Ok(line) = line else { break };
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().unwrap();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                name = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                got.push((id, name.clone(), serde_json::from_str(v.trim()).unwrap()));
+                if enough(&got) {
+                    break;
+                }
+            }
+        }
+        got
+    });
+    (ready, handle)
+}
+
+#[test]
+fn the_stream_numbers_its_events_and_a_reconnect_misses_none() {
+    let w = ward("lifecycle-stream", &[]);
+    // A subscriber sees the alert raised, then drops its connection.
+    let (ready, first) = subscribe(&w, None, None, |got| {
+        got.iter()
+            .any(|(_, _, v)| v["event"] == "raised" && v["patient"] == "p1")
+    });
+    ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    w.pressure("p1", 185.0, 60);
+    let first = first.join().unwrap();
+    let (last_id, name, raised) = first.last().unwrap().clone();
+    assert_eq!(name, "alert");
+    assert_eq!(raised["seq"], last_id);
+    let id = raised["id"].as_i64().unwrap();
+
+    // Meanwhile: answers, another patient's alert, a worse reading.
+    assert_eq!(w.act(&w.ana, id, "ack", json!({})).status, 200);
+    w.pressure("p2", 190.0, 60);
+    assert_eq!(w.act(&w.ben, id, "accept", json!({})).status, 200);
+    w.pressure("p1", 206.0, 40);
+    wait_for(Duration::from_secs(10), || {
+        kinds(&w.detail(&w.ana, id).json())
+            .contains(&"reopened".to_owned())
+            .then_some(())
+    })
+    .expect("re-opened");
+
+    // Reconnecting with the last id gets exactly what was missed, in order.
+    let want = |got: &[(i64, String, Value)]| got.iter().any(|(_, _, v)| v["event"] == "reopened");
+    let (_, again) = subscribe(&w, None, Some(&last_id.to_string()), want);
+    let again = again.join().unwrap();
+    let seen: Vec<(String, String)> = again
+        .iter()
+        .map(|(_, n, v)| {
+            (
+                n.clone(),
+                format!(
+                    "{}:{}",
+                    v["event"].as_str().unwrap(),
+                    v["patient"].as_str().unwrap()
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("response".into(), "ack:p1".into()),
+            ("alert".into(), "raised:p2".into()),
+            ("response".into(), "accept:p1".into()),
+            ("alert".into(), "updated:p1".into()),
+            ("alert".into(), "reopened:p1".into()),
+        ] as [(String, String); 5]
+    );
+    let ids: Vec<i64> = again.iter().map(|(i, _, _)| *i).collect();
+    assert!(
+        ids.windows(2).all(|p| p[0] < p[1]) && ids[0] > last_id,
+        "{ids:?}"
+    );
+    assert_eq!(again[1].2["severity"], "critical");
+
+    // A clinician's replay from the start holds only their patients' events.
+    let (_, mine) = subscribe(&w, Some(&w.ana), Some("0"), want);
+    let mine = mine.join().unwrap();
+    assert!(
+        mine.iter().all(|(_, _, v)| v["patient"] == "p1"),
+        "{mine:?}"
+    );
+    assert_eq!(
+        mine.len(),
+        5,
+        "raised, ack, accept, updated, reopened and nothing of p2"
+    );
+
+    // A malformed id is refused, not taken as "from now".
+    let a = send(
+        "GET",
+        &format!("{}/alerts/stream", w.hub().root()),
+        "",
+        &[("Last-Event-ID", "yesterday")],
+    );
+    assert_eq!(a.status, 400, "{}", a.text);
+}
