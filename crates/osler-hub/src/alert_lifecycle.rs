@@ -186,6 +186,17 @@ fn detail_json(state: &AppState, a: &AlertRecord) -> Result<Value, osler_store::
         })
         .collect();
     v["timeline"] = timeline.iter().map(timeline_json).collect();
+    v["escalation"] = match state.store.escalation(a.id)? {
+        Some(e) => json!({
+            "team": e.team,
+            "next_step": e.step + 1,
+            "round": e.round + 1,
+            "due": e.ended_ms.is_none().then(|| time(e.due_ms)),
+            "ended_at": e.ended_ms.map(time),
+            "ended_why": e.ended_why,
+        }),
+        None => Value::Null,
+    };
     Ok(v)
 }
 

@@ -35,6 +35,8 @@ pub(crate) struct Alerts {
     /// Bumped after every commit that added alert events: wakes the live streams, which read
     /// the new events from the store (see `alert_lifecycle`).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Told after every such commit too: escalation timers may have been added or ended.
+    timers: tokio::sync::Notify,
 }
 
 /// How far back the engine's history is rebuilt at start-up, per metric: a little more than
@@ -76,6 +78,7 @@ impl Alerts {
             engine: Mutex::new(engine),
             overrides: Mutex::new(overrides),
             changes: tokio::sync::watch::Sender::new(0),
+            timers: tokio::sync::Notify::new(),
         })
     }
 
@@ -176,6 +179,13 @@ impl Alerts {
     /// Wakes the live streams: alert events were committed.
     pub(crate) fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        // A permit is kept if the escalator is not waiting yet, so no change is missed.
+        self.timers.notify_one();
+    }
+
+    /// Resolves after the next commit of alert events (for the escalator).
+    pub(crate) fn timers_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.timers.notified()
     }
 
     /// What a live stream waits on.

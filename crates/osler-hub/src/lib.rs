@@ -18,6 +18,7 @@ pub(crate) mod auth_api;
 mod body;
 mod bundle_api;
 mod cors;
+mod escalation;
 mod everything;
 mod fhir_api;
 mod ingest;
@@ -228,6 +229,7 @@ impl Hub {
     ) -> Result<(), HubError> {
         let app = router(self.state.clone());
         let flusher = tokio::spawn(access::audit_flusher(self.state.clone()));
+        let escalator = tokio::spawn(escalation::escalator(self.state.clone()));
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -255,6 +257,7 @@ impl Hub {
             .store(true, std::sync::atomic::Ordering::Release);
         self.state.audit_wake.notify_one();
         let _ = flusher.await;
+        let _ = escalator.await;
         served.map_err(HubError::Serve)
     }
 }
@@ -270,6 +273,7 @@ pub(crate) fn routes() -> access::Routes {
         .merge(ingest::routes())
         .merge(alerts::routes())
         .merge(alert_lifecycle::routes())
+        .merge(escalation::routes())
         .merge(auth_api::routes())
         .merge(audit_api::routes())
         .get(

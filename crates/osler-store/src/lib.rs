@@ -39,6 +39,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod escalation;
 mod held;
 pub mod lifecycle;
 mod query;
@@ -859,6 +860,55 @@ impl Store {
                 Vec::new()
             };
             Ok((done, entries))
+        })
+        .await
+    }
+
+    /// Sets a care team's escalation policy, with its audit entry.
+    pub async fn set_escalation(
+        &self,
+        team: String,
+        policy: escalation::EscalationPolicy,
+        author: String,
+        at_ms: i64,
+        audit: String,
+    ) -> Result<(), StoreError> {
+        self.transact(move |c| {
+            escalation::set(c, &team, &policy, &author, at_ms)?;
+            Ok(((), vec![audit]))
+        })
+        .await
+    }
+
+    /// A care team's own escalation policy.
+    pub fn escalation_policy(
+        &self,
+        team: &str,
+    ) -> Result<Option<escalation::EscalationPolicy>, StoreError> {
+        self.read(|c| escalation::get(c, team))
+    }
+
+    /// An alert's escalation timer.
+    pub fn escalation(&self, alert: i64) -> Result<Option<escalation::Escalation>, StoreError> {
+        self.read(|c| escalation::of_alert(c, alert))
+    }
+
+    /// When the next escalation step is due.
+    pub fn next_escalation_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(escalation::next_due)
+    }
+
+    /// Runs the escalation steps due at `now_ms` in one transaction, with an audit entry per
+    /// alert (`audit` writes it): the alerts that had a step.
+    pub async fn escalate_due(
+        &self,
+        now_ms: i64,
+        audit: impl Fn(&alerts::AlertRecord) -> String + Send + 'static,
+    ) -> Result<Vec<alerts::AlertRecord>, StoreError> {
+        self.transact(move |c| {
+            let touched = escalation::run_due(c, now_ms)?;
+            let entries = touched.iter().map(&audit).collect();
+            Ok((touched, entries))
         })
         .await
     }

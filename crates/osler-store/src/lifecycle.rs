@@ -18,8 +18,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::StoreError;
 use crate::alerts::AlertRecord;
+use crate::{StoreError, escalation};
 
 /// One entry of an alert's timeline (and of the live stream).
 #[derive(Clone, Debug, PartialEq)]
@@ -142,9 +142,8 @@ pub(crate) fn record(c: &Connection, e: &NewEvent<'_>) -> Result<i64, StoreError
     Ok(c.last_insert_rowid())
 }
 
-/// Who is told of a new alert: the people (accounts) who are the practitioners of the
-/// patient's active care teams.
-fn care_team_accounts(c: &Connection, patient: &str) -> Result<Vec<String>, StoreError> {
+/// The people (accounts) who are the practitioners of the patient's active care teams.
+pub(crate) fn care_team_accounts(c: &Connection, patient: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt = c.prepare_cached(
         "SELECT DISTINCT a.name FROM resource_term p
          JOIN resource_term m ON m.kind = 'CareTeam' AND m.id = p.id AND m.param = 'participant'
@@ -159,7 +158,8 @@ fn care_team_accounts(c: &Connection, patient: &str) -> Result<Vec<String>, Stor
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// A new alert: its event, and a `notified` response for each of the care team.
+/// A new alert: its event, a `notified` response for each person its escalation policy's
+/// first step names, and the timer of the next step.
 pub(crate) fn raised(
     c: &Connection,
     a: &AlertRecord,
@@ -177,12 +177,89 @@ pub(crate) fn raised(
             reading_ms: Some(reading_ms),
         },
     )?;
+    escalate_from_start(c, a, at_ms)
+}
+
+/// Notifies the first step's people and sets the timer of the next.
+fn escalate_from_start(c: &Connection, a: &AlertRecord, at_ms: i64) -> Result<(), StoreError> {
+    let (team, policy) = escalation::policy_for(c, a)?;
+    // A checked policy has at least one step; an empty one (never stored) notifies nobody.
+    let Some(first) = policy.steps.first() else {
+        return Ok(());
+    };
+    let who = escalation::accounts(c, &a.patient, &first.notify)?;
     let mut insert = c.prepare_cached(
         "INSERT OR IGNORE INTO alert_response(alert, recipient, state, at_ms) VALUES (?1, ?2, 'notified', ?3)",
     )?;
-    for who in care_team_accounts(c, &a.patient)? {
-        insert.execute(params![a.id, who, at_ms])?;
+    for w in &who {
+        insert.execute(params![a.id, w, at_ms])?;
     }
+    escalation::start(c, a.id, team.as_deref(), first.wait_ms, at_ms)
+}
+
+/// An escalation step: its people are notified (a response for those who had none), except
+/// those with an active snooze of the alert (their own or the team's); the event says who was
+/// and who was not.
+pub(crate) fn notify(
+    c: &Connection,
+    a: &AlertRecord,
+    who: &[String],
+    at_ms: i64,
+    step: usize,
+    round: u32,
+) -> Result<(), StoreError> {
+    let (mut told, mut quiet) = (Vec::new(), Vec::new());
+    for w in who {
+        let snoozed: bool = c
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM snooze WHERE alert = ?1 AND ended_ms IS NULL
+                   AND until_ms > ?3 AND (recipient IS NULL OR recipient = ?2))",
+            )?
+            .query_row(params![a.id, w, at_ms], |r| r.get(0))?;
+        if snoozed {
+            quiet.push(w.as_str());
+            continue;
+        }
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO alert_response(alert, recipient, state, at_ms) VALUES (?1, ?2, 'notified', ?3)",
+        )?
+        .execute(params![a.id, w, at_ms])?;
+        told.push(w.as_str());
+    }
+    let mut note = format!("step {step}, round {}: notified {}", round + 1, list(&told));
+    if !quiet.is_empty() {
+        note.push_str(&format!("; snoozed: {}", list(&quiet)));
+    }
+    note_event(c, a, at_ms, "escalated", &note)
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "nobody".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// An event of the hub's own (no person), with a note.
+pub(crate) fn note_event(
+    c: &Connection,
+    a: &AlertRecord,
+    at_ms: i64,
+    kind: &str,
+    note: &str,
+) -> Result<(), StoreError> {
+    record(
+        c,
+        &NewEvent {
+            alert: a,
+            at_ms,
+            kind,
+            who: None,
+            note: Some(note),
+            reading_ms: None,
+        },
+    )?;
     Ok(())
 }
 
@@ -205,7 +282,7 @@ pub(crate) fn resolved(
         },
     )?;
     end_snoozes(c, a.id, None, at_ms, "resolved")?;
-    Ok(())
+    escalation::end(c, a.id, at_ms, "resolved")
 }
 
 /// How much worse than when it was last answered an open alert must get to be asked about
@@ -222,7 +299,7 @@ pub fn markedly_worse(threshold: f64, answered: f64, now: f64) -> bool {
 
 /// The alert got worse (its new worst value is stored): its event; when markedly worse than
 /// when it was last acknowledged or accepted, every response goes back to `notified`, its
-/// snoozes end, and a `reopened` event says so.
+/// snoozes end, a `reopened` event says so, and the escalation starts again.
 pub(crate) fn updated(
     c: &Connection,
     a: &AlertRecord,
@@ -268,7 +345,7 @@ pub(crate) fn updated(
             reading_ms,
         },
     )?;
-    Ok(())
+    escalate_from_start(c, a, at_ms)
 }
 
 /// Ends active snoozes of an alert (`who`: only that person's own and the team's).
@@ -342,6 +419,8 @@ pub(crate) fn act(
                 return Ok(Err(Refused::AcceptedBy { alert, by }));
             }
             respond(c, alert, who, "accepted", at_ms)?;
+            // Accepting (not seeing, not acknowledging) stops the escalation.
+            escalation::end(c, alert, at_ms, "accepted")?;
         }
         Act::Snooze { until_ms, team } => {
             c.prepare_cached(
@@ -380,7 +459,7 @@ pub(crate) fn act(
     Ok(Ok(seq))
 }
 
-fn accepted_by(c: &Connection, alert: i64) -> Result<Option<String>, StoreError> {
+pub(crate) fn accepted_by(c: &Connection, alert: i64) -> Result<Option<String>, StoreError> {
     Ok(c.prepare_cached(
         "SELECT recipient FROM alert_response WHERE alert = ?1 AND state = 'accepted'",
     )?

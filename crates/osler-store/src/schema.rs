@@ -19,7 +19,7 @@ pub(crate) const SCHEMA_VERSION: i64 = 4;
 /// naming the batch that carried each (absent, so no bytes, on readings stored before).
 ///
 /// Version 4 added what people do about alerts (their timeline, each recipient's response,
-/// snoozes): new tables only; alerts raised before have an empty timeline and no recipients
+/// snoozes, escalation policies and timers): new tables only; alerts raised before have an empty timeline and no recipients
 /// (anyone who may see one can still answer it).
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -127,6 +127,29 @@ CREATE TABLE IF NOT EXISTS snooze(
     ended_why TEXT
 );
 CREATE INDEX IF NOT EXISTS snooze_of ON snooze(alert);
+CREATE TABLE IF NOT EXISTS escalation_policy(
+    team TEXT PRIMARY KEY,
+    repeat INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS escalation_step(
+    team TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    targets TEXT NOT NULL,
+    wait_ms INTEGER NOT NULL,
+    PRIMARY KEY(team, n)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS escalation(
+    alert INTEGER PRIMARY KEY,
+    team TEXT,
+    step INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    ended_why TEXT
+);
+CREATE INDEX IF NOT EXISTS escalation_due ON escalation(due_ms) WHERE ended_ms IS NULL;
 CREATE TABLE IF NOT EXISTS threshold_override(
     patient TEXT NOT NULL,
     rule TEXT NOT NULL,
