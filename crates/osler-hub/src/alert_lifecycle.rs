@@ -186,6 +186,7 @@ fn detail_json(state: &AppState, a: &AlertRecord) -> Result<Value, osler_store::
         })
         .collect();
     v["timeline"] = timeline.iter().map(timeline_json).collect();
+    v["muted"] = muted_json(state, a);
     v["escalation"] = match state.store.escalation(a.id)? {
         Some(e) => json!({
             "team": e.team,
@@ -198,6 +199,17 @@ fn detail_json(state: &AppState, a: &AlertRecord) -> Result<Value, osler_store::
         None => Value::Null,
     };
     Ok(v)
+}
+
+/// Whether the alert is muted, and by what: the open "no data" alert of its measurement.
+pub(crate) fn muted_json(state: &AppState, a: &AlertRecord) -> Value {
+    match state.silences.muting(a) {
+        Some((by, since)) if a.state == "raised" => json!({
+            "by_alert": by,
+            "why": format!("no data since {}: the device may be offline", time(since)),
+        }),
+        _ => Value::Null,
+    }
 }
 
 fn timeline_json(e: &AlertEvent) -> Value {

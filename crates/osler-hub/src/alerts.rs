@@ -193,6 +193,15 @@ impl Alerts {
         self.changes.subscribe()
     }
 
+    /// A patient's own value for a rule (or reporting interval), if their plan sets one.
+    pub(crate) fn override_of(&self, patient: &str, rule: &str) -> Option<f64> {
+        self.overrides
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(patient)
+            .and_then(|o| o.get(rule).copied())
+    }
+
     pub(crate) fn set_override(&self, patient: &str, rule: &str, value: Option<f64>) {
         let mut o = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
         match value {
@@ -252,7 +261,7 @@ fn time(ms: i64) -> String {
 
 /// The JSON of an alert on the stream and in `/alerts`.
 pub(crate) fn alert_json(a: &AlertRecord, event: &str) -> Value {
-    let title = Rule::by_id(&a.rule).map_or("", |r| r.title);
+    let title = title_of(&a.rule).unwrap_or("");
     json!({
         "event": event,
         "id": a.id,
@@ -272,8 +281,15 @@ pub(crate) fn alert_json(a: &AlertRecord, event: &str) -> Value {
     })
 }
 
+/// A rule's title: a reading rule's, or a reporting interval's ("no data").
+fn title_of(rule: &str) -> Option<&'static str> {
+    Rule::by_id(rule)
+        .map(|r| r.title)
+        .or_else(|| osler_rules::Staleness::by_id(rule).map(|s| s.title))
+}
+
 pub(crate) fn flag_json(a: &AlertRecord) -> Value {
-    let title = Rule::by_id(&a.rule).map_or(a.rule.as_str(), |r| r.title);
+    let title = title_of(&a.rule).unwrap_or(a.rule.as_str());
     osler_fhir::resources::flag(&osler_fhir::resources::FlagInput {
         id: a.id,
         patient: &a.patient,
@@ -352,9 +368,11 @@ async fn list(
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.alerts(&filter)).await {
-        Ok(Ok(list)) => axum::Json(
-            json!({ "alerts": list.iter().map(|a| alert_json(a, &a.state)).collect::<Vec<_>>() }),
-        )
+        Ok(Ok(list)) => axum::Json(json!({ "alerts": list.iter().map(|a| {
+                let mut v = alert_json(a, &a.state);
+                v["muted"] = crate::alert_lifecycle::muted_json(&state, a);
+                v
+            }).collect::<Vec<_>>() }))
         .into_response(),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read alerts"),
     }

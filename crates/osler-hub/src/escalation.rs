@@ -198,7 +198,17 @@ pub(crate) async fn escalator(state: Arc<AppState>) {
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
-        match state.store.escalate_due(now_ms(), step_entry).await {
+        // A muted alert (its device silent) waits; its "no data" alert escalates instead.
+        let muted = {
+            let state = state.clone();
+            move |a: &osler_store::alerts::AlertRecord| {
+                state
+                    .silences
+                    .muting(a)
+                    .map(|(by, _)| format!("muted by alert {by} (no data): the step waits"))
+            }
+        };
+        match state.store.escalate_due(now_ms(), step_entry, muted).await {
             Ok(touched) if !touched.is_empty() => {
                 for a in &touched {
                     tracing::info!(alert = a.id, patient = %a.patient, rule = %a.rule, "escalation step");

@@ -29,6 +29,7 @@ mod plans;
 pub mod prepare;
 mod registry_api;
 mod reply;
+mod staleness;
 mod throttle;
 mod tls;
 
@@ -105,6 +106,8 @@ pub enum HubError {
 pub(crate) struct AppState {
     pub store: Arc<Store>,
     pub alerts: Arc<alerts::Alerts>,
+    /// The open "no data" alerts, which mute the others of their measurement.
+    pub silences: staleness::Silences,
     pub metrics: Metrics,
     pub public_url: Option<String>,
     pub max_body: usize,
@@ -158,7 +161,7 @@ impl Hub {
         };
         let audit_seed = prepare::audit_seed(&config.data)?;
         let data = config.data.clone();
-        let (store, alerts) = tokio::task::spawn_blocking(move || {
+        let (store, alerts, silences) = tokio::task::spawn_blocking(move || {
             let store = Store::open(
                 &data,
                 StoreOptions {
@@ -168,7 +171,8 @@ impl Hub {
                 },
             )?;
             let alerts = alerts::Alerts::load(&store)?;
-            Ok::<_, osler_store::StoreError>((store, alerts))
+            let silences = staleness::Silences::load(&store)?;
+            Ok::<_, osler_store::StoreError>((store, alerts, silences))
         })
         .await
         .map_err(|e| HubError::Serve(std::io::Error::other(e)))??;
@@ -181,6 +185,7 @@ impl Hub {
         let state = Arc::new(AppState {
             store: Arc::new(store),
             alerts: Arc::new(alerts),
+            silences,
             metrics: Metrics::default(),
             public_url: config
                 .public_url
@@ -230,6 +235,7 @@ impl Hub {
         let app = router(self.state.clone());
         let flusher = tokio::spawn(access::audit_flusher(self.state.clone()));
         let escalator = tokio::spawn(escalation::escalator(self.state.clone()));
+        let watchdog = tokio::spawn(staleness::watchdog(self.state.clone()));
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -258,6 +264,7 @@ impl Hub {
         self.state.audit_wake.notify_one();
         let _ = flusher.await;
         let _ = escalator.await;
+        let _ = watchdog.await;
         served.map_err(HubError::Serve)
     }
 }

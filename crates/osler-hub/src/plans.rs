@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use osler_core::Timestamp;
 use osler_registry::Kind;
-use osler_rules::{RULES, Rule};
+use osler_rules::{RULES, Rule, STALENESS, Staleness};
 use osler_store::alerts::{AlertWrite, PlanChange};
 use serde_json::{Value, json};
 
@@ -88,11 +88,76 @@ fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
             (r.id.to_owned(), v)
         })
         .collect();
-    let mut out = json!({ "patient": patient, "rules": rules });
+    // How long each measurement may go without data (minutes) before "no data" is raised.
+    let reporting: serde_json::Map<String, Value> = STALENESS
+        .iter()
+        .map(|r| {
+            let change = last.get(r.id);
+            let mut v = json!({
+                "title": r.title,
+                "metric": r.metric.info().key,
+                "default_minutes": r.after_min,
+                "minutes": change.and_then(|c| c.value).unwrap_or(r.after_min),
+                "source": r.source,
+                "bounds": [r.bounds.0, r.bounds.1],
+            });
+            if let Some(c) = change {
+                v["set_by"] = json!(c.author);
+                v["set_at"] = json!(time(c.at_ms));
+                v["reason"] = json!(c.reason);
+            }
+            (r.id.to_owned(), v)
+        })
+        .collect();
+    let mut out = json!({ "patient": patient, "rules": rules, "reporting": reporting });
     if let Some(t) = at {
         out["at"] = json!(time(t));
     }
     out
+}
+
+/// What a plan sets: a rule's threshold, or a measurement's reporting interval (minutes).
+#[derive(Clone, Copy)]
+enum Entry {
+    Rule(&'static Rule),
+    Silence(&'static Staleness),
+}
+
+impl Entry {
+    fn by_id(id: &str) -> Option<Entry> {
+        Rule::by_id(id)
+            .map(Entry::Rule)
+            .or_else(|| Staleness::by_id(id).map(Entry::Silence))
+    }
+
+    fn id(self) -> &'static str {
+        match self {
+            Entry::Rule(r) => r.id,
+            Entry::Silence(s) => s.id,
+        }
+    }
+
+    fn default(self) -> f64 {
+        match self {
+            Entry::Rule(r) => r.threshold,
+            Entry::Silence(s) => s.after_min,
+        }
+    }
+
+    fn check_threshold(self, t: f64) -> Result<(), String> {
+        match self {
+            Entry::Rule(r) => r.check_threshold(t),
+            Entry::Silence(s) => s.check(t),
+        }
+    }
+
+    /// The threshold that switches it off (a reporting interval has none).
+    fn off_threshold(self) -> Option<f64> {
+        match self {
+            Entry::Rule(r) => Some(r.off_threshold()),
+            Entry::Silence(_) => None,
+        }
+    }
 }
 
 /// A patient outside the caller's compartment is not known to them.
@@ -196,8 +261,12 @@ async fn set(
     if !sees(&caller, &patient) {
         return unknown(&patient);
     }
-    let Some(r) = Rule::by_id(&rule) else {
-        let ids: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+    let Some(r) = Entry::by_id(&rule) else {
+        let ids: Vec<&str> = RULES
+            .iter()
+            .map(|r| r.id)
+            .chain(STALENESS.iter().map(|s| s.id))
+            .collect();
         return error(
             StatusCode::NOT_FOUND,
             format!("no rule {rule:?}; rules: {}", ids.join(", ")),
@@ -215,6 +284,12 @@ async fn set(
         }
     };
     let off = body.applies == Some(false);
+    if off && r.off_threshold().is_none() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "applies: a reporting interval cannot be switched off; set a longer one",
+        );
+    }
     if off && body.threshold.is_some() {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -232,7 +307,7 @@ async fn set(
     // The rule switched off is stored as its off threshold, which every engine (the hub's, and
     // gateways' of any release) reads as "never fires".
     let value = if off {
-        Some(r.off_threshold())
+        r.off_threshold()
     } else {
         body.threshold
     };
@@ -283,7 +358,7 @@ async fn set(
     let at = now_ms();
     let write = AlertWrite::Override {
         patient: patient.clone(),
-        rule: r.id.to_owned(),
+        rule: r.id().to_owned(),
         value,
         author: body.author.clone(),
         reason: reason.to_owned(),
@@ -301,11 +376,11 @@ async fn set(
             "the store failed; nothing changed",
         );
     }
-    state.alerts.set_override(&patient, r.id, value);
+    state.alerts.set_override(&patient, r.id(), value);
     audited(axum::Json(json!({
-        "patient": patient, "rule": r.id, "applies": !off,
-        "threshold": if off { Value::Null } else { json!(body.threshold.unwrap_or(r.threshold)) },
-        "default": r.threshold,
+        "patient": patient, "rule": r.id(), "applies": !off,
+        "threshold": if off { Value::Null } else { json!(body.threshold.unwrap_or(r.default())) },
+        "default": r.default(),
         "set_by": body.author, "set_at": time(at), "reason": reason,
     }))
     .into_response())

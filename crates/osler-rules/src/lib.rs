@@ -13,6 +13,9 @@ use std::collections::{HashMap, VecDeque};
 
 use osler_core::{Metric, Reading, Value};
 
+mod staleness;
+pub use staleness::{STALENESS, Staleness};
+
 /// How urgent an alert is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {

@@ -281,7 +281,11 @@ pub(crate) fn next_due(c: &Connection) -> Result<Option<i64>, StoreError> {
 
 /// Runs every step due at `now_ms`, in the caller's transaction: the alerts it notified about
 /// (their events are in the timeline), with one audit subject each.
-pub(crate) fn run_due(c: &Connection, now_ms: i64) -> Result<Vec<AlertRecord>, StoreError> {
+pub(crate) fn run_due(
+    c: &Connection,
+    now_ms: i64,
+    muted: &dyn Fn(&AlertRecord) -> Option<String>,
+) -> Result<Vec<AlertRecord>, StoreError> {
     let due: Vec<Escalation> = c
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM escalation WHERE ended_ms IS NULL AND due_ms <= ?1 ORDER BY due_ms"
@@ -309,6 +313,17 @@ pub(crate) fn run_due(c: &Connection, now_ms: i64) -> Result<Vec<AlertRecord>, S
             },
             None => (None, EscalationPolicy::default_for(&a.severity)),
         };
+        if let Some(why) = muted(&a) {
+            let wait = policy
+                .steps
+                .get(e.step.min(policy.steps.len().saturating_sub(1)))
+                .map_or(60_000, |s| s.wait_ms);
+            c.prepare_cached("UPDATE escalation SET due_ms = ?2 WHERE alert = ?1")?
+                .execute(params![e.alert, now_ms + wait])?;
+            crate::lifecycle::note_event(c, &a, now_ms, "muted", &why)?;
+            touched.push(a);
+            continue;
+        }
         let (mut step, mut round) = (e.step, e.round);
         if step >= policy.steps.len() {
             if round >= policy.repeat {

@@ -56,7 +56,7 @@ use std::sync::{Arc, Mutex};
 
 use osler_core::{Identifier, Reading};
 use osler_registry::{Assignment, Kind, ResourceQuery, ResourceWrite, StoredResource};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{mpsc, oneshot};
 
 pub use query::{Cursor, Page, Query};
@@ -899,18 +899,49 @@ impl Store {
     }
 
     /// Runs the escalation steps due at `now_ms` in one transaction, with an audit entry per
-    /// alert (`audit` writes it): the alerts that had a step.
+    /// alert (`audit` writes it): the alerts that had a step. An alert `muted` says why is
+    /// not escalated now: its step waits another wait.
     pub async fn escalate_due(
         &self,
         now_ms: i64,
         audit: impl Fn(&alerts::AlertRecord) -> String + Send + 'static,
+        muted: impl Fn(&alerts::AlertRecord) -> Option<String> + Send + 'static,
     ) -> Result<Vec<alerts::AlertRecord>, StoreError> {
         self.transact(move |c| {
-            let touched = escalation::run_due(c, now_ms)?;
+            let touched = escalation::run_due(c, now_ms, &muted)?;
             let entries = touched.iter().map(&audit).collect();
             Ok((touched, entries))
         })
         .await
+    }
+
+    /// When each patient's devices last gave data of `metric`, where it is after `since_ms`:
+    /// (patient, time). The time is the later of when the newest reading was taken and when it
+    /// was received (so a backlog of old readings arriving now counts as contact now), or the
+    /// end of the newest window summary.
+    pub fn latest_data(
+        &self,
+        metric: osler_core::Metric,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read(|c| {
+            // Per series, the newest row of each table is one seek down its primary key (`rx`
+            // is stored as received minus taken).
+            let mut stmt = c.prepare_cached(
+                "SELECT patient, MAX(last) FROM (
+                   SELECT s.patient AS patient, MAX(
+                     COALESCE((SELECT r.t + MAX(r.rx, 0) FROM reading r WHERE r.series = s.id
+                               ORDER BY r.t DESC LIMIT 1), 0),
+                     COALESCE((SELECT m.t1 FROM summary m WHERE m.series = s.id
+                               ORDER BY m.t DESC LIMIT 1), 0)) AS last
+                   FROM series s WHERE s.metric = ?1)
+                 WHERE last > ?2 GROUP BY patient",
+            )?;
+            let rows = stmt.query_map(params![metric as u8, since_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     /// An alert's timeline, oldest first.

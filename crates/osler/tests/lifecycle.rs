@@ -624,3 +624,70 @@ fn an_escalation_wait_survives_a_crash_of_the_hub() {
     );
     assert_eq!(note, "step 1, round 2: notified dr-ana, dr-ben");
 }
+
+#[test]
+fn silence_raises_no_data_on_the_timer_mutes_the_measurements_alerts_and_data_clears_it() {
+    let w = ward("lifecycle-silence", &[]);
+    let root = w.hub().root();
+    // p1's SpO2 may be silent for a minute (the plan's reporting interval).
+    let a = send(
+        "PUT",
+        &format!("{root}/plans/p1/no-data-spo2"),
+        &json!({"threshold": 1, "reason": "post-op watch", "author": "Practitioner/ana"})
+            .to_string(),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let plan = get(&format!("{root}/plans/p1")).json();
+    assert_eq!(plan["reporting"]["no-data-spo2"]["minutes"], 1.0, "{plan}");
+    let open = |rule: &str| -> Option<Value> {
+        get(&format!("{root}/alerts?patient=p1&state=raised")).json()["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["rule"] == rule)
+            .cloned()
+    };
+    // Three low readings: an SpO2 alert, and no "no data" (data just arrived).
+    for ago in [54, 52, 50] {
+        let o = observation("p1", "2708-6", 88.0, "%", &seconds_ago(ago));
+        assert_eq!(
+            post(&format!("{}/Observation", w.hub().base), &o.to_string()).status,
+            201
+        );
+    }
+    let spo2 = open("spo2-low").expect("three low readings raise spo2-low");
+    assert!(
+        open("no-data-spo2").is_none(),
+        "not raised when data arrives"
+    );
+
+    // Nothing arrives: the timer raises it, a minute after the hub last heard of the device.
+    let silent = wait_for(Duration::from_secs(90), || open("no-data-spo2"))
+        .expect("a minute of silence raises no-data-spo2");
+    assert_eq!(silent["severity"], "warning");
+    assert_eq!(silent["title"], "No SpO2 data");
+    assert_eq!(silent["threshold"], 1.0);
+    // The SpO2 alert is muted, and says by what.
+    let d = w.detail(&w.ana, spo2["id"].as_i64().unwrap()).json();
+    assert_eq!(d["muted"]["by_alert"], silent["id"], "{d}");
+    assert!(
+        d["muted"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("no data since")
+    );
+
+    // Data comes back: the silence resolves at the next look, and the mute is lifted.
+    let o = observation("p1", "2708-6", 97.0, "%", &seconds_ago(1));
+    assert_eq!(
+        post(&format!("{}/Observation", w.hub().base), &o.to_string()).status,
+        201
+    );
+    wait_for(Duration::from_secs(15), || {
+        open("no-data-spo2").is_none().then_some(())
+    })
+    .expect("fresh data resolves the silence");
+    let d = w.detail(&w.ana, spo2["id"].as_i64().unwrap()).json();
+    assert_eq!(d["muted"], Value::Null, "{d}");
+}
