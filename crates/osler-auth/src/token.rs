@@ -31,6 +31,7 @@ pub fn parse_duration(text: &str) -> Option<i64> {
     let (n, unit) = text.split_at(split);
     let n: i64 = n.parse().ok()?;
     let ms = match unit {
+        "ms" => 1,
         "s" => 1_000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,

@@ -436,7 +436,7 @@ const ROUND: usize = 256;
 
 /// The JSON of one stream event: a change of the condition carries the alert as `/alerts`
 /// shows it, as it was then; an answer says who did what.
-fn event_json(e: &AlertEvent, a: &AlertRecord) -> Value {
+pub(crate) fn event_json(e: &AlertEvent, a: &AlertRecord) -> Value {
     let condition = matches!(
         e.kind.as_str(),
         "raised" | "updated" | "resolved" | "reopened"

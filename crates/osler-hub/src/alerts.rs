@@ -37,6 +37,8 @@ pub(crate) struct Alerts {
     changes: tokio::sync::watch::Sender<u64>,
     /// Told after every such commit too: escalation timers may have been added or ended.
     timers: tokio::sync::Notify,
+    /// And so is the webhook deliverer: deliveries may have been queued.
+    deliveries: tokio::sync::Notify,
 }
 
 /// How far back the engine's history is rebuilt at start-up, per metric: a little more than
@@ -79,6 +81,7 @@ impl Alerts {
             overrides: Mutex::new(overrides),
             changes: tokio::sync::watch::Sender::new(0),
             timers: tokio::sync::Notify::new(),
+            deliveries: tokio::sync::Notify::new(),
         })
     }
 
@@ -181,6 +184,12 @@ impl Alerts {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
         // A permit is kept if the escalator is not waiting yet, so no change is missed.
         self.timers.notify_one();
+        self.deliveries.notify_one();
+    }
+
+    /// Resolves after the next commit of alert events (for the webhook deliverer).
+    pub(crate) fn deliveries_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.deliveries.notified()
     }
 
     /// Resolves after the next commit of alert events (for the escalator).

@@ -32,6 +32,7 @@ mod reply;
 mod staleness;
 mod throttle;
 mod tls;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ use tokio::net::TcpListener;
 
 pub use alert_lifecycle::SnoozeCaps;
 pub use metrics::Metrics;
+pub use webhooks::WebhookRetries;
 
 /// Largest request body accepted by default: a 10,000-entry Bundle fits with room to spare.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
@@ -70,6 +72,8 @@ pub struct HubConfig {
     pub insecure_http: bool,
     /// The longest snooze per alert severity.
     pub snooze_caps: SnoozeCaps,
+    /// When failed webhook deliveries are tried again.
+    pub webhook_retries: WebhookRetries,
 }
 
 /// Errors that stop the hub from starting or running.
@@ -124,6 +128,8 @@ pub(crate) struct AppState {
     pub audit_key: ed25519_dalek::SigningKey,
     /// The longest snooze per alert severity.
     pub snooze_caps: SnoozeCaps,
+    /// When failed webhook deliveries are tried again.
+    pub retries: WebhookRetries,
     /// `https`, or `http` under `insecure_http`: the scheme of the links the hub writes.
     pub scheme: &'static str,
     /// Turns true when the hub begins to shut down, so that long-lived responses (the alert
@@ -199,6 +205,7 @@ impl Hub {
             started: osler_core::Timestamp::utc(now_ms()).to_string(),
             audit_key: ed25519_dalek::SigningKey::from_bytes(&audit_seed),
             snooze_caps: config.snooze_caps,
+            retries: config.webhook_retries,
             throttle: throttle::Throttle::default(),
             audit_pending: std::sync::Mutex::new(Vec::new()),
             audit_wake: tokio::sync::Notify::new(),
@@ -236,6 +243,7 @@ impl Hub {
         let flusher = tokio::spawn(access::audit_flusher(self.state.clone()));
         let escalator = tokio::spawn(escalation::escalator(self.state.clone()));
         let watchdog = tokio::spawn(staleness::watchdog(self.state.clone()));
+        let deliverer = tokio::spawn(webhooks::deliverer(self.state.clone()));
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -265,6 +273,7 @@ impl Hub {
         let _ = flusher.await;
         let _ = escalator.await;
         let _ = watchdog.await;
+        let _ = deliverer.await;
         served.map_err(HubError::Serve)
     }
 }
@@ -281,6 +290,7 @@ pub(crate) fn routes() -> access::Routes {
         .merge(alerts::routes())
         .merge(alert_lifecycle::routes())
         .merge(escalation::routes())
+        .merge(webhooks::routes())
         .merge(auth_api::routes())
         .merge(audit_api::routes())
         .get(

@@ -29,6 +29,7 @@ struct Inner {
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
     rejected: BTreeMap<&'static str, u64>,
+    webhooks_dead: u64,
 }
 
 /// The hub's metrics registry.
@@ -60,6 +61,14 @@ impl Metrics {
         *m.rejected.entry(reason).or_default() += n;
     }
 
+    /// Counts a webhook delivery dead-lettered.
+    pub fn webhook_dead(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .webhooks_dead += 1;
+    }
+
     /// The text exposition format (version 0.0.4).
     pub fn render(&self, store: &StoreStats) -> String {
         let mut out = String::new();
@@ -89,6 +98,12 @@ impl Metrics {
             "counter",
             "Group commits (each one fsync) since start.",
             load(&store.commits),
+        );
+        single(
+            "osler_webhook_deliveries_dead_total",
+            "counter",
+            "Webhook deliveries dead-lettered since start (retries exhausted, or 410 Gone).",
+            m.webhooks_dead,
         );
         single(
             "osler_gateway_sequence_gaps_total",

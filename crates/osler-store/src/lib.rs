@@ -48,6 +48,7 @@ mod registry;
 pub use held::HeldReading;
 mod schema;
 mod security;
+pub mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -942,6 +943,105 @@ impl Store {
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
+    }
+
+    /// Adds a webhook endpoint, with its audit entry.
+    pub async fn add_webhook(
+        &self,
+        e: webhooks::Endpoint,
+        audit: String,
+    ) -> Result<(), StoreError> {
+        self.transact(move |c| {
+            webhooks::add(c, &e)?;
+            Ok(((), vec![audit]))
+        })
+        .await
+    }
+
+    /// Disables a webhook endpoint (its pending deliveries are dead-lettered); false if there
+    /// was no enabled one (nothing stored, nothing audited).
+    pub async fn disable_webhook(
+        &self,
+        id: String,
+        at_ms: i64,
+        audit: String,
+    ) -> Result<bool, StoreError> {
+        self.transact(move |c| {
+            let done = webhooks::disable(c, &id, "removed by an operator", at_ms)?;
+            Ok((done, if done { vec![audit] } else { Vec::new() }))
+        })
+        .await
+    }
+
+    /// Every webhook endpoint.
+    pub fn webhooks(&self) -> Result<Vec<webhooks::Endpoint>, StoreError> {
+        self.read(webhooks::endpoints)
+    }
+
+    /// One webhook endpoint.
+    pub fn webhook(&self, id: &str) -> Result<Option<webhooks::Endpoint>, StoreError> {
+        self.read(|c| webhooks::endpoint(c, id))
+    }
+
+    /// Webhook deliveries, newest first (only those in `state`, if given).
+    pub fn webhook_deliveries(
+        &self,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<webhooks::Delivery>, StoreError> {
+        self.read(|c| webhooks::deliveries(c, state, limit))
+    }
+
+    /// Pending deliveries due now, oldest first.
+    pub fn due_webhooks(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<webhooks::Delivery>, StoreError> {
+        self.read(|c| webhooks::due(c, now_ms, limit))
+    }
+
+    /// When the next pending delivery is due.
+    pub fn next_webhook_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(webhooks::next_due)
+    }
+
+    /// Records a delivery attempt; with `note`, the alert's timeline says (in the same
+    /// transaction) that its delivery failed.
+    pub async fn webhook_attempt(
+        &self,
+        id: i64,
+        payload: String,
+        attempt: webhooks::Attempt,
+        at_ms: i64,
+        seq: i64,
+        note: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.transact(move |c| {
+            webhooks::record(c, id, &payload, &attempt, at_ms)?;
+            if let Some(note) = note
+                && let Some(e) = lifecycle::events_after(c, seq - 1, 1, None)?.first()
+                && let Some(a) = alerts::get(c, e.alert)?
+            {
+                lifecycle::note_event(c, &a, at_ms, "delivery-failed", &note)?;
+            }
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    /// Puts a dead delivery back in the queue, with its audit entry; false if it is not dead.
+    pub async fn replay_webhook(
+        &self,
+        id: i64,
+        at_ms: i64,
+        audit: String,
+    ) -> Result<bool, StoreError> {
+        self.transact(move |c| {
+            let done = webhooks::replay(c, id, at_ms)?;
+            Ok((done, if done { vec![audit] } else { Vec::new() }))
+        })
+        .await
     }
 
     /// An alert's timeline, oldest first.

@@ -124,6 +124,7 @@ pub(crate) struct NewEvent<'a> {
     pub reading_ms: Option<i64>,
 }
 
+/// Records an event, and queues its webhook deliveries in the same transaction.
 pub(crate) fn record(c: &Connection, e: &NewEvent<'_>) -> Result<i64, StoreError> {
     c.prepare_cached(
         "INSERT INTO alert_event(alert, patient, at_ms, kind, who, note, value, reading_ms)
@@ -139,7 +140,15 @@ pub(crate) fn record(c: &Connection, e: &NewEvent<'_>) -> Result<i64, StoreError
         e.alert.value,
         e.reading_ms
     ])?;
-    Ok(c.last_insert_rowid())
+    let seq = c.last_insert_rowid();
+    crate::webhooks::enqueue(
+        c,
+        seq,
+        &e.alert.patient,
+        e.alert.severity == "critical",
+        e.at_ms,
+    )?;
+    Ok(seq)
 }
 
 /// The people (accounts) who are the practitioners of the patient's active care teams.

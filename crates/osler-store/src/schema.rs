@@ -19,7 +19,8 @@ pub(crate) const SCHEMA_VERSION: i64 = 4;
 /// naming the batch that carried each (absent, so no bytes, on readings stored before).
 ///
 /// Version 4 added what people do about alerts (their timeline, each recipient's response,
-/// snoozes, escalation policies and timers): new tables only; alerts raised before have an empty timeline and no recipients
+/// snoozes, escalation policies and timers, webhook endpoints and their delivery queue): new
+/// tables only; alerts raised before have an empty timeline and no recipients
 /// (anyone who may see one can still answer it).
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -150,6 +151,31 @@ CREATE TABLE IF NOT EXISTS escalation(
     ended_why TEXT
 );
 CREATE INDEX IF NOT EXISTS escalation_due ON escalation(due_ms) WHERE ended_ms IS NULL;
+CREATE TABLE IF NOT EXISTS webhook_endpoint(
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    team TEXT,
+    created_ms INTEGER NOT NULL,
+    disabled_ms INTEGER,
+    disabled_why TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhook_delivery(
+    id INTEGER PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    msg_id TEXT NOT NULL UNIQUE,
+    seq INTEGER NOT NULL,
+    critical INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_ms INTEGER NOT NULL,
+    payload TEXT,
+    last_status INTEGER,
+    last_error TEXT,
+    created_ms INTEGER NOT NULL,
+    done_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_delivery(next_ms) WHERE state = 'pending';
 CREATE TABLE IF NOT EXISTS threshold_override(
     patient TEXT NOT NULL,
     rule TEXT NOT NULL,

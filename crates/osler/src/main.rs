@@ -72,6 +72,13 @@ enum Command {
         /// minutes at most), urgent=60, warning=240.
         #[arg(long = "snooze-cap", value_name = "SEVERITY=MINUTES")]
         snooze_caps: Vec<String>,
+        /// When a failed webhook delivery of a critical alert is tried again: delays after
+        /// each failure, comma-separated (past the last, it is dead-lettered).
+        #[arg(long, value_name = "DELAYS", default_value = "5s,30s,2m")]
+        webhook_retry_critical: String,
+        /// The same for every other alert event.
+        #[arg(long, value_name = "DELAYS", default_value = "5s,5m,30m,2h,5h")]
+        webhook_retry: String,
     },
     /// Run an edge gateway: take readings over HTTP and MQTT, keep them on disk, send them to a hub.
     #[command(long_about = "Run an edge gateway.\n\n\
@@ -473,7 +480,15 @@ fn main() -> anyhow::Result<()> {
             cors_origins,
             insecure_http,
             snooze_caps,
+            webhook_retry_critical,
+            webhook_retry,
         } => {
+            let webhook_retries = osler_hub::WebhookRetries {
+                critical_ms: osler_hub::WebhookRetries::parse(&webhook_retry_critical)
+                    .map_err(|e| anyhow::anyhow!("--webhook-retry-critical {e}"))?,
+                other_ms: osler_hub::WebhookRetries::parse(&webhook_retry)
+                    .map_err(|e| anyhow::anyhow!("--webhook-retry {e}"))?,
+            };
             let mut caps = osler_hub::SnoozeCaps::default();
             for spec in &snooze_caps {
                 caps.set(spec)
@@ -489,6 +504,7 @@ fn main() -> anyhow::Result<()> {
                     cors_origins,
                     insecure_http,
                     snooze_caps: caps,
+                    webhook_retries,
                 })
                 .await
                 .with_context(|| format!("cannot start the hub with data in {}", data.display()))?;
