@@ -2,7 +2,9 @@
 //! its own process, live (readings stamped with the real time at which they are sent).
 //!
 //! Latency is from the time the deciding reading was taken (its timestamp, set by the simulator
-//! when it sends it) to the moment this program reads the alert from `GET /alerts/stream`. The
+//! when it sends it) to the moment this program reads the alert, per channel: from
+//! `GET /alerts/stream` (SSE), and as a webhook delivered to a receiver of its own on loopback.
+//! The alert burden of the simulated cohort (alerts per patient-day) comes from `/metrics`. The
 //! injected events are of the kinds whose rules decide on one reading (hypertensive crisis,
 //! fever), so that every event can complete within the run; duration rules add their duration
 //! by design and are covered by the test suite.
@@ -97,6 +99,16 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
         gw_args.push("--raw");
     }
     let (hub, root, gw) = crate::process::hub_and_gateway(&osler, &data, &gw_args)?;
+    // The webhook channel: a receiver here, registered as an endpoint for every patient.
+    let sink = crate::webhook_sink::Sink::start()?;
+    crate::process::request_on(
+        &crate::process::agent(Duration::from_secs(10)),
+        "POST",
+        &format!("{root}/webhooks"),
+    )
+    .set("Content-Type", "application/json")
+    .send_string(&serde_json::json!({ "url": sink.url }).to_string())
+    .context("cannot register the webhook receiver")?;
 
     // The subscriber: every alert with the wall-clock time it was read.
     let received: Arc<Mutex<Vec<(i64, serde_json::Value)>>> = Arc::default();
@@ -197,6 +209,7 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     }
     let stored = stored_readings(&root).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(1));
+
     let status: serde_json::Value = serde_json::from_str(
         &crate::process::get(&format!("{}/status", gw.base))
             .call()?
@@ -244,6 +257,16 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
         .filter(|a| !truth.iter().any(|e| explains(e, a)))
         .collect();
     let bytes = status["upload"]["bytes"].as_f64().unwrap_or(0.0);
+    // The webhook channel: the raised alerts' deliveries, from the reading's time to arrival.
+    let hooks = sink.got.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut hook_ms: Vec<f64> = hooks
+        .iter()
+        .filter(|(_, b)| b["type"] == "alert.raised")
+        .filter_map(|(at, b)| Some((*at, ts(b["data"]["reading_time"].as_str()?)?)))
+        .filter(|(_, t)| *t >= live_from)
+        .map(|(at, t)| (at - t) as f64)
+        .collect();
+    hook_ms.sort_by(f64::total_cmp);
 
     hub.stop()?;
     gw.stop()?;
@@ -304,6 +327,20 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
             "{:.0} / {:.0} ms",
             percentile(&to_reader, 50.0),
             percentile(&to_reader, 99.0)
+        ),
+        ""
+    );
+    println!(
+        "{:<48} {:>18} {:>12}",
+        format!(
+            "webhook latency, {} live alerts: p50 / p99 / max",
+            hook_ms.len()
+        ),
+        format!(
+            "{:.0} / {:.0} / {:.0} ms",
+            percentile(&hook_ms, 50.0),
+            percentile(&hook_ms, 99.0),
+            percentile(&hook_ms, 100.0)
         ),
         ""
     );

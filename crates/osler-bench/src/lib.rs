@@ -5,7 +5,9 @@
 //!   latency of the main search (one patient, one metric, 24 hours) over millions of readings.
 //! - [`pipeline`]: sim → gateway → hub end to end, the gateway's footprint, catch-up after an
 //!   outage.
-//! - [`alerts`]: alert latency under live load, from a reading's time to an SSE subscriber.
+//! - [`alerts`]: alert latency under live load, from a reading's time to an SSE subscriber and
+//!   to a webhook receiver.
+//! - [`burden`]: alerts per patient-day on a simulated cohort.
 //! - [`edge`]: the edge's upload saving against per-reading JSON and compressed raw batches,
 //!   its fidelity (no alert lost, every reading counted, the trend kept) and decision time.
 //! - [`registry`]: Patient search by name among 100,000 patients, and Observation search across
@@ -14,6 +16,7 @@
 //! - [`process`]: starting and stopping an `osler` child process.
 
 pub mod alerts;
+pub mod burden;
 pub mod cohort;
 pub mod edge;
 pub mod hub;
@@ -23,6 +26,7 @@ pub mod pipeline;
 pub mod process;
 pub mod registry;
 pub mod soak;
+pub mod webhook_sink;
 
 /// The percentile `p` (0-100) of sorted samples, nearest-rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

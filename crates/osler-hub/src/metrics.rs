@@ -70,8 +70,34 @@ impl Metrics {
     }
 
     /// The text exposition format (version 0.0.4).
-    pub fn render(&self, store: &StoreStats) -> String {
+    pub fn render(
+        &self,
+        store: &StoreStats,
+        burden: Option<osler_store::lifecycle::Burden>,
+    ) -> String {
         let mut out = String::new();
+        if let Some(b) = burden {
+            let per_day = b.alerts as f64 / b.patient_days.max(1e-9);
+            let answered = b.answered as f64 / (b.alerts.max(1) as f64);
+            let _ = writeln!(
+                out,
+                "# HELP osler_alerts_raised_30d Alerts raised in the last 30 days.\n# TYPE osler_alerts_raised_30d gauge\nosler_alerts_raised_30d {}",
+                b.alerts
+            );
+            let _ = writeln!(
+                out,
+                "# HELP osler_patient_days_30d Days of monitoring in the last 30 days, over every patient.\n# TYPE osler_patient_days_30d gauge\nosler_patient_days_30d {:.3}",
+                b.patient_days
+            );
+            let _ = writeln!(
+                out,
+                "# HELP osler_alerts_per_patient_day Alert burden: alerts raised per patient-day, last 30 days.\n# TYPE osler_alerts_per_patient_day gauge\nosler_alerts_per_patient_day {per_day:.4}"
+            );
+            let _ = writeln!(
+                out,
+                "# HELP osler_alerts_answered_ratio Share of the last 30 days' alerts someone acknowledged or accepted.\n# TYPE osler_alerts_answered_ratio gauge\nosler_alerts_answered_ratio {answered:.4}"
+            );
+        }
         let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // Writing to a String cannot fail; the results are ignored for that reason.
         let mut single = |name: &str, kind: &str, help: &str, value: u64| {
@@ -175,7 +201,7 @@ mod tests {
         m.observe_request("/fhir", "POST", 200, Duration::from_micros(800));
         m.observe_request("/fhir", "POST", 200, Duration::from_millis(30));
         m.rejected("invalid", 2);
-        let text = m.render(&StoreStats::default());
+        let text = m.render(&StoreStats::default(), None);
         assert!(text.contains(
             "osler_http_request_duration_seconds_bucket{route=\"/fhir\",le=\"0.001\"} 1\n"
         ));

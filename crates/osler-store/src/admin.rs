@@ -50,10 +50,18 @@ pub(crate) fn transact<T>(
     key: &SigningKey,
     f: impl FnOnce(&Connection) -> Result<(T, Vec<String>), StoreError>,
 ) -> Result<T, StoreError> {
-    let conn = open(dir)?;
+    transact_on(&open(dir)?, key, f)
+}
+
+/// [`transact`] on a connection already open.
+pub(crate) fn transact_on<T>(
+    conn: &Connection,
+    key: &SigningKey,
+    f: impl FnOnce(&Connection) -> Result<(T, Vec<String>), StoreError>,
+) -> Result<T, StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = f(&conn).and_then(|(v, audit)| {
-        crate::security::append(&conn, key, &audit)?;
+    let result = f(conn).and_then(|(v, audit)| {
+        crate::security::append(conn, key, &audit)?;
         Ok(v)
     });
     match result {

@@ -368,6 +368,8 @@ pub struct Store {
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
     readers: Mutex<Vec<Connection>>,
+    /// The connection of the small transactions beside the writer (see [`Store::transact`]).
+    side: Arc<Mutex<Option<Connection>>>,
     stats: Arc<StoreStats>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// Copies the WAL into the database file off the writer's path (see `schema`).
@@ -430,6 +432,7 @@ impl Store {
             path,
             jobs: Some(tx),
             readers: Mutex::new(Vec::new()),
+            side: Arc::default(),
             stats,
             writer: Some(handle),
         })
@@ -704,10 +707,23 @@ impl Store {
         f: impl FnOnce(&Connection) -> Result<(T, Vec<String>), StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let key = self.audit_key.clone().ok_or(StoreError::NoAuditKey)?;
-        let dir = self.path.parent().map(Path::to_owned).unwrap_or_default();
-        tokio::task::spawn_blocking(move || admin::transact(&dir, &key, f))
-            .await
-            .map_err(|_| StoreError::Closed)?
+        let (path, side) = (self.path.clone(), self.side.clone());
+        tokio::task::spawn_blocking(move || {
+            // One side connection, kept open: these transactions are short and few, and
+            // opening a connection costs more than most of them.
+            let mut slot = side.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                let c = Connection::open(&path)?;
+                schema::prepare_side_writer(&c)?;
+                *slot = Some(c);
+            }
+            match slot.as_ref() {
+                Some(c) => admin::transact_on(c, &key, f),
+                None => Err(StoreError::Closed),
+            }
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// The account a still-valid enrolment code is for.
@@ -1042,6 +1058,15 @@ impl Store {
             Ok((done, if done { vec![audit] } else { Vec::new() }))
         })
         .await
+    }
+
+    /// The alert burden over the `window_ms` before `now_ms`.
+    pub fn alert_burden(
+        &self,
+        now_ms: i64,
+        window_ms: i64,
+    ) -> Result<lifecycle::Burden, StoreError> {
+        self.read(|c| lifecycle::burden(c, now_ms, window_ms))
     }
 
     /// An alert's timeline, oldest first.

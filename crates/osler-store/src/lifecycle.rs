@@ -569,6 +569,45 @@ pub(crate) fn snoozes(c: &Connection, alert: i64) -> Result<Vec<Snooze>, StoreEr
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The alert burden over a window: what the programs measure (alerts per patient-day, the
+/// share that someone answered).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Burden {
+    /// Alerts raised in the window.
+    pub alerts: u64,
+    /// Of which someone acknowledged or accepted.
+    pub answered: u64,
+    /// Days of monitoring in the window, over every patient (from each one's first reading, so
+    /// a patient whose data began a week ago counts seven).
+    pub patient_days: f64,
+}
+
+pub(crate) fn burden(c: &Connection, now_ms: i64, window_ms: i64) -> Result<Burden, StoreError> {
+    let since = now_ms - window_ms;
+    let (alerts, answered): (i64, i64) = c.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(EXISTS (SELECT 1 FROM alert_event e
+             WHERE e.alert = a.id AND e.kind IN ('ack', 'accept'))), 0)
+         FROM alert a WHERE a.raised_at_ms >= ?1",
+        [since],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    // From each patient's first reading (a seek per series), so that a history sent at once
+    // counts the days it covers.
+    let ms: f64 = c.query_row(
+        "SELECT COALESCE(SUM(?1 - MAX(first, ?2)), 0) FROM (
+           SELECT MIN((SELECT MIN(r.t) FROM reading r WHERE r.series = s.id)) AS first
+           FROM series s GROUP BY s.patient)
+         WHERE first IS NOT NULL AND first <= ?1",
+        params![now_ms, since],
+        |r| r.get(0),
+    )?;
+    Ok(Burden {
+        alerts: alerts as u64,
+        answered: answered as u64,
+        patient_days: ms / 86_400_000.0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

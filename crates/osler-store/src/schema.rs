@@ -243,7 +243,7 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
          PRAGMA cache_size=-65536;
          PRAGMA foreign_keys=OFF;",
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.busy_handler(Some(wait_a_little))?;
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;{CREATE}{}{}{}",
         crate::registry::CREATE,
@@ -281,6 +281,26 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
         }
     }
     conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
+/// While another connection holds the write lock: 1 ms naps, for up to 10 s. SQLite's own
+/// busy timeout naps up to 100 ms at a time, so a writer waiting on a short transaction of the
+/// other (the group commit, an answer to an alert) could wait a hundred times longer than it.
+fn wait_a_little(attempt: i32) -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    attempt < 10_000
+}
+
+/// Settings for the hub's second writing connection, which runs small transactions beside the
+/// writer thread (answers to alerts, security changes, webhook attempts); the schema is the
+/// writer's to prepare.
+pub(crate) fn prepare_side_writer(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "PRAGMA synchronous=FULL;
+         PRAGMA foreign_keys=OFF;",
+    )?;
+    conn.busy_handler(Some(wait_a_little))?;
     Ok(())
 }
 

@@ -404,6 +404,8 @@ enum Bench {
     Hub(osler_bench::hub::HubBenchArgs),
     /// Alert latency under live load (the standard scenario: 1,000 patients, 10,000 readings/s, 60 s).
     Alerts(osler_bench::alerts::AlertBenchArgs),
+    /// Alert burden: alerts per patient-day on a simulated cohort replayed through a gateway.
+    Burden(osler_bench::burden::BurdenBenchArgs),
     /// The whole pipeline, sim -> gateway -> hub: throughput, gateway footprint, catch-up.
     Pipeline(osler_bench::pipeline::PipelineBenchArgs),
     /// The edge's upload saving (vs per-reading JSON and compressed raw batches), per metric;
@@ -524,6 +526,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Hub(args) => osler_bench::hub::run(args),
             Bench::Pipeline(args) => osler_bench::pipeline::run(args),
             Bench::Alerts(args) => osler_bench::alerts::run(args),
+            Bench::Burden(args) => osler_bench::burden::run(args),
             Bench::Edge(args) => osler_bench::edge::run(args),
             Bench::Mqtt(args) => osler_bench::mqtt::run(args),
             Bench::Soak(args) => osler_bench::soak::run(args),

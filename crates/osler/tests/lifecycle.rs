@@ -191,6 +191,10 @@ fn each_recipient_answers_for_themselves_one_accepts_and_worse_reopens() {
     let other = w.open_alert("p2");
     assert_eq!(w.detail(&w.ana, other).status, 404);
     assert_eq!(w.act(&w.ana, other, "ack", json!({})).status, 404);
+    // The burden: two alerts, one of them answered.
+    assert_eq!(metric(w.hub(), "osler_alerts_raised_30d"), 2.0);
+    assert_eq!(metric(w.hub(), "osler_alerts_answered_ratio"), 0.5);
+    assert!(metric(w.hub(), "osler_alerts_per_patient_day") > 0.0);
 
     // Once resolved, an alert takes a comment but no more answers.
     w.pressure("p1", 150.0, 20);
