@@ -291,6 +291,7 @@ pub(crate) fn routes() -> access::Routes {
         .merge(alert_lifecycle::routes())
         .merge(escalation::routes())
         .merge(webhooks::routes())
+        .merge(staleness::routes())
         .merge(auth_api::routes())
         .merge(audit_api::routes())
         .get(

@@ -2,7 +2,8 @@
 //! patient whose newest data is older than its reporting interval (the plan's, or the
 //! default in `osler_rules::STALENESS`) raises a "no data" alert; data arriving resolves it at
 //! the next look. While it is open, the patient's other alerts on that measurement are muted:
-//! shown so, and not escalated (the "no data" alert is, instead).
+//! shown so, and not escalated (the "no data" alert is, instead). `GET /alerts/status?patient=`
+//! gives each rule's state for a patient: a rule whose measurement is silent is `unknown`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -146,4 +147,117 @@ pub(crate) async fn watchdog(state: Arc<AppState>) {
             Err(e) => tracing::error!(error = %e, "no-data alerts could not be stored; retrying"),
         }
     }
+}
+
+/// Each rule of a patient now: `alert` (open), `fine`, `unknown` (no data of its measurement
+/// within its reporting interval, or none ever: silence is never "fine") or `off` (the plan
+/// switches it off).
+pub(crate) fn routes() -> crate::access::Routes {
+    crate::access::Routes::new().get(
+        "/alerts/status",
+        osler_auth::Policy::Resource("Flag", osler_auth::Interaction::Search),
+        status,
+    )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    patient: String,
+}
+
+async fn status(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    axum::Extension(caller): crate::access::Cx,
+    q: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let Ok(axum::extract::Query(q)) = q else {
+        return crate::alerts::error(StatusCode::BAD_REQUEST, "the parameter is patient=<id>");
+    };
+    if !crate::access::sees(&caller, &q.patient) {
+        return crate::alerts::error(
+            StatusCode::NOT_FOUND,
+            format!("Patient/{} is not known to this hub", q.patient),
+        );
+    }
+    let now = now_ms();
+    let (latest, open) = match (
+        state.store.latest_data_of(&q.patient),
+        state.store.alerts(&AlertFilter {
+            patient: Some(q.patient.clone()),
+            state: Some("raised".into()),
+            limit: 1000,
+            ..AlertFilter::default()
+        }),
+    ) {
+        (Ok(l), Ok(o)) => (l, o),
+        _ => {
+            return crate::alerts::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot read the store now; retry",
+            );
+        }
+    };
+    let time = |ms: i64| osler_core::Timestamp::utc(ms).to_string();
+    let mut rules = serde_json::Map::new();
+    let mut judge = |id: &str, metric: Metric, off: bool| {
+        let last = latest.iter().find(|(m, _)| *m == metric).map(|(_, t)| *t);
+        let interval = Staleness::of(metric).map(|s| {
+            state
+                .alerts
+                .override_of(&q.patient, s.id)
+                .unwrap_or(s.after_min)
+                * 60_000.0
+        });
+        let alert = open.iter().find(|a| a.rule == id);
+        let (st, why) = if let Some(a) = alert {
+            let muted = state.silences.muting(a).is_some();
+            (
+                "alert",
+                if muted {
+                    Some("muted: no data".to_owned())
+                } else {
+                    None
+                },
+            )
+        } else if off {
+            ("off", Some("switched off by the patient's plan".to_owned()))
+        } else {
+            match (last, interval) {
+                (None, _) => (
+                    "unknown",
+                    Some(format!("no {} data yet", metric.info().key)),
+                ),
+                (Some(t), Some(i)) if (now - t) as f64 > i => (
+                    "unknown",
+                    Some(format!("no {} data since {}", metric.info().key, time(t))),
+                ),
+                _ => ("fine", None),
+            }
+        };
+        rules.insert(
+            id.to_owned(),
+            serde_json::json!({
+                "state": st,
+                "why": why,
+                "metric": metric.info().key,
+                "last_data": last.map(time),
+                "alert": alert.map(|a| a.id),
+            }),
+        );
+    };
+    for r in osler_rules::RULES {
+        let off = state
+            .alerts
+            .override_of(&q.patient, r.id)
+            .is_some_and(|v| r.is_off(v));
+        judge(r.id, r.metric, off);
+    }
+    for s in STALENESS {
+        judge(s.id, s.metric, false);
+    }
+    axum::Json(serde_json::json!({"patient": q.patient, "at": time(now), "rules": rules}))
+        .into_response()
 }

@@ -1069,6 +1069,32 @@ impl Store {
         self.read(|c| lifecycle::burden(c, now_ms, window_ms))
     }
 
+    /// When one patient's devices last gave data of each measurement (as [`Store::latest_data`]).
+    pub fn latest_data_of(
+        &self,
+        patient: &str,
+    ) -> Result<Vec<(osler_core::Metric, i64)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT s.metric, MAX(MAX(
+                     COALESCE((SELECT r.t + MAX(r.rx, 0) FROM reading r WHERE r.series = s.id
+                               ORDER BY r.t DESC LIMIT 1), 0),
+                     COALESCE((SELECT m.t1 FROM summary m WHERE m.series = s.id
+                               ORDER BY m.t DESC LIMIT 1), 0)))
+                 FROM series s WHERE s.patient = ?1 GROUP BY s.metric",
+            )?;
+            let rows = stmt.query_map([patient], |r| Ok((r.get::<_, u8>(0)?, r.get(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (m, t) = row?;
+                if let Some(m) = osler_core::Metric::from_u8(m) {
+                    out.push((m, t));
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// An alert's timeline, oldest first.
     pub fn alert_timeline(&self, alert: i64) -> Result<Vec<lifecycle::AlertEvent>, StoreError> {
         self.read(|c| lifecycle::timeline(c, alert))

@@ -644,6 +644,38 @@ fn silence_raises_no_data_on_the_timer_mutes_the_measurements_alerts_and_data_cl
     assert_eq!(a.status, 200, "{}", a.text);
     let plan = get(&format!("{root}/plans/p1")).json();
     assert_eq!(plan["reporting"]["no-data-spo2"]["minutes"], 1.0, "{plan}");
+    let a = send(
+        "PUT",
+        &format!("{root}/plans/p1/no-data-heart-rate"),
+        &json!({"threshold": 1, "reason": "post-op watch", "author": "Practitioner/ana"})
+            .to_string(),
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    // Each rule's state: fine with fresh data, unknown without any.
+    let hr = observation("p1", "8867-4", 70.0, "/min", &seconds_ago(50));
+    assert_eq!(
+        post(&format!("{}/Observation", w.hub().base), &hr.to_string()).status,
+        201
+    );
+    w.pressure("p1", 120.0, 1);
+    let status = |rule: &str| -> (String, String) {
+        let s = get(&format!("{root}/alerts/status?patient=p1")).json();
+        let r = &s["rules"][rule];
+        (
+            r["state"].as_str().unwrap_or("?").to_owned(),
+            r["why"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(status("hr-high").0, "fine");
+    assert_eq!(status("bp-crisis-systolic").0, "fine");
+    assert_eq!(
+        status("fever"),
+        (
+            "unknown".to_owned(),
+            "no body-temperature data yet".to_owned()
+        )
+    );
     let open = |rule: &str| -> Option<Value> {
         get(&format!("{root}/alerts?patient=p1&state=raised")).json()["alerts"]
             .as_array()
@@ -681,6 +713,12 @@ fn silence_raises_no_data_on_the_timer_mutes_the_measurements_alerts_and_data_cl
             .unwrap()
             .contains("no data since")
     );
+    assert_eq!(status("spo2-low").0, "alert");
+    assert_eq!(status("no-data-spo2").0, "alert");
+    // The heart rate fell silent too: its rules are unknown, never fine.
+    let (state, why) = status("hr-high");
+    assert_eq!(state, "unknown");
+    assert!(why.starts_with("no heart-rate data since"), "{why}");
 
     // Data comes back: the silence resolves at the next look, and the mute is lifted.
     let o = observation("p1", "2708-6", 97.0, "%", &seconds_ago(1));
@@ -694,4 +732,13 @@ fn silence_raises_no_data_on_the_timer_mutes_the_measurements_alerts_and_data_cl
     .expect("fresh data resolves the silence");
     let d = w.detail(&w.ana, spo2["id"].as_i64().unwrap()).json();
     assert_eq!(d["muted"], Value::Null, "{d}");
+    assert_eq!(status("no-data-spo2").0, "fine");
+    // Nobody else's patient: not found.
+    let other = send(
+        "GET",
+        &format!("{root}/alerts/status?patient=p2"),
+        "",
+        &[("Authorization", &format!("Bearer {}", w.ana))],
+    );
+    assert_eq!(other.status, 404);
 }
