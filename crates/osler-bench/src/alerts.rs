@@ -192,16 +192,7 @@ pub fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     // processing, the hub stores fewer readings than were sent; the rest is in summaries).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let s: serde_json::Value = crate::process::get(&format!("{}/status", gw.base))
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let pending: u64 = ["readings", "alerts"]
-            .iter()
-            .map(|k| s["outbox"][k].as_u64().unwrap_or(u64::MAX))
-            .fold(0, u64::saturating_add);
+        let pending = crate::process::outbox_pending(&gw.base, &["readings", "alerts"]);
         if pending == 0 || Instant::now() > deadline {
             break;
         }

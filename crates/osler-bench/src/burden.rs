@@ -58,16 +58,8 @@ pub fn run(args: BurdenBenchArgs) -> anyhow::Result<()> {
     // Everything the gateway holds reaches the hub before the count.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let s: serde_json::Value = crate::process::get(&format!("{}/status", gw.base))
-            .call()
-            .ok()
-            .and_then(|r| r.into_string().ok())
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let pending: u64 = ["readings", "alerts", "summaries"]
-            .iter()
-            .map(|k| s["outbox"][k].as_u64().unwrap_or(u64::MAX))
-            .fold(0, u64::saturating_add);
+        let pending =
+            crate::process::outbox_pending(&gw.base, &["readings", "alerts", "summaries"]);
         if pending == 0 {
             break;
         }

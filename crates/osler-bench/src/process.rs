@@ -414,6 +414,21 @@ pub fn hub_and_gateway(
     Ok((hub, root, gw))
 }
 
+/// The entries a gateway's outbox still holds in these lanes (`u64::MAX` when it cannot
+/// say), from its `/status`.
+pub fn outbox_pending(gateway: &str, lanes: &[&str]) -> u64 {
+    let s: serde_json::Value = get(&format!("{gateway}/status"))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    lanes
+        .iter()
+        .map(|k| s["outbox"][k].as_u64().unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add)
+}
+
 /// Resident memory (VmRSS) of a process, in bytes, from /proc.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -58,6 +58,15 @@ fn time(ms: i64) -> String {
     Timestamp::utc(ms).to_string()
 }
 
+/// Who set an entry of the plan, when and why (nothing for a default).
+fn set_by(v: &mut Value, change: Option<&PlanChange>) {
+    if let Some(c) = change {
+        v["set_by"] = json!(c.author);
+        v["set_at"] = json!(time(c.at_ms));
+        v["reason"] = json!(c.reason);
+    }
+}
+
 /// The plan from its changes: for every rule, the default, the threshold in force and the
 /// change that set it.
 fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
@@ -80,11 +89,7 @@ fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
                 "bounds": [r.bounds.0, r.bounds.1],
                 "bounds_source": r.bounds_source,
             });
-            if let Some(c) = change {
-                v["set_by"] = json!(c.author);
-                v["set_at"] = json!(time(c.at_ms));
-                v["reason"] = json!(c.reason);
-            }
+            set_by(&mut v, change.copied());
             (r.id.to_owned(), v)
         })
         .collect();
@@ -101,11 +106,7 @@ fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
                 "source": r.source,
                 "bounds": [r.bounds.0, r.bounds.1],
             });
-            if let Some(c) = change {
-                v["set_by"] = json!(c.author);
-                v["set_at"] = json!(time(c.at_ms));
-                v["reason"] = json!(c.reason);
-            }
+            set_by(&mut v, change.copied());
             (r.id.to_owned(), v)
         })
         .collect();

@@ -167,6 +167,29 @@ pub(crate) fn care_team_accounts(c: &Connection, patient: &str) -> Result<Vec<St
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// An event of the hub's own (no person): a change of the condition, or a note of the
+/// escalation or delivery.
+fn condition_event(
+    c: &Connection,
+    a: &AlertRecord,
+    at_ms: i64,
+    kind: &str,
+    note: Option<&str>,
+    reading_ms: Option<i64>,
+) -> Result<i64, StoreError> {
+    record(
+        c,
+        &NewEvent {
+            alert: a,
+            at_ms,
+            kind,
+            who: None,
+            note,
+            reading_ms,
+        },
+    )
+}
+
 /// A new alert: its event, a `notified` response for each person its escalation policy's
 /// first step names, and the timer of the next step.
 pub(crate) fn raised(
@@ -175,17 +198,7 @@ pub(crate) fn raised(
     reading_ms: i64,
     at_ms: i64,
 ) -> Result<(), StoreError> {
-    record(
-        c,
-        &NewEvent {
-            alert: a,
-            at_ms,
-            kind: "raised",
-            who: None,
-            note: None,
-            reading_ms: Some(reading_ms),
-        },
-    )?;
+    condition_event(c, a, at_ms, "raised", None, Some(reading_ms))?;
     escalate_from_start(c, a, at_ms)
 }
 
@@ -258,17 +271,7 @@ pub(crate) fn note_event(
     kind: &str,
     note: &str,
 ) -> Result<(), StoreError> {
-    record(
-        c,
-        &NewEvent {
-            alert: a,
-            at_ms,
-            kind,
-            who: None,
-            note: Some(note),
-            reading_ms: None,
-        },
-    )?;
+    condition_event(c, a, at_ms, kind, Some(note), None)?;
     Ok(())
 }
 
@@ -279,17 +282,7 @@ pub(crate) fn resolved(
     reading_ms: i64,
     at_ms: i64,
 ) -> Result<(), StoreError> {
-    record(
-        c,
-        &NewEvent {
-            alert: a,
-            at_ms,
-            kind: "resolved",
-            who: None,
-            note: None,
-            reading_ms: Some(reading_ms),
-        },
-    )?;
+    condition_event(c, a, at_ms, "resolved", None, Some(reading_ms))?;
     end_snoozes(c, a.id, None, at_ms, "resolved")?;
     escalation::end(c, a.id, at_ms, "resolved")
 }
@@ -315,17 +308,7 @@ pub(crate) fn updated(
     reading_ms: Option<i64>,
     at_ms: i64,
 ) -> Result<(), StoreError> {
-    record(
-        c,
-        &NewEvent {
-            alert: a,
-            at_ms,
-            kind: "updated",
-            who: None,
-            note: None,
-            reading_ms,
-        },
-    )?;
+    condition_event(c, a, at_ms, "updated", None, reading_ms)?;
     // The value of the last answer since the last re-opening.
     let answered: Option<(String, Option<f64>)> = c
         .prepare_cached(
@@ -343,16 +326,13 @@ pub(crate) fn updated(
     c.prepare_cached("UPDATE alert_response SET state = 'notified', at_ms = ?2 WHERE alert = ?1")?
         .execute(params![a.id, at_ms])?;
     end_snoozes(c, a.id, None, at_ms, "worsened")?;
-    record(
+    condition_event(
         c,
-        &NewEvent {
-            alert: a,
-            at_ms,
-            kind: "reopened",
-            who: None,
-            note: Some("markedly worse than when it was answered"),
-            reading_ms,
-        },
+        a,
+        at_ms,
+        "reopened",
+        Some("markedly worse than when it was answered"),
+        reading_ms,
     )?;
     escalate_from_start(c, a, at_ms)
 }
