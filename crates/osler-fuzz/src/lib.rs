@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("jwt_assertion", jwt_assertion),
     ("audit_export", audit_export),
     ("gateway_request", gateway_request),
+    ("hub_bodies", hub_bodies),
 ];
 
 /// The gateway's device format, as HTTP bodies and MQTT payloads arrive.
@@ -286,5 +287,50 @@ pub fn gateway_request(data: &[u8]) {
     let _ = osler_wire::request_gateway(text);
     if let Ok(k) = key {
         assert!(osler_wire::verify_request(text, &k, "GET", "/alerts/overrides", NOW_MS).is_err());
+    }
+}
+
+/// The bodies people send the hub about alerts, as its routes read them: the first byte picks
+/// the reader (an answer to an alert, a care team's escalation policy, a webhook endpoint).
+/// Never a panic; what is accepted keeps the promises the routes make.
+pub fn hub_bodies(data: &[u8]) {
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            let caps = osler_hub::SnoozeCaps::default();
+            for what in ["seen", "ack", "accept", "snooze", "unsnooze", "comment"] {
+                for severity in ["critical", "urgent", "warning"] {
+                    let Ok((act, note)) =
+                        osler_hub::parse_answer(what, body, severity, &caps, NOW_MS)
+                    else {
+                        continue;
+                    };
+                    if let osler_store::lifecycle::Act::Snooze { until_ms, team } = act {
+                        let cap = (caps.minutes(severity) * 60_000.0) as i64;
+                        assert!(
+                            until_ms > NOW_MS && until_ms <= NOW_MS + cap,
+                            "a snooze within its cap"
+                        );
+                        assert!(!team || note.is_some(), "a team snooze has its reason");
+                    }
+                    assert!(note.is_none_or(|n| !n.trim().is_empty() && n.chars().count() <= 2000));
+                }
+            }
+        }
+        1 => {
+            if let Ok(p) = osler_hub::parse_policy(body) {
+                assert!(
+                    osler_store::escalation::check(&p).is_ok(),
+                    "an accepted policy is valid"
+                );
+            }
+        }
+        _ => {
+            if let Ok(e) = osler_hub::parse_endpoint(body) {
+                assert!(e.url.starts_with("https://") || e.url.starts_with("http://"));
+            }
+        }
     }
 }

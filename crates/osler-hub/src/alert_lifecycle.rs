@@ -84,7 +84,7 @@ impl SnoozeCaps {
 
 /// One handler per answer, each the same `answer` with its kind.
 macro_rules! answers {
-    ($($name:ident => $kind:expr),* $(,)?) => {$(
+    ($($name:ident),* $(,)?) => {$(
         async fn $name(
             s: State<Arc<AppState>>,
             c: Cx,
@@ -92,19 +92,12 @@ macro_rules! answers {
             p: Path<String>,
             b: Bytes,
         ) -> Response {
-            answer(s, c, a, p, b, $kind).await
+            answer(s, c, a, p, b, stringify!($name)).await
         }
     )*};
 }
 
-answers! {
-    seen => Kind::Seen,
-    ack => Kind::Ack,
-    accept => Kind::Accept,
-    snooze => Kind::Snooze,
-    unsnooze => Kind::Unsnooze,
-    comment => Kind::Comment,
-}
+answers!(seen, ack, accept, snooze, unsnooze, comment);
 
 /// Answering an alert is updating a Flag (`Flag.u`); its detail and the stream are reading.
 pub(crate) fn routes() -> Routes {
@@ -274,9 +267,10 @@ const NOTE_MAX: usize = 2000;
 /// What the body asks, checked against the alert; or the 4xx status and why not.
 fn to_act(
     kind: Kind,
-    body: &Bytes,
-    a: &AlertRecord,
+    body: &[u8],
+    severity: &str,
     caps: &SnoozeCaps,
+    now_ms: i64,
 ) -> Result<(Act, Option<String>), (StatusCode, String)> {
     let bad = |code: StatusCode, m: String| Err((code, m));
     let answer: Answer = if body.iter().all(u8::is_ascii_whitespace) {
@@ -333,14 +327,14 @@ fn to_act(
                     "a snooze for the whole team needs a reason".into(),
                 );
             }
-            let cap = caps.minutes(&a.severity);
+            let cap = caps.minutes(severity);
             let minutes = match answer.minutes {
                 None => {
                     return bad(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         format!(
                             "a snooze needs {{\"minutes\": N}} (at most {cap} for a {} alert)",
-                            a.severity
+                            severity
                         ),
                     );
                 }
@@ -355,19 +349,41 @@ fn to_act(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         format!(
                             "a {} alert can be snoozed for at most {cap} minutes (the hub's --snooze-cap)",
-                            a.severity
+                            severity
                         ),
                     );
                 }
                 Some(m) => m,
             };
             Act::Snooze {
-                until_ms: now_ms() + (minutes * 60_000.0) as i64,
+                until_ms: now_ms + (minutes * 60_000.0) as i64,
                 team,
             }
         }
     };
     Ok((act, note))
+}
+
+/// Reads the body of `POST /alerts/{id}/{what}` (`what`: seen, ack, accept, snooze, unsnooze,
+/// comment) for an alert of `severity`, as the route does: what to do and its note, or the
+/// HTTP status and why not. Public for the fuzz target.
+pub fn parse_answer(
+    what: &str,
+    body: &[u8],
+    severity: &str,
+    caps: &SnoozeCaps,
+    now_ms: i64,
+) -> Result<(Act, Option<String>), (u16, String)> {
+    let kind = match what {
+        "seen" => Kind::Seen,
+        "ack" => Kind::Ack,
+        "accept" => Kind::Accept,
+        "snooze" => Kind::Snooze,
+        "unsnooze" => Kind::Unsnooze,
+        "comment" => Kind::Comment,
+        _ => return Err((404, format!("no answer {what:?}"))),
+    };
+    to_act(kind, body, severity, caps, now_ms).map_err(|(c, m)| (c.as_u16(), m))
 }
 
 async fn answer(
@@ -376,15 +392,20 @@ async fn answer(
     axum::Extension(audit): Ax,
     Path(id): Path<String>,
     body: Bytes,
-    kind: Kind,
+    what: &str,
 ) -> Response {
     let a = match visible_alert(&state, &caller, &id).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let (act, note) = match to_act(kind, &body, &a, &state.snooze_caps) {
+    let (act, note) = match parse_answer(what, &body, &a.severity, &state.snooze_caps, now_ms()) {
         Ok(x) => x,
-        Err((code, why)) => return error(code, why),
+        Err((code, why)) => {
+            return error(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+                why,
+            );
+        }
     };
     let done = state
         .store

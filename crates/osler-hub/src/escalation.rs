@@ -55,6 +55,30 @@ struct PolicyBody {
 
 const POLICY_HELP: &str = "the body is {\"steps\": [{\"notify\": [\"team\" | \"Practitioner/{id}\" | \"role:admin\"], \"wait_minutes\": N}, ...], \"repeat\": R}";
 
+/// Reads the body of `PUT /escalation/{team}` as the route does: the policy, checked, or the
+/// HTTP status and why not. Public for the fuzz target.
+pub fn parse_policy(body: &[u8]) -> Result<EscalationPolicy, (u16, String)> {
+    let body: PolicyBody =
+        serde_json::from_slice(body).map_err(|e| (400, format!("{e}; {POLICY_HELP}")))?;
+    let mut steps = Vec::new();
+    for s in body.steps {
+        if !s.wait_minutes.is_finite() || s.wait_minutes <= 0.0 {
+            return Err((422, "wait_minutes must be a positive number".into()));
+        }
+        steps.push(Step {
+            notify: s.notify,
+            // Saturates for an absurd wait, which the check below refuses.
+            wait_ms: (s.wait_minutes * 60_000.0).round() as i64,
+        });
+    }
+    let policy = EscalationPolicy {
+        steps,
+        repeat: body.repeat,
+    };
+    check(&policy).map_err(|why| (422, why))?;
+    Ok(policy)
+}
+
 fn policy_json(p: &EscalationPolicy) -> Value {
     json!({
         "steps": p.steps.iter().map(|s| json!({
@@ -111,32 +135,17 @@ async fn put_policy(
     axum::Extension(caller): Cx,
     axum::Extension(audit): Ax,
     Path(team): Path<String>,
-    body: Result<axum::Json<PolicyBody>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let body = match body {
-        Ok(axum::Json(b)) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}; {POLICY_HELP}")),
-    };
-    let mut steps = Vec::new();
-    for s in body.steps {
-        if !s.wait_minutes.is_finite() || s.wait_minutes <= 0.0 {
+    let policy = match parse_policy(&body) {
+        Ok(p) => p,
+        Err((code, why)) => {
             return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "wait_minutes must be a positive number",
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+                why,
             );
         }
-        steps.push(Step {
-            notify: s.notify,
-            wait_ms: (s.wait_minutes * 60_000.0).round() as i64,
-        });
-    }
-    let policy = EscalationPolicy {
-        steps,
-        repeat: body.repeat,
     };
-    if let Err(why) = check(&policy) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, why);
-    }
     if let Some(r) = no_team(&state, &team) {
         return r;
     }

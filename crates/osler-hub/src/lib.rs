@@ -46,9 +46,11 @@ use axum::response::{IntoResponse, Response};
 use osler_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
-pub use alert_lifecycle::SnoozeCaps;
+pub use alert_lifecycle::{SnoozeCaps, parse_answer};
+pub use escalation::parse_policy;
 pub use metrics::Metrics;
 pub use webhooks::WebhookRetries;
+pub use webhooks::{NewEndpoint, parse_endpoint};
 
 /// Largest request body accepted by default: a 10,000-entry Bundle fits with room to spare.
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;

@@ -71,12 +71,26 @@ pub(crate) fn routes() -> Routes {
         .post("/webhooks/deliveries/{id}/replay", ops(Update), replay)
 }
 
-#[derive(serde::Deserialize)]
+/// The body of `POST /webhooks`.
+#[derive(serde::Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
-struct NewEndpoint {
-    url: String,
+pub struct NewEndpoint {
+    pub url: String,
     /// Only this care team's patients (default: every patient).
-    team: Option<String>,
+    pub team: Option<String>,
+}
+
+/// Reads the body of `POST /webhooks` as the route does: the endpoint asked for (its address
+/// checked), or the HTTP status and why not. Public for the fuzz target.
+pub fn parse_endpoint(body: &[u8]) -> Result<NewEndpoint, (u16, String)> {
+    let e: NewEndpoint = serde_json::from_slice(body).map_err(|e| {
+        (
+            400,
+            format!("{e}; the body is {{\"url\": \"https://...\", \"team\": \"<CareTeam id>\"}}"),
+        )
+    })?;
+    check_url(&e.url).map_err(|why| (422, why))?;
+    Ok(e)
 }
 
 /// Plain HTTP only to this machine (a receiver beside the hub); anything else over HTTPS.
@@ -114,22 +128,17 @@ async fn add(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): Cx,
     axum::Extension(audit): Ax,
-    body: Result<axum::Json<NewEndpoint>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let body = match body {
-        Ok(axum::Json(b)) => b,
-        Err(e) => {
+    let body = match parse_endpoint(&body) {
+        Ok(b) => b,
+        Err((code, why)) => {
             return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{e}; the body is {{\"url\": \"https://...\", \"team\": \"<CareTeam id>\"}}"
-                ),
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+                why,
             );
         }
     };
-    if let Err(why) = check_url(&body.url) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, why);
-    }
     if let Some(t) = &body.team {
         match state.store.resource(osler_registry::Kind::CareTeam, t) {
             Ok(Some(_)) => {}
