@@ -119,16 +119,23 @@ pub(crate) async fn watchdog(state: Arc<AppState>) {
             _ = tokio::time::sleep(std::time::Duration::from_millis(LOOK_EVERY_MS)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let now = now_ms();
-        let mut writes = Vec::new();
-        for s in STALENESS {
-            match look(&state, s, now) {
-                Ok(w) => writes.extend(w),
-                Err(e) => {
-                    tracing::warn!(error = %e, "the staleness watchdog cannot read the store; retrying")
+        // A look reads every series of six measurements: off the async workers.
+        let looking = state.clone();
+        let writes = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let mut writes = Vec::new();
+            for s in STALENESS {
+                match look(&looking, s, now) {
+                    Ok(w) => writes.extend(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the staleness watchdog cannot read the store; retrying")
+                    }
                 }
             }
-        }
+            writes
+        })
+        .await
+        .unwrap_or_default();
         if writes.is_empty() {
             continue;
         }
