@@ -531,8 +531,8 @@ impl Subscriber {
                 .store
                 .alert_events_after(self.cursor, ROUND, self.within.as_deref())
             {
-                Ok(events) if !events.is_empty() => {
-                    self.cursor = events.last().map_or(self.cursor, |e| e.seq);
+                Ok((events, scanned)) if scanned > self.cursor => {
+                    self.cursor = scanned;
                     self.ready.extend(events);
                     continue;
                 }

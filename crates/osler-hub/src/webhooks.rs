@@ -330,6 +330,7 @@ fn payload(state: &AppState, seq: i64) -> Option<String> {
         .store
         .alert_events_after(seq - 1, 1, None)
         .ok()?
+        .0
         .into_iter()
         .next()
         .filter(|e| e.seq == seq)?;

@@ -1036,7 +1036,7 @@ impl Store {
         self.transact(move |c| {
             webhooks::record(c, id, &payload, &attempt, at_ms)?;
             if let Some(note) = note
-                && let Some(e) = lifecycle::events_after(c, seq - 1, 1, None)?.first()
+                && let Some(e) = lifecycle::events_after(c, seq - 1, 1, None)?.0.first()
                 && let Some(a) = alerts::get(c, e.alert)?
             {
                 lifecycle::note_event(c, &a, at_ms, "delivery-failed", &note)?;
@@ -1110,13 +1110,14 @@ impl Store {
         self.read(|c| lifecycle::snoozes(c, alert))
     }
 
-    /// Alert events after `seq` (the live stream's replay), at most `limit`, only `within`'s.
+    /// Alert events after `seq` (the live stream's replay), at most `limit`, only `within`'s,
+    /// and the number of the last event looked at (where to go on from).
     pub fn alert_events_after(
         &self,
         seq: i64,
         limit: usize,
         within: Option<&[String]>,
-    ) -> Result<Vec<lifecycle::AlertEvent>, StoreError> {
+    ) -> Result<(Vec<lifecycle::AlertEvent>, i64), StoreError> {
         self.read(|c| lifecycle::events_after(c, seq, limit, within))
     }
 

@@ -482,28 +482,35 @@ pub(crate) fn timeline(c: &Connection, alert: i64) -> Result<Vec<AlertEvent>, St
 }
 
 /// Events after `seq`, oldest first, at most `limit`; with `within`, only those patients'.
+/// Also the number of the last event looked at (a caller's next start): a caller who sees few
+/// patients moves past the others' events instead of reading them again, at most
+/// [`SCAN_MAX`] of them per call.
 pub(crate) fn events_after(
     c: &Connection,
     seq: i64,
     limit: usize,
     within: Option<&[String]>,
-) -> Result<Vec<AlertEvent>, StoreError> {
+) -> Result<(Vec<AlertEvent>, i64), StoreError> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM alert_event WHERE seq > ?1 ORDER BY seq"
     ))?;
     let rows = stmt.query_map([seq], event_row)?;
-    let mut out = Vec::new();
-    for e in rows {
+    let (mut out, mut last) = (Vec::new(), seq);
+    for (n, e) in rows.enumerate() {
         let e = e?;
+        last = e.seq;
         if within.is_none_or(|w| w.contains(&e.patient)) {
             out.push(e);
-            if out.len() >= limit {
-                break;
-            }
+        }
+        if out.len() >= limit || n + 1 >= SCAN_MAX {
+            break;
         }
     }
-    Ok(out)
+    Ok((out, last))
 }
+
+/// The most events one [`events_after`] looks at.
+pub const SCAN_MAX: usize = 10_000;
 
 /// The last event's number (0 before any).
 pub(crate) fn last_seq(c: &Connection) -> Result<i64, StoreError> {

@@ -723,3 +723,48 @@ fn searches_across_patients_merge_every_series_in_order() {
         "no metric, no patient: nothing is scanned"
     );
 }
+
+#[test]
+fn a_narrow_replay_of_alert_events_moves_past_the_others() {
+    let dir = TempDir::new("alert-events");
+    let store = Store::open(&dir.0, StoreOptions::default()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let raise = |patient: &str, rule: &str| osler_store::alerts::AlertWrite::Raise {
+        patient: patient.into(),
+        rule: rule.into(),
+        severity: "urgent".into(),
+        reading_ms: T0,
+        at_ms: T0,
+        value: 130.0,
+        threshold: 120.0,
+        late: false,
+        source: "hub".into(),
+    };
+    rt.block_on(store.write_alerts(
+        vec![
+            raise("p1", "hr-high"),
+            raise("p2", "hr-high"),
+            raise("p1", "fever"),
+        ],
+        vec![],
+    ))
+    .unwrap();
+    let all = store.alert_events_after(0, 100, None).unwrap();
+    assert_eq!(all.0.len(), 3);
+    assert_eq!(all.1, all.0[2].seq);
+    // Only p2's: one event, and the start moves past p1's last one.
+    let p2 = ["p2".to_owned()];
+    let (mine, scanned) = store.alert_events_after(0, 100, Some(&p2)).unwrap();
+    assert_eq!(
+        mine.iter().map(|e| e.patient.as_str()).collect::<Vec<_>>(),
+        ["p2"]
+    );
+    assert_eq!(scanned, all.1);
+    // Nothing after it: nothing read, and the start stays.
+    assert_eq!(
+        store.alert_events_after(scanned, 100, Some(&p2)).unwrap(),
+        (vec![], scanned)
+    );
+}
