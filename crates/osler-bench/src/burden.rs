@@ -28,6 +28,7 @@ pub struct BurdenBenchArgs {
     /// Clinical events injected into the cohort.
     #[arg(long, default_value_t = 40)]
     events: usize,
+    /// Seed of the simulated cohort (the same seed, the same readings and events).
     #[arg(long, default_value_t = 5)]
     seed: u64,
     /// Data directory (default: a new temp directory, removed afterwards).
