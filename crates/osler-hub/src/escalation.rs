@@ -149,6 +149,29 @@ async fn put_policy(
     if let Some(r) = no_team(&state, &team) {
         return r;
     }
+    // A step that names someone the registry does not know would notify nobody, silently.
+    for p in policy
+        .steps
+        .iter()
+        .flat_map(|s| &s.notify)
+        .filter_map(|t| t.strip_prefix("Practitioner/"))
+    {
+        match state.store.resource(Kind::Practitioner, p) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("Practitioner/{p} is not known to this hub"),
+                );
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot read the registry now; retry",
+                );
+            }
+        }
+    }
     let at = now_ms();
     match state
         .store

@@ -545,6 +545,16 @@ fn escalation_runs_every_step_repeats_and_stops_on_accept_not_on_ack() {
     );
     assert_eq!(a.status, 422, "{}", a.text);
     assert!(a.text.contains("not a target"), "{}", a.text);
+    let a = set_policy(
+        &w,
+        json!({"steps": [{"notify": ["Practitioner/nobody"], "wait_minutes": 1}]}),
+    );
+    assert_eq!(a.status, 422, "{}", a.text);
+    assert!(
+        a.text.contains("Practitioner/nobody is not known"),
+        "{}",
+        a.text
+    );
 
     w.pressure("p1", 185.0, 60);
     let id = w.open_alert("p1");
