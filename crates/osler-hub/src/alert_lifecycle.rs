@@ -25,7 +25,7 @@ use osler_store::lifecycle::{Act, AlertEvent, Refused};
 use serde_json::{Value, json};
 
 use crate::access::{Ax, Cx, Routes, audited, sees, within};
-use crate::alerts::{alert_json, error};
+use crate::alerts::{alert_json, error, refused};
 use crate::{AppState, now_ms};
 
 /// The longest snooze per severity, in minutes. Critical follows ISO 7396-1/A3's limit on
@@ -400,12 +400,7 @@ async fn answer(
     };
     let (act, note) = match parse_answer(what, &body, &a.severity, &state.snooze_caps, now_ms()) {
         Ok(x) => x,
-        Err((code, why)) => {
-            return error(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
-                why,
-            );
-        }
+        Err(r) => return refused(r),
     };
     let done = state
         .store

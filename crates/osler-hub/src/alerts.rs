@@ -328,6 +328,33 @@ pub(crate) fn routes() -> Routes {
         .get("/fhir/Flag", Policy::Resource("Flag", Search), search_flags)
 }
 
+/// A route's refusal from a body reader's `(status, why)`.
+pub(crate) fn refused((code, why): (u16, String)) -> Response {
+    error(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+        why,
+    )
+}
+
+/// The answer when the registry has no `kind/id` (`status`, with `why`) or cannot be read
+/// (503); `None` when it is there.
+pub(crate) fn missing(
+    state: &AppState,
+    kind: osler_registry::Kind,
+    id: &str,
+    status: StatusCode,
+    why: impl FnOnce() -> String,
+) -> Option<Response> {
+    match state.store.resource(kind, id) {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(error(status, why())),
+        Err(_) => Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot read the registry now; retry",
+        )),
+    }
+}
+
 pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": msg.into() }))).into_response()
 }

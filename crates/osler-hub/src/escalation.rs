@@ -18,7 +18,7 @@ use osler_store::escalation::{EscalationPolicy, Step, check};
 use serde_json::{Value, json};
 
 use crate::access::{Ax, Cx, Routes, audited};
-use crate::alerts::error;
+use crate::alerts::{error, missing, refused};
 use crate::{AppState, now_ms};
 
 /// A team's escalation policy is part of the team: reading it is reading the CareTeam,
@@ -91,17 +91,9 @@ fn policy_json(p: &EscalationPolicy) -> Value {
 
 /// The answer to give when the team is not there to have a policy (`None`: it is).
 fn no_team(state: &AppState, team: &str) -> Option<Response> {
-    match state.store.resource(Kind::CareTeam, team) {
-        Ok(Some(_)) => None,
-        Ok(None) => Some(error(
-            StatusCode::NOT_FOUND,
-            format!("CareTeam/{team} is not known"),
-        )),
-        Err(_) => Some(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cannot read the registry now; retry",
-        )),
-    }
+    missing(state, Kind::CareTeam, team, StatusCode::NOT_FOUND, || {
+        format!("CareTeam/{team} is not known")
+    })
 }
 
 async fn get_policy(State(state): State<Arc<AppState>>, Path(team): Path<String>) -> Response {
@@ -139,12 +131,7 @@ async fn put_policy(
 ) -> Response {
     let policy = match parse_policy(&body) {
         Ok(p) => p,
-        Err((code, why)) => {
-            return error(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
-                why,
-            );
-        }
+        Err(r) => return refused(r),
     };
     if let Some(r) = no_team(&state, &team) {
         return r;
@@ -156,20 +143,15 @@ async fn put_policy(
         .flat_map(|s| &s.notify)
         .filter_map(|t| t.strip_prefix("Practitioner/"))
     {
-        match state.store.resource(Kind::Practitioner, p) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("Practitioner/{p} is not known to this hub"),
-                );
-            }
-            Err(_) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "cannot read the registry now; retry",
-                );
-            }
+        let why = || format!("Practitioner/{p} is not known to this hub");
+        if let Some(r) = missing(
+            &state,
+            Kind::Practitioner,
+            p,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            why,
+        ) {
+            return r;
         }
     }
     let at = now_ms();

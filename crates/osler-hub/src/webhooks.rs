@@ -25,7 +25,7 @@ use osler_store::webhooks::{Attempt, Delivery, Endpoint};
 use serde_json::{Value, json};
 
 use crate::access::{Ax, Cx, Routes, audited};
-use crate::alerts::error;
+use crate::alerts::{error, missing, refused};
 use crate::{AppState, now_ms};
 
 /// When failed deliveries are tried again (delays after each failure); past the last, a
@@ -132,28 +132,13 @@ async fn add(
 ) -> Response {
     let body = match parse_endpoint(&body) {
         Ok(b) => b,
-        Err((code, why)) => {
-            return error(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
-                why,
-            );
-        }
+        Err(r) => return refused(r),
     };
     if let Some(t) = &body.team {
-        match state.store.resource(osler_registry::Kind::CareTeam, t) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("team: CareTeam/{t} is not known"),
-                );
-            }
-            Err(_) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "cannot read the registry now; retry",
-                );
-            }
+        let why = || format!("team: CareTeam/{t} is not known");
+        let kind = osler_registry::Kind::CareTeam;
+        if let Some(r) = missing(&state, kind, t, StatusCode::UNPROCESSABLE_ENTITY, why) {
+            return r;
         }
     }
     let mut key = [0u8; 24];

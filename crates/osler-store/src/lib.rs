@@ -89,6 +89,15 @@ pub enum StoreError {
     NoAuditKey,
 }
 
+/// When a series' devices were last heard from (SQL over series `s`): the later of when its
+/// newest reading was taken and when it was received (`rx` is stored as received minus taken),
+/// or the end of its newest window summary; each one seek down a primary key.
+const LAST_CONTACT: &str = "MAX(
+    COALESCE((SELECT r.t + MAX(r.rx, 0) FROM reading r WHERE r.series = s.id
+              ORDER BY r.t DESC LIMIT 1), 0),
+    COALESCE((SELECT m.t1 FROM summary m WHERE m.series = s.id
+              ORDER BY m.t DESC LIMIT 1), 0))";
+
 /// The stable identity of a stored reading: its series and its time taken. Written as
 /// `{series}-{t}` it is a valid FHIR id. Summaries have the negated series and are written
 /// `s{series}-{t}`.
@@ -942,18 +951,12 @@ impl Store {
         since_ms: i64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
         self.read(|c| {
-            // Per series, the newest row of each table is one seek down its primary key (`rx`
-            // is stored as received minus taken).
-            let mut stmt = c.prepare_cached(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT patient, MAX(last) FROM (
-                   SELECT s.patient AS patient, MAX(
-                     COALESCE((SELECT r.t + MAX(r.rx, 0) FROM reading r WHERE r.series = s.id
-                               ORDER BY r.t DESC LIMIT 1), 0),
-                     COALESCE((SELECT m.t1 FROM summary m WHERE m.series = s.id
-                               ORDER BY m.t DESC LIMIT 1), 0)) AS last
+                   SELECT s.patient AS patient, {LAST_CONTACT} AS last
                    FROM series s WHERE s.metric = ?1)
-                 WHERE last > ?2 GROUP BY patient",
-            )?;
+                 WHERE last > ?2 GROUP BY patient"
+            ))?;
             let rows = stmt.query_map(params![metric as u8, since_ms], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
@@ -1075,14 +1078,10 @@ impl Store {
         patient: &str,
     ) -> Result<Vec<(osler_core::Metric, i64)>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT s.metric, MAX(MAX(
-                     COALESCE((SELECT r.t + MAX(r.rx, 0) FROM reading r WHERE r.series = s.id
-                               ORDER BY r.t DESC LIMIT 1), 0),
-                     COALESCE((SELECT m.t1 FROM summary m WHERE m.series = s.id
-                               ORDER BY m.t DESC LIMIT 1), 0)))
-                 FROM series s WHERE s.patient = ?1 GROUP BY s.metric",
-            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT s.metric, MAX({LAST_CONTACT})
+                 FROM series s WHERE s.patient = ?1 GROUP BY s.metric"
+            ))?;
             let rows = stmt.query_map([patient], |r| Ok((r.get::<_, u8>(0)?, r.get(1)?)))?;
             let mut out = Vec::new();
             for row in rows {

@@ -2,11 +2,11 @@
 //! signed ES384 or RS384 by a key registered with `osler hub client add`, each `jti` once.
 
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use osler_audit::{Action, Outcome};
 use serde_json::json;
 
-use super::{entry, oauth_error, random};
+use super::{entry, issue_then_answer, oauth_error, random};
 use crate::access::record_later;
 use crate::fhir_api::base_url;
 use crate::{AppState, now_ms};
@@ -146,18 +146,8 @@ pub(super) async fn backend(
         None,
         None,
     )];
-    if state.store.issue(vec![(h, record)], audit).await.is_err() {
-        return oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the store failed",
-        );
-    }
-    (
-        [("cache-control", "no-store")],
-        axum::Json(json!({"access_token": access, "token_type": "Bearer", "expires_in": BACKEND_MS / 1000, "scope": asked.to_string()})),
-    )
-        .into_response()
+    let body = json!({"access_token": access, "token_type": "Bearer", "expires_in": BACKEND_MS / 1000, "scope": asked.to_string()});
+    issue_then_answer(state, vec![(h, record)], audit, body).await
 }
 
 /// The audit entry of a client's refused token request.

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use osler_audit::{Action, Outcome, Record};
 use osler_auth::Policy;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::access::Routes;
 use crate::body::read_body;
@@ -125,6 +125,24 @@ pub(super) fn random<const N: usize>() -> Option<[u8; N]> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).ok()?;
     Some(b)
+}
+
+/// Stores the tokens an answer hands out, with their audit entries, and only then gives the
+/// answer (never cached); if the store fails nothing was issued, and the client is told to retry.
+pub(super) async fn issue_then_answer(
+    state: &AppState,
+    tokens: Vec<([u8; 32], osler_store::TokenRecord)>,
+    audit: Vec<String>,
+    body: Value,
+) -> Response {
+    if state.store.issue(tokens, audit).await.is_err() {
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the store failed",
+        );
+    }
+    ([("cache-control", "no-store")], axum::Json(body)).into_response()
 }
 
 pub(super) fn oauth_error(

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use osler_audit::{Action, Outcome};
 use serde_json::json;
 
-use super::{entry, json_body, oauth_error, random, slow_down};
+use super::{entry, issue_then_answer, json_body, oauth_error, random, slow_down};
 use crate::access::record_later;
 use crate::tls::Peer;
 use crate::{AppState, now_ms};
@@ -232,19 +232,12 @@ async fn issue_pair(
         account.patient.as_deref(),
         None,
     )];
-    if state.store.issue(tokens, audit).await.is_err() {
-        return oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the store failed",
-        );
-    }
     let mut body = json!({"access_token": access, "token_type": "Bearer", "expires_in": ACCESS_MS / 1000,
         "refresh_token": refresh, "scope": scopes});
     if let Some(p) = &account.patient {
         body["patient"] = json!(p);
     }
-    ([("cache-control", "no-store")], axum::Json(body)).into_response()
+    issue_then_answer(state, tokens, audit, body).await
 }
 
 #[derive(serde::Deserialize)]
@@ -335,20 +328,9 @@ pub(super) async fn login(
         None,
         Some("password accepted; second factor to follow".into()),
     )];
-    if state.store.issue(vec![(h, record)], audit).await.is_err() {
-        return oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the store failed",
-        );
-    }
-    (
-        [("cache-control", "no-store")],
-        axum::Json(
-            json!({"second_factor_required": true, "mfa_token": mfa, "expires_in": MFA_MS / 1000}),
-        ),
-    )
-        .into_response()
+    let body =
+        json!({"second_factor_required": true, "mfa_token": mfa, "expires_in": MFA_MS / 1000});
+    issue_then_answer(&state, vec![(h, record)], audit, body).await
 }
 
 #[derive(serde::Deserialize)]
