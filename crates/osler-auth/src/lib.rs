@@ -63,8 +63,9 @@ impl Role {
             _ if resource == AUDIT_EVENT => self == Role::Admin && reads,
             Role::Admin | Role::Integration => true,
             Role::Clinician => match resource {
-                // Readings (entered by hand or corrected), alerts and their actions, plans.
-                "Observation" | "Flag" | "CarePlan" => true,
+                // Readings (entered by hand or corrected), alerts and their actions, plans,
+                // and the notes and calls of care (Communication).
+                "Observation" | "Flag" | "CarePlan" | "Communication" => true,
                 _ => reads,
             },
             Role::Patient => match resource {

@@ -66,6 +66,27 @@ pub fn base32(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes of an RFC 4648 base32 secret (case, spaces and padding ignored), or `None` for
+/// a character outside the alphabet.
+pub fn from_base32(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for c in text.chars().filter(|c| !c.is_whitespace() && *c != '=') {
+        let v = match c.to_ascii_uppercase() {
+            c @ 'A'..='Z' => c as u32 - 'A' as u32,
+            c @ '2'..='7' => c as u32 - '2' as u32 + 26,
+            _ => return None,
+        };
+        buf = (buf << 5 | v) & 0xffff;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits & 255) as u8);
+        }
+    }
+    Some(out)
+}
+
 /// The `otpauth://` URI an authenticator app scans (Key Uri Format).
 pub fn uri(issuer: &str, account: &str, secret: &[u8]) -> String {
     let enc = |s: &str| -> String {
@@ -128,6 +149,13 @@ mod tests {
     fn base32_and_the_uri_follow_rfc_4648() {
         assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
         assert_eq!(base32(b"f"), "MY");
+        assert_eq!(from_base32("MZXW6YTBOI").as_deref(), Some(&b"foobar"[..]));
+        assert_eq!(
+            from_base32("mzxw 6ytb oi==").as_deref(),
+            Some(&b"foobar"[..])
+        );
+        assert_eq!(from_base32(&base32(&[7u8; 20])), Some(vec![7u8; 20]));
+        assert_eq!(from_base32("MZ1"), None);
         let u = uri("Osler", "dr ann", &[0u8; 20]);
         assert!(
             u.starts_with("otpauth://totp/Osler:dr%20ann?secret=AAAAAAAA"),

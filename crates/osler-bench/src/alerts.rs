@@ -49,12 +49,7 @@ pub struct AlertBenchArgs {
     osler: Option<PathBuf>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 fn ts(text: &str) -> Option<i64> {
     osler_core::Timestamp::parse(text).ok().map(|t| t.utc_ms)

@@ -63,12 +63,7 @@ pub struct HubBenchArgs {
     seed: u64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 fn agent() -> ureq::Agent {
     crate::process::agent_builder(Duration::from_secs(120))

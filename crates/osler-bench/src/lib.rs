@@ -18,6 +18,7 @@
 pub mod alerts;
 pub mod burden;
 pub mod cohort;
+pub mod dashboard;
 pub mod edge;
 pub mod hub;
 pub mod login;
@@ -29,6 +30,14 @@ pub mod soak;
 pub mod webhook_sink;
 
 /// The percentile `p` (0-100) of sorted samples, nearest-rank.
+/// Now, in UTC milliseconds (a clock before 1970 reads as the epoch).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

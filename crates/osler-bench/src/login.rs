@@ -162,3 +162,69 @@ pub fn run(args: LoginBenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }
+
+/// Signs a clinician in as a person does (an account for `practitioner`, enrolment with a
+/// password and TOTP, the password, then the current code) and returns their access token.
+pub fn clinician_token(
+    osler: &std::path::Path,
+    hub_dir: &str,
+    root: &str,
+    agent: &ureq::Agent,
+    practitioner: &str,
+) -> anyhow::Result<String> {
+    let out = std::process::Command::new(osler)
+        .args([
+            "hub",
+            "user",
+            "add",
+            "--data",
+            hub_dir,
+            "--name",
+            practitioner,
+        ])
+        .args(["--role", "clinician", "--practitioner", practitioner])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "osler hub user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let call = |path: &str, body: serde_json::Value| -> anyhow::Result<serde_json::Value> {
+        let r = agent
+            .post(&format!("{root}{path}"))
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string())
+            .with_context(|| format!("POST {path}"))?;
+        Ok(serde_json::from_str(&r.into_string()?)?)
+    };
+    let password = "brass lantern harbour evening";
+    let enrolled = call("/auth/enrol", json!({"code": code, "password": password}))?;
+    let secret = enrolled["second_factor"]["secret"]
+        .as_str()
+        .and_then(osler_auth::totp::from_base32)
+        .context("enrolment gave no TOTP secret")?;
+    let first = call(
+        "/auth/login",
+        json!({"name": practitioner, "password": password}),
+    )?;
+    let mfa = first["mfa_token"]
+        .as_str()
+        .context("no second-factor step")?;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let totp = format!(
+        "{:06}",
+        osler_auth::totp::code_at(&secret, osler_auth::totp::step_of(now_s), 6)
+    );
+    let tokens = call(
+        "/auth/second-factor",
+        json!({"mfa_token": mfa, "code": totp}),
+    )?;
+    tokens["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no access token")
+}

@@ -13,12 +13,7 @@ pub struct Sink {
     pub got: Arrivals,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 /// Serves one connection's requests until it closes.
 fn serve(stream: std::net::TcpStream, got: &Arrivals) -> std::io::Result<()> {

@@ -297,7 +297,7 @@ pub fn hub_bodies(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    match which % 3 {
+    match which % 4 {
         0 => {
             let caps = osler_hub::SnoozeCaps::default();
             for what in ["seen", "ack", "accept", "snooze", "unsnooze", "comment"] {
@@ -325,6 +325,19 @@ pub fn hub_bodies(data: &[u8]) {
                     osler_store::escalation::check(&p).is_ok(),
                     "an accepted policy is valid"
                 );
+            }
+        }
+        3 => {
+            // The dashboard's answer form: whatever it holds, the page it returns to is the
+            // dashboard's, and what it asks is what the API would be asked.
+            let (json, back) = match osler_hub::answer_form(body) {
+                Ok((json, back)) => (Some(json), back),
+                Err((_, back)) => (None, back),
+            };
+            assert!(back.starts_with("/ui/") && !back.starts_with("//") && !back.contains('\\'));
+            if let Some(json) = json {
+                let caps = osler_hub::SnoozeCaps::default();
+                let _ = osler_hub::parse_answer("snooze", &json, "critical", &caps, NOW_MS);
             }
         }
         _ => {

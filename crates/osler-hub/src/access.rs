@@ -276,15 +276,28 @@ pub(crate) async fn authenticate(
     {
         return gateway_caller(state, h, method, path_and_query).await;
     }
-    let token = headers
+    let token = match headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or(Unauthenticated::Missing)?;
-    let token = token
-        .strip_prefix("Bearer ")
-        .or_else(|| token.strip_prefix("bearer "))
-        .map(str::trim)
-        .ok_or(Unauthenticated::Invalid("not a bearer token"))?;
+    {
+        Some(t) => t
+            .strip_prefix("Bearer ")
+            .or_else(|| t.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or(Unauthenticated::Invalid("not a bearer token"))?,
+        // The dashboard's session: the same access token, in a cookie the page's script
+        // cannot read. A browser sends cookies with requests other sites make it send, so a
+        // change (anything but GET) must come from the hub's own pages.
+        None => {
+            let t = cookie(headers, SESSION_COOKIE).ok_or(Unauthenticated::Missing)?;
+            if !matches!(method, "GET" | "HEAD") && !same_origin(headers) {
+                return Err(Unauthenticated::Invalid(
+                    "a session cookie on a request from another site",
+                ));
+            }
+            t
+        }
+    };
     let hash = osler_auth::token::hash(token);
     // The lookups here run on the async worker: each is a point read by key on a pooled
     // reading connection (microseconds; WAL readers do not wait for the writer), cheaper than
@@ -330,6 +343,43 @@ pub(crate) async fn authenticate(
         scopes,
         compartment,
     })
+}
+
+/// The cookie that carries a dashboard session's access token.
+pub(crate) const SESSION_COOKIE: &str = "osler_session";
+/// The cookie that carries its refresh token (sent to `/ui/` only).
+pub(crate) const REFRESH_COOKIE: &str = "osler_refresh";
+
+/// A cookie's value.
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether the browser says the request comes from the hub's own pages: `Sec-Fetch-Site:
+/// same-origin`, or an `Origin` whose host is the one the request was sent to.
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = text("sec-fetch-site") {
+        return site == "same-origin";
+    }
+    match (text("origin"), text("host")) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority == host),
+        _ => false,
+    }
 }
 
 /// An enrolled gateway signing its poll of every patient's thresholds or assignments.
@@ -404,7 +454,13 @@ async fn guard(policy: Policy, mut req: Request, next: Next) -> Response {
     let caller = match authenticate(&state, &headers, &method, &path_and_query, policy).await {
         Ok(c) => c,
         Err(why) => {
-            let r = unauthorized(&why);
+            // A page of the dashboard sends the person to sign in (or renews their session)
+            // and back, rather than answering a browser with JSON.
+            let r = if path.starts_with("/ui/") {
+                crate::dashboard::sign_in_again(&headers, &path_and_query)
+            } else {
+                unauthorized(&why)
+            };
             record_later(&state, ctx.finished(401, Some(format!("{why:?}"))));
             return r;
         }
@@ -413,6 +469,9 @@ async fn guard(policy: Policy, mut req: Request, next: Next) -> Response {
     ctx.record.role = Some(caller.role.as_str().to_owned());
     if let Err(d) = caller.decide(policy) {
         record_later(&state, ctx.finished(403, Some(d.to_string())));
+        if path.starts_with("/ui/") {
+            return crate::dashboard::forbidden_page(&d);
+        }
         return forbidden(&d);
     }
     req.extensions_mut().insert(caller);
@@ -545,6 +604,16 @@ mod tests {
             "GET /audit/proof/consistency",
             "POST /ingest/batch",
             "GET /healthz",
+            // The dashboard's sign-in and its two static files.
+            "GET /ui",
+            "GET /ui/assets/osler.css",
+            "GET /ui/assets/osler.js",
+            "GET /ui/login",
+            "POST /ui/login",
+            "POST /ui/second-factor",
+            "GET /ui/refresh",
+            "GET /ui/link",
+            "POST /ui/logout",
         ];
         let mut got: Vec<&str> = public.iter().map(String::as_str).collect();
         want.sort();

@@ -322,6 +322,29 @@ pub fn add_user(
     Ok(code)
 }
 
+/// A one-time link that signs `name` in to the dashboard without a password or second
+/// factor (`/ui/link?code=…`), for `osler demo` only: whoever holds the hub's data directory
+/// can do anything anyway, and the demo's clinician is demo data. Spent on first use; lasts
+/// `lifetime_ms`. Returns the code.
+pub fn create_sign_in_link(dir: &Path, name: &str, lifetime_ms: i64) -> Result<String, AdminError> {
+    let account = osler_store::admin::accounts(dir)?
+        .into_iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| AdminError::Refused(format!("no account named {name:?}")))?;
+    let key = key(dir)?;
+    let secret = osler_auth::token::secret("osl_link_", &random32()?);
+    let hash = osler_auth::token::hash(&secret);
+    let record = TokenRecord::issued(&hash, "link", name, &account.role, now_ms(), lifetime_ms);
+    let audit = cli_record(
+        "sign-in-link-issue",
+        Action::Create,
+        format!("one-time sign-in link for {name}"),
+        None,
+    );
+    osler_store::admin::create_token(dir, &key, &hash, &record, &[audit])?;
+    Ok(secret)
+}
+
 /// Registers a backend client (SMART backend services) by its public keys (a JWKS with EC
 /// P-384 or RSA keys) and the `system/` scopes it may ask for.
 pub fn add_client(dir: &Path, id: &str, jwks: &str, scopes: &str) -> Result<(), AdminError> {

@@ -124,24 +124,9 @@ async fn visible_alert(
     caller: &Caller,
     id: &str,
 ) -> Result<AlertRecord, Response> {
-    let unknown = || {
-        error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "alert {} is not known",
-                id.chars().take(32).collect::<String>()
-            ),
-        )
-    };
-    let n: i64 = id.parse().map_err(|_| unknown())?;
-    match state.store.alert(n) {
-        Ok(Some(a)) if sees(caller, &a.patient) => Ok(a),
-        Ok(_) => Err(unknown()),
-        Err(_) => Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cannot read alerts now; retry",
-        )),
-    }
+    alert_for(state, caller, id)
+        .await
+        .map_err(|(code, why)| error(code, why))
 }
 
 /// The alert with its responses, snoozes and timeline.
@@ -398,10 +383,69 @@ async fn answer(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let (act, note) = match parse_answer(what, &body, &a.severity, &state.snooze_caps, now_ms()) {
-        Ok(x) => x,
-        Err(r) => return refused(r),
+    if let Err(r) = give_answer(&state, &caller, &audit, &a, what, &body).await {
+        return refused((r.0.as_u16(), r.1));
+    }
+    match state
+        .store
+        .alert(a.id)
+        .map(|a| a.map(|a| detail_json(&state, &a)))
+    {
+        Ok(Some(Ok(v))) => audited(axum::Json(v).into_response()),
+        _ => audited(
+            (
+                StatusCode::OK,
+                axum::Json(json!({"id": a.id, "note": "done; the alert could not be read back"})),
+            )
+                .into_response(),
+        ),
+    }
+}
+
+/// The alert `id` names if `caller` may see it, or the status and why not (the dashboard's
+/// forms answer in words, not JSON).
+pub(crate) async fn alert_for(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<AlertRecord, (StatusCode, String)> {
+    let unknown = || {
+        (
+            StatusCode::NOT_FOUND,
+            format!(
+                "alert {} is not known",
+                id.chars().take(32).collect::<String>()
+            ),
+        )
     };
+    let n: i64 = id.parse().map_err(|_| unknown())?;
+    match state.store.alert(n) {
+        Ok(Some(a)) if sees(caller, &a.patient) => Ok(a),
+        Ok(_) => Err(unknown()),
+        Err(_) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot read alerts now; retry".to_owned(),
+        )),
+    }
+}
+
+/// Does what the body of `POST /alerts/{id}/{what}` asks of alert `a`, with its audit entry
+/// in the same commit: the one path for the API and the dashboard's forms.
+pub(crate) async fn give_answer(
+    state: &AppState,
+    caller: &Caller,
+    audit: &crate::access::AuditCtx,
+    a: &AlertRecord,
+    what: &str,
+    body: &[u8],
+) -> Result<i64, (StatusCode, String)> {
+    let (act, note) =
+        parse_answer(what, body, &a.severity, &state.snooze_caps, now_ms()).map_err(|(c, m)| {
+            (
+                StatusCode::from_u16(c).unwrap_or(StatusCode::BAD_REQUEST),
+                m,
+            )
+        })?;
     let done = state
         .store
         .act(
@@ -414,35 +458,21 @@ async fn answer(
         )
         .await;
     match done {
-        Ok(Ok(_seq)) => {
+        Ok(Ok(seq)) => {
             state.alerts.changed();
-            match state
-                .store
-                .alert(a.id)
-                .map(|a| a.map(|a| detail_json(&state, &a)))
-            {
-                Ok(Some(Ok(v))) => audited(axum::Json(v).into_response()),
-                _ => audited(
-                    (
-                        StatusCode::OK,
-                        axum::Json(
-                            json!({"id": a.id, "note": "done; the alert could not be read back"}),
-                        ),
-                    )
-                        .into_response(),
-                ),
-            }
+            Ok(seq)
         }
-        Ok(Err(Refused::Unknown(_))) => {
-            error(StatusCode::NOT_FOUND, format!("alert {id} is not known"))
-        }
-        Ok(Err(why)) => error(StatusCode::CONFLICT, why.to_string()),
+        Ok(Err(Refused::Unknown(_))) => Err((
+            StatusCode::NOT_FOUND,
+            format!("alert {} is not known", a.id),
+        )),
+        Ok(Err(why)) => Err((StatusCode::CONFLICT, why.to_string())),
         Err(e) => {
             tracing::error!(error = %e, alert = a.id, "an answer to an alert could not be stored");
-            error(
+            Err((
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the store failed; nothing changed, retry",
-            )
+                "the store failed; nothing changed, retry".to_owned(),
+            ))
         }
     }
 }

@@ -291,7 +291,7 @@ pub(crate) fn alert_json(a: &AlertRecord, event: &str) -> Value {
 }
 
 /// A rule's title: a reading rule's, or a reporting interval's ("no data").
-fn title_of(rule: &str) -> Option<&'static str> {
+pub(crate) fn title_of(rule: &str) -> Option<&'static str> {
     Rule::by_id(rule)
         .map(|r| r.title)
         .or_else(|| osler_rules::Staleness::by_id(rule).map(|s| s.title))

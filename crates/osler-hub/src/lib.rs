@@ -18,6 +18,7 @@ pub(crate) mod auth_api;
 mod body;
 mod bundle_api;
 mod cors;
+mod dashboard;
 mod escalation;
 mod everything;
 mod fhir_api;
@@ -47,6 +48,7 @@ use osler_store::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
 pub use alert_lifecycle::{SnoozeCaps, parse_answer};
+pub use dashboard::answer_form;
 pub use escalation::parse_policy;
 pub use metrics::Metrics;
 pub use webhooks::WebhookRetries;
@@ -296,6 +298,7 @@ pub(crate) fn routes() -> access::Routes {
         .merge(staleness::routes())
         .merge(auth_api::routes())
         .merge(audit_api::routes())
+        .merge(dashboard::routes())
         .get(
             "/metrics",
             Policy::Everyone(OPERATIONS, Interaction::Read),

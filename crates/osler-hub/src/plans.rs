@@ -240,19 +240,20 @@ async fn history(
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Change {
+pub(crate) struct Change {
     /// `null` goes back to the rule's default.
     #[serde(default)]
-    threshold: Option<f64>,
+    pub(crate) threshold: Option<f64>,
     /// `false`: the rule does not apply to this patient (it never fires for them; an open alert
     /// of it resolves at their next reading). `true` (the default) puts it back.
     #[serde(default)]
-    applies: Option<bool>,
-    reason: String,
-    author: String,
+    pub(crate) applies: Option<bool>,
+    pub(crate) reason: String,
+    pub(crate) author: String,
 }
 
-async fn set(
+/// `PUT /plans/{patient}/{rule}`; the dashboard's threshold form comes here too.
+pub(crate) async fn set(
     State(state): St,
     axum::Extension(caller): Cx,
     axum::Extension(audit): Ax,

@@ -215,10 +215,17 @@ pub fn audit_log(dir: &Path) -> Result<Vec<crate::AuditRow>, StoreError> {
 
 /// Every enrolled gateway.
 pub fn list(dir: &Path) -> Result<Vec<GatewayRecord>, StoreError> {
-    let conn = open(dir)?;
-    let mut stmt =
-        conn.prepare("SELECT id, public_key, enrolled_ms, revoked_ms FROM gateway ORDER BY id")?;
-    let rows = stmt.query_map([], record)?;
+    Ok(gateways(&open(dir)?)?.into_iter().map(|(g, _)| g).collect())
+}
+
+/// Every enrolled gateway and when its last batch arrived.
+pub(crate) fn gateways(c: &Connection) -> Result<Vec<(GatewayRecord, Option<i64>)>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, public_key, enrolled_ms, revoked_ms,
+                (SELECT MAX(received_ms) FROM batch b WHERE b.gateway = g.id)
+         FROM gateway g ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((record(r)?, r.get(4)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

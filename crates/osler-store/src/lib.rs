@@ -39,6 +39,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod care;
 pub mod escalation;
 mod held;
 pub mod lifecycle;
@@ -1092,6 +1093,106 @@ impl Store {
             }
             Ok(out)
         })
+    }
+
+    /// How many days in `[from_day, to_day)` (local days, [`care::local_day`]) each patient
+    /// gave data; only those with any.
+    pub fn data_days(
+        &self,
+        only: care::Patients<'_>,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<(String, u32)>, StoreError> {
+        self.read(|c| care::data_days(c, only, from_day, to_day))
+    }
+
+    /// The local days in `[from_day, to_day)` one patient gave data, in order.
+    pub fn days_of(
+        &self,
+        patient: &str,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.read(|c| care::days_of(c, patient, from_day, to_day))
+    }
+
+    /// Adds a note or call to a patient's care timeline, with its audit entry: its id.
+    pub async fn add_note(&self, note: care::CareNote, audit: String) -> Result<i64, StoreError> {
+        self.transact(move |c| Ok((care::add_note(c, &note)?, vec![audit])))
+            .await
+    }
+
+    /// A patient's notes and calls in `[from_ms, to_ms)`, newest first.
+    pub fn notes(
+        &self,
+        patient: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<care::CareNote>, StoreError> {
+        self.read(|c| care::notes(c, patient, from_ms, to_ms))
+    }
+
+    /// Minutes of care and calls logged per patient in `[from_ms, to_ms)`:
+    /// (patient, minutes, calls).
+    pub fn care_minutes(
+        &self,
+        only: care::Patients<'_>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, u32, u32)>, StoreError> {
+        self.read(|c| care::minutes(c, only, from_ms, to_ms))
+    }
+
+    /// The newest reading of every series of these patients.
+    pub fn latest_readings(
+        &self,
+        only: care::Patients<'_>,
+    ) -> Result<Vec<care::Latest>, StoreError> {
+        self.read(|c| care::latest(c, only))
+    }
+
+    /// The readings of these series (one measurement, perhaps from several devices) in
+    /// `[from_ms, to_ms)`, in buckets of `width_ms`.
+    pub fn buckets(
+        &self,
+        series: &[i64],
+        from_ms: i64,
+        to_ms: i64,
+        width_ms: i64,
+    ) -> Result<Vec<care::Bucket>, StoreError> {
+        self.read(|c| care::buckets(c, series, from_ms, to_ms, width_ms))
+    }
+
+    /// Sparkline points of several series at once, each as [`care::samples`]: one reading
+    /// connection for the lot.
+    pub fn samples(
+        &self,
+        series: &[i64],
+        from_ms: i64,
+        to_ms: i64,
+        n: u32,
+    ) -> Result<Vec<Vec<(i64, f64)>>, StoreError> {
+        self.read(|c| {
+            series
+                .iter()
+                .map(|s| care::samples(c, *s, from_ms, to_ms, n))
+                .collect()
+        })
+    }
+
+    /// Every patient the hub knows, sorted.
+    pub fn patients(&self) -> Result<Vec<String>, StoreError> {
+        self.read(care::patients)
+    }
+
+    /// Every enrolled gateway and when its last batch arrived.
+    pub fn gateways(&self) -> Result<Vec<(admin::GatewayRecord, Option<i64>)>, StoreError> {
+        self.read(admin::gateways)
+    }
+
+    /// Every person's account.
+    pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.read(security::accounts)
     }
 
     /// An alert's timeline, oldest first.

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::StoreError;
 
 /// Bumped whenever the on-disk format changes; a newer file is refused rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 /// What each older schema needs to become the current one, after the CREATE statements
 /// below have made any table it lacks. Version 2 added the registry (resources, their versions
@@ -22,6 +22,9 @@ pub(crate) const SCHEMA_VERSION: i64 = 4;
 /// snoozes, escalation policies and timers, webhook endpoints and their delivery queue): new
 /// tables only; alerts raised before have an empty timeline and no recipients
 /// (anyone who may see one can still answer it).
+///
+/// Version 5 added the days each patient gave data and the notes and calls of their care: new
+/// tables, the days filled from the readings and summaries already stored.
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -33,6 +36,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (2, "ALTER TABLE reading ADD COLUMN b INTEGER;"),
     (3, ""),
+    (4, crate::care::BACKFILL),
 ];
 
 const CREATE: &str = "
@@ -245,7 +249,8 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
     )?;
     conn.busy_handler(Some(wait_a_little))?;
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;{CREATE}{}{}{}",
+        "BEGIN IMMEDIATE;{CREATE}{}{}{}{}",
+        crate::care::CREATE,
         crate::registry::CREATE,
         crate::held::CREATE,
         crate::security::CREATE

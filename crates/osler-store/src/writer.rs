@@ -5,7 +5,7 @@
 //! are all taken by the next round, so the fsync rate stays bounded by the disk and the
 //! per-reading cost falls as load rises, with no added wait at low load.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -46,6 +46,9 @@ pub(crate) struct Writer {
     series: HashMap<SeriesKey, i64>,
     /// The gateway batch being applied, named on the readings it stores.
     batch: Option<i64>,
+    /// The (series, local day) pairs already in `data_day`, so that a reading costs a hash
+    /// lookup rather than a write there; forgotten whenever a transaction is undone.
+    days: HashSet<(i64, i64)>,
 }
 
 impl Writer {
@@ -73,6 +76,7 @@ impl Writer {
             audit_key,
             series,
             batch: None,
+            days: HashSet::new(),
         })
     }
 
@@ -111,6 +115,7 @@ impl Writer {
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.days.clear();
                 for key in new_series {
                     self.series.remove(&key);
                 }
@@ -158,6 +163,7 @@ impl Writer {
                 || resources.iter().any(|o| o.stored().is_none());
             if job.atomic && failed {
                 self.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                self.days.clear();
                 for key in new_series.drain(mark..) {
                     self.series.remove(&key);
                 }
@@ -460,6 +466,12 @@ impl Writer {
                 WriteOutcome::Conflict { existing: stored }
             });
         }
+        self.note_day(
+            series,
+            r.patient.as_str(),
+            r.taken.utc_ms,
+            r.taken.offset_min,
+        )?;
         if let Some(i) = &r.identifier {
             self.conn
                 .prepare_cached("INSERT INTO ident(h, series, t) VALUES (?1, ?2, ?3)")?
@@ -597,6 +609,32 @@ impl Writer {
                 s.start.offset_min,
                 st.spikes
             ])?;
+        self.note_day(
+            series,
+            s.patient.as_str(),
+            s.start.utc_ms,
+            s.start.offset_min,
+        )?;
+        Ok(())
+    }
+
+    /// Counts the local day of a stored reading or summary as a data day of its patient.
+    fn note_day(
+        &mut self,
+        series: i64,
+        patient: &str,
+        utc_ms: i64,
+        offset_min: i16,
+    ) -> Result<(), StoreError> {
+        let day = crate::care::local_day(utc_ms, offset_min);
+        // Bounded: a year of 500 patients' series would be some 700,000 pairs; forgetting
+        // them costs one idempotent insert each the next time.
+        if self.days.len() > 100_000 {
+            self.days.clear();
+        }
+        if self.days.insert((series, day)) {
+            crate::care::note_day(&self.conn, patient, day)?;
+        }
         Ok(())
     }
 

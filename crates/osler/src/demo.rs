@@ -91,6 +91,53 @@ fn watch(stream_url: String) {
     }
 }
 
+/// The demo's clinician: a Practitioner on the care team of every simulated patient (each
+/// registered with a made-up name), an account for them, and a one-time link that signs them
+/// in to the dashboard without a password (demo data only; see `create_sign_in_link`).
+fn demo_clinician(hub_dir: &Path, root: &str, patients: usize) -> anyhow::Result<String> {
+    const GIVEN: [&str; 10] = [
+        "Ada", "Bo", "Chen", "Dara", "Eli", "Femi", "Gia", "Hana", "Ivo", "Jun",
+    ];
+    let agent = osler_bench::process::agent(Duration::from_secs(30));
+    let put = |path: String, body: serde_json::Value| -> anyhow::Result<()> {
+        osler_bench::process::request_on(&agent, "PUT", &format!("{root}/fhir/{path}"))
+            .set("Content-Type", "application/fhir+json")
+            .send_string(&body.to_string())
+            .with_context(|| format!("cannot register {path} for the demo"))?;
+        Ok(())
+    };
+    let who = "demo-clinician";
+    put(
+        format!("Practitioner/{who}"),
+        serde_json::json!({"resourceType": "Practitioner", "id": who, "active": true,
+            "name": [{"text": "Demo Clinician"}]}),
+    )?;
+    for i in 0..patients {
+        let id = format!("sim-p{i}");
+        put(
+            format!("Patient/{id}"),
+            serde_json::json!({"resourceType": "Patient", "id": id, "active": true,
+                "name": [{"text": format!("{} Demo-{i}", GIVEN[i % GIVEN.len()])}]}),
+        )?;
+        put(
+            format!("CareTeam/demo-team-{id}"),
+            serde_json::json!({"resourceType": "CareTeam", "id": format!("demo-team-{id}"),
+                "status": "active", "subject": {"reference": format!("Patient/{id}")},
+                "participant": [{"member": {"reference": format!("Practitioner/{who}")}}]}),
+        )?;
+    }
+    // An account that is never enrolled: the link is its only way in.
+    if let Err(e) = osler_hub::admin::add_user(hub_dir, who, "clinician", Some(who), None) {
+        // Kept from an earlier run with the same --data: a new link signs it in again.
+        if !e.to_string().contains("exists already") {
+            return Err(e).context("cannot add the demo clinician");
+        }
+    }
+    let code = osler_hub::admin::create_sign_in_link(hub_dir, who, 8 * 3_600_000)
+        .context("cannot make the demo's sign-in link")?;
+    Ok(format!("{root}/ui/link?code={code}"))
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let osler = std::env::current_exe().context("cannot find the osler binary")?;
     let (data, temporary) = match &args.data {
@@ -136,6 +183,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         Duration::from_secs(30),
         &gw_log,
     )?;
+    let link = demo_clinician(&hub_dir, &root, args.patients)?;
     println!(
         "Osler demo: {} patients; the last 2 hours replayed at {}x, then live.",
         args.patients, args.speed
@@ -147,6 +195,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  Alert stream:   {root}/alerts/stream");
     println!("  Alerts:         {root}/alerts");
     println!("  Gateway status: {}/status", gw.base);
+    println!("  Dashboard:      {root}/ui/worklist");
+    println!(
+        "  Sign in:        {link}  (once; the demo clinician, demo data only; the browser warns \
+         about the demo's own certificate authority: trust {} or proceed)",
+        ca.display()
+    );
     println!(
         "  Data:           {}{}",
         data.display(),

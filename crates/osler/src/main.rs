@@ -406,6 +406,8 @@ enum Bench {
     Alerts(osler_bench::alerts::AlertBenchArgs),
     /// Alert burden: alerts per patient-day on a simulated cohort replayed through a gateway.
     Burden(osler_bench::burden::BurdenBenchArgs),
+    /// The dashboard's heaviest pages: a 500-patient worklist and 90 days of minute heart rate.
+    Dashboard(osler_bench::dashboard::DashboardBenchArgs),
     /// The whole pipeline, sim -> gateway -> hub: throughput, gateway footprint, catch-up.
     Pipeline(osler_bench::pipeline::PipelineBenchArgs),
     /// The edge's upload saving (vs per-reading JSON and compressed raw batches), per metric;
@@ -527,6 +529,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Pipeline(args) => osler_bench::pipeline::run(args),
             Bench::Alerts(args) => osler_bench::alerts::run(args),
             Bench::Burden(args) => osler_bench::burden::run(args),
+            Bench::Dashboard(args) => osler_bench::dashboard::run(args),
             Bench::Edge(args) => osler_bench::edge::run(args),
             Bench::Mqtt(args) => osler_bench::mqtt::run(args),
             Bench::Soak(args) => osler_bench::soak::run(args),

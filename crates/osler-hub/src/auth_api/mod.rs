@@ -60,7 +60,7 @@ async fn smart_configuration(State(state): State<Arc<AppState>>, headers: Header
 
 /// RFC 7009: `token=…` form-encoded; the answer is 200 whether or not the token was known
 /// (§2.2), so that revocation reveals nothing.
-async fn revoke(
+pub(crate) async fn revoke(
     State(state): State<Arc<AppState>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
@@ -269,3 +269,4 @@ async fn token(
 }
 
 pub use people::{code_hash, code_text};
+pub(crate) use people::{login, refresh, second_factor, sign_in_link};

@@ -249,7 +249,7 @@ struct LoginBody {
 
 /// `POST /auth/login {name, password}`. An unknown name and a wrong password get the same
 /// answer after the same work (a decoy hash is checked).
-pub(super) async fn login(
+pub(crate) async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
@@ -343,7 +343,7 @@ struct SecondBody {
 
 /// `POST /auth/second-factor {mfa_token, code}` (or `recovery_code`): the TOTP code of the
 /// current step, or one step either side, never a step used before; or a recovery code, once.
-pub(super) async fn second_factor(
+pub(crate) async fn second_factor(
     State(state): State<Arc<AppState>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
@@ -465,7 +465,7 @@ pub(super) async fn second_factor(
     issue_pair(&state, &account, None, peer, "login").await
 }
 
-pub(super) async fn refresh(
+pub(crate) async fn refresh(
     state: &AppState,
     peer: std::net::SocketAddr,
     token: Option<String>,
@@ -530,5 +530,35 @@ pub(super) async fn refresh(
             "temporarily_unavailable",
             "the store failed",
         ),
+    }
+}
+
+/// A one-time sign-in link (`GET /ui/link?code=…`), minted on the hub's own machine with its
+/// data directory (`osler demo` prints one for its demo clinician): spent once, it gives the
+/// account a login as the second factor would. Only a `link` token is taken (a leaked access
+/// or refresh token is not spent here).
+pub(crate) async fn sign_in_link(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    code: &str,
+) -> Response {
+    let refused = || {
+        oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_grant",
+            "this sign-in link is unknown, used or expired",
+        )
+    };
+    let hash = osler_auth::token::hash(code);
+    if !matches!(state.store.token(&hash), Ok(Some(t)) if t.kind == "link") {
+        return refused();
+    }
+    let spent = state.store.spend(hash, now_ms(), |_| Vec::new()).await;
+    let Ok(osler_store::Spent::Fresh(t)) = spent else {
+        return refused();
+    };
+    match state.store.account(&t.subject) {
+        Ok(Some(a)) => issue_pair(state, &a, None, peer, "login-link").await,
+        _ => refused(),
     }
 }

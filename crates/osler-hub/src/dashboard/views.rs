@@ -1,0 +1,567 @@
+//! What each page shows, gathered from the store narrowed to the viewer's compartment
+//! (`Caller::compartment`) before any query runs. Each page reads on a blocking thread: a
+//! worklist is a few thousand point reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use osler_auth::{Caller, Compartment};
+use osler_core::Metric;
+use osler_registry::{Kind, ResourceQuery};
+use osler_rules::{RULES, STALENESS};
+use osler_store::StoreError;
+use osler_store::alerts::{AlertFilter, AlertRecord};
+use osler_store::care::Latest;
+use osler_web::alerts::AlertView;
+use osler_web::patient::{DeviceView, PatientView, PlanRule, Range};
+use osler_web::worklist::{Row, Vital};
+
+use super::{render, viewer};
+use crate::access::{Cx, sees};
+use crate::{AppState, now_ms};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The viewer's patients, sorted.
+fn patients_in(state: &AppState, caller: &Caller) -> Result<Vec<String>, StoreError> {
+    match &caller.compartment {
+        Compartment::All => state.store.patients(),
+        Compartment::Patients(p) => Ok(p.clone()),
+    }
+}
+
+fn only(caller: &Caller) -> Option<&[String]> {
+    match &caller.compartment {
+        Compartment::All => None,
+        Compartment::Patients(p) => Some(p.as_slice()),
+    }
+}
+
+/// This month (the hub's UTC calendar): its first local day, its first instant, and today's
+/// day of the month.
+pub(super) fn month(now: i64) -> (i64, i64, u32) {
+    let today = now.div_euclid(DAY_MS);
+    let (y, m, d) = osler_core::time::civil_from_days(today);
+    let first = osler_core::time::days_from_civil(y, m, 1);
+    (first, first * DAY_MS, d)
+}
+
+/// A person's name as the registry's Patient gives it (`name[0].text`, or given and family).
+fn name_of(state: &AppState, patient: &str) -> Option<String> {
+    let r = state.store.resource(Kind::Patient, patient).ok()??;
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    let n = v.get("name")?.get(0)?;
+    if let Some(t) = n.get("text").and_then(|t| t.as_str()) {
+        return Some(t.to_owned());
+    }
+    let given: Vec<&str> = n
+        .get("given")
+        .and_then(|g| g.as_array())
+        .map(|g| g.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    let family = n.get("family").and_then(|f| f.as_str());
+    let whole: Vec<&str> = given.into_iter().chain(family).collect();
+    (!whole.is_empty()).then(|| whole.join(" "))
+}
+
+/// The expected reporting interval of a measurement for a patient (minutes), if it has one.
+fn expected_min(state: &AppState, patient: &str, metric: Metric) -> Option<f64> {
+    let s = STALENESS.iter().find(|s| s.metric == metric)?;
+    Some(
+        state
+            .alerts
+            .override_of(patient, s.id)
+            .unwrap_or(s.after_min),
+    )
+}
+
+fn is_stale(state: &AppState, patient: &str, metric: Metric, t_ms: i64, now: i64) -> bool {
+    expected_min(state, patient, metric).is_some_and(|m| (now - t_ms) as f64 > m * 60_000.0)
+}
+
+/// An alert with what the viewer needs to answer it.
+fn alert_view(
+    state: &AppState,
+    a: AlertRecord,
+    with_events: bool,
+) -> Result<AlertView, StoreError> {
+    let muted = (a.state == "raised")
+        .then(|| state.silences.muting(&a))
+        .flatten()
+        .map(|(by, since)| {
+            format!(
+                "no data since {} (alert {by}): the device may be offline",
+                osler_web::clock(since)
+            )
+        });
+    Ok(AlertView {
+        title: crate::alerts::title_of(&a.rule)
+            .unwrap_or(a.rule.as_str())
+            .to_owned(),
+        responses: state.store.alert_responses(a.id)?,
+        snoozes: state.store.alert_snoozes(a.id)?,
+        muted,
+        cap_min: state.snooze_caps.minutes(&a.severity),
+        events: if with_events {
+            state.store.alert_timeline(a.id)?
+        } else {
+            Vec::new()
+        },
+        alert: a,
+    })
+}
+
+fn filter(
+    caller: &Caller,
+    patient: Option<&str>,
+    state: Option<&str>,
+    limit: usize,
+) -> AlertFilter {
+    AlertFilter {
+        patient: patient.map(str::to_owned),
+        state: state.map(str::to_owned),
+        severity: None,
+        limit,
+        before_id: None,
+        within: crate::access::within(caller),
+    }
+}
+
+/// The newest reading per (patient, measurement) across devices.
+fn newest(latest: Vec<Latest>) -> BTreeMap<String, BTreeMap<u8, Latest>> {
+    let mut by: BTreeMap<String, BTreeMap<u8, Latest>> = BTreeMap::new();
+    for l in latest {
+        let slot = by.entry(l.patient.clone()).or_default();
+        match slot.get(&(l.metric as u8)) {
+            Some(old) if old.t_ms >= l.t_ms => {}
+            _ => {
+                slot.insert(l.metric as u8, l);
+            }
+        }
+    }
+    by
+}
+
+/// Every row of the viewer's worklist, in order, and today's day of the month.
+pub(crate) fn worklist_rows(
+    state: &AppState,
+    caller: &Caller,
+    now: i64,
+) -> Result<(Vec<Row>, u32), StoreError> {
+    let patients = patients_in(state, caller)?;
+    let (first_day, first_ms, today) = month(now);
+    let latest = newest(state.store.latest_readings(only(caller))?);
+    let days: HashMap<String, u32> = state
+        .store
+        .data_days(only(caller), first_day, first_day + 31)?
+        .into_iter()
+        .collect();
+    let minutes: HashMap<String, (u32, u32)> = state
+        .store
+        .care_minutes(only(caller), first_ms, now + 1)?
+        .into_iter()
+        .map(|(p, m, c)| (p, (m, c)))
+        .collect();
+    let mut open: HashMap<String, Vec<AlertView>> = HashMap::new();
+    for a in state
+        .store
+        .alerts(&filter(caller, None, Some("raised"), 100_000))?
+    {
+        let p = a.patient.clone();
+        open.entry(p)
+            .or_default()
+            .push(alert_view(state, a, false)?);
+    }
+    // Sparklines: the series that gave each measurement's newest reading, 24 points a day.
+    let mut series = Vec::new();
+    for per in latest.values() {
+        series.extend(per.values().map(|l| l.series));
+    }
+    let sparks: HashMap<i64, Vec<(i64, f64)>> = series
+        .iter()
+        .copied()
+        .zip(state.store.samples(&series, now - DAY_MS, now, 24)?)
+        .collect();
+    let mut rows = Vec::with_capacity(patients.len());
+    for p in patients {
+        let vitals = latest
+            .get(&p)
+            .map(|per| {
+                per.values()
+                    .map(|l| Vital {
+                        metric: l.metric,
+                        v: l.v,
+                        v2: l.v2,
+                        t_ms: l.t_ms,
+                        stale: is_stale(state, &p, l.metric, l.t_ms, now),
+                        spark: sparks.get(&l.series).cloned().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (m, calls) = minutes.get(&p).copied().unwrap_or((0, 0));
+        rows.push(Row {
+            name: name_of(state, &p),
+            alerts: open.remove(&p).unwrap_or_default(),
+            vitals,
+            data_days: days.get(&p).copied().unwrap_or(0),
+            minutes: m,
+            calls,
+            patient: p,
+        });
+    }
+    osler_web::worklist::order(&mut rows);
+    Ok((rows, today))
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The hub cannot read its store right now; reload in a moment.",
+    )
+        .into_response()
+}
+
+/// Runs a page's reads on a blocking thread.
+async fn gather<T: Send + 'static>(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    f: impl FnOnce(&AppState, &Caller) -> Result<T, StoreError> + Send + 'static,
+) -> Option<T> {
+    let (s, c) = (state.clone(), caller.clone());
+    match tokio::task::spawn_blocking(move || f(&s, &c)).await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "a dashboard page could not read the store");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+pub(super) async fn worklist(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
+    headers: HeaderMap,
+) -> Response {
+    let now = now_ms();
+    let Some((rows, today)) = gather(&state, &caller, move |s, c| worklist_rows(s, c, now)).await
+    else {
+        return unavailable();
+    };
+    let page = osler_web::worklist::page(&rows, &caller.subject, now, today);
+    render(&page, Some(&viewer(&caller)), &headers)
+}
+
+/// How far back the inbox shows resolved alerts.
+const INBOX_HOURS: u32 = 24;
+
+pub(super) async fn inbox(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
+    headers: HeaderMap,
+) -> Response {
+    let now = now_ms();
+    let groups = gather(&state, &caller, move |s, c| {
+        let since = now - i64::from(INBOX_HOURS) * 3_600_000;
+        let mut by: BTreeMap<String, Vec<AlertView>> = BTreeMap::new();
+        for a in s.store.alerts(&filter(c, None, None, 2_000))? {
+            let recent = a.state == "raised" || a.resolved_at_ms.is_some_and(|t| t >= since);
+            if recent {
+                let p = a.patient.clone();
+                by.entry(p).or_default().push(alert_view(s, a, true)?);
+            }
+        }
+        let mut groups: Vec<osler_web::inbox::Group> = by
+            .into_iter()
+            .map(|(patient, mut alerts)| {
+                alerts.sort_by_key(|a| (a.alert.state != "raised", -a.alert.id));
+                osler_web::inbox::Group {
+                    name: name_of(s, &patient),
+                    patient,
+                    alerts,
+                }
+            })
+            .collect();
+        // Patients with an open alert first, the worst of them first.
+        groups.sort_by_key(|g| {
+            std::cmp::Reverse(
+                g.alerts
+                    .iter()
+                    .filter(|a| a.alert.state == "raised" && a.accepted_by().is_none())
+                    .map(|a| osler_web::alerts::rank(&a.alert.severity))
+                    .max()
+                    .unwrap_or(0),
+            )
+        });
+        Ok(groups)
+    })
+    .await;
+    let Some(groups) = groups else {
+        return unavailable();
+    };
+    let page = osler_web::inbox::page(&groups, &caller.subject, now, INBOX_HOURS);
+    render(&page, Some(&viewer(&caller)), &headers)
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct PatientQuery {
+    range: Option<String>,
+    saved: Option<String>,
+}
+
+/// A threshold line and the measurement whose chart it crosses.
+type MetricLimit = (Metric, osler_web::charts::Limit);
+
+/// The monitoring plan's thresholds for a patient, and the lines they draw on a chart.
+fn plan_of(
+    state: &AppState,
+    patient: &str,
+) -> Result<(Vec<PlanRule>, Vec<MetricLimit>), StoreError> {
+    let changes = state.store.plan_changes(patient, None)?;
+    let mut rules = Vec::new();
+    let mut limits = Vec::new();
+    for r in RULES {
+        let last = changes.iter().rev().find(|c| c.rule == r.id);
+        let value = last.and_then(|c| c.value);
+        let threshold = match value {
+            Some(v) if r.is_off(v) => None,
+            Some(v) => Some(v),
+            None => Some(r.threshold),
+        };
+        // A level threshold is a line on the chart; a rise within days is not.
+        if let (Some(t), false) = (
+            threshold,
+            matches!(r.condition, osler_rules::Condition::RiseWithin(_)),
+        ) {
+            limits.push((
+                r.metric,
+                osler_web::charts::Limit {
+                    label: r.title.to_owned(),
+                    value: t,
+                },
+            ));
+        }
+        rules.push(PlanRule {
+            id: r.id.to_owned(),
+            title: r.title.to_owned(),
+            threshold,
+            default: r.threshold,
+            bounds: r.bounds,
+            set: last.map(|c| (c.author.clone(), c.at_ms, c.reason.clone())),
+        });
+    }
+    Ok((rules, limits))
+}
+
+fn patient_view(
+    state: &AppState,
+    caller: &Caller,
+    patient: &str,
+    range: Range,
+    now: i64,
+) -> Result<PatientView, StoreError> {
+    let (first_day, first_ms, today) = month(now);
+    let one = [patient.to_owned()];
+    let series = state.store.latest_readings(Some(&one))?;
+    let (plan, limits) = plan_of(state, patient)?;
+    let mut by_metric: BTreeMap<u8, Vec<&Latest>> = BTreeMap::new();
+    for l in &series {
+        by_metric.entry(l.metric as u8).or_default().push(l);
+    }
+    let from = now - range.ms();
+    let mut charts = Vec::new();
+    for ls in by_metric.values() {
+        let metric = ls[0].metric;
+        let ids: Vec<i64> = ls.iter().map(|l| l.series).collect();
+        charts.push(osler_web::patient::ChartView {
+            metric,
+            buckets: state
+                .store
+                .buckets(&ids, from, now + 1, range.bucket_ms())?,
+            limits: limits
+                .iter()
+                .filter(|(m, _)| *m == metric)
+                .map(|(_, l)| l.clone())
+                .collect(),
+        });
+    }
+    let devices = series
+        .iter()
+        .map(|l| DeviceView {
+            device: l.device.clone(),
+            metric: l.metric,
+            last_ms: l.t_ms,
+            stale: is_stale(state, patient, l.metric, l.t_ms, now),
+            expected_min: expected_min(state, patient, l.metric).unwrap_or(0.0),
+        })
+        .collect();
+    let mut alerts = Vec::new();
+    for a in state
+        .store
+        .alerts(&filter(caller, Some(patient), None, 200))?
+    {
+        let recent = a.state == "raised" || a.resolved_at_ms.is_some_and(|t| t >= from);
+        if recent {
+            alerts.push(alert_view(state, a, false)?);
+        }
+    }
+    let data_days = state
+        .store
+        .days_of(patient, first_day, first_day + 31)?
+        .len() as u32;
+    let (minutes, calls) = state
+        .store
+        .care_minutes(Some(&one), first_ms, now + 1)?
+        .first()
+        .map_or((0, 0), |(_, m, c)| (*m, *c));
+    let account = state.store.account(&caller.subject)?;
+    Ok(PatientView {
+        patient: patient.to_owned(),
+        name: name_of(state, patient),
+        range,
+        charts,
+        plan,
+        may_edit_plan: account.is_some_and(|a| a.practitioner.is_some())
+            && caller
+                .may("CarePlan", osler_auth::Interaction::Update)
+                .is_ok(),
+        devices,
+        alerts,
+        notes: state.store.notes(patient, now - 90 * DAY_MS, now + 1)?,
+        data_days,
+        day_of_month: today,
+        minutes,
+        calls,
+        flash: None,
+    })
+}
+
+pub(super) async fn patient(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
+    Path(id): Path<String>,
+    Query(q): Query<PatientQuery>,
+    headers: HeaderMap,
+) -> Response {
+    // Outside the compartment a patient does not exist for the viewer.
+    let known = matches!(state.store.patient_exists(&id), Ok(true))
+        || matches!(state.store.resource(Kind::Patient, &id), Ok(Some(_)));
+    if !sees(&caller, &id) || !known {
+        let page = osler_web::Page {
+            title: "No such patient".into(),
+            nav: osler_web::Nav::Patient,
+            live: false,
+            main: maud::html! { h1 { "No such patient" } p { "Patient " (id) " is not one of yours, or does not exist." } },
+        };
+        let mut r = render(&page, Some(&viewer(&caller)), &headers);
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    }
+    let range = q
+        .range
+        .as_deref()
+        .and_then(Range::parse)
+        .unwrap_or(Range::Day);
+    let now = now_ms();
+    let p = id.clone();
+    let Some(mut view) = gather(&state, &caller, move |s, c| {
+        patient_view(s, c, &p, range, now)
+    })
+    .await
+    else {
+        return unavailable();
+    };
+    view.flash = q.saved.map(|s| s.chars().take(300).collect());
+    let page = osler_web::patient::page(&view, &caller.subject, now);
+    render(&page, Some(&viewer(&caller)), &headers)
+}
+
+pub(super) async fn devices(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
+    headers: HeaderMap,
+) -> Response {
+    let now = now_ms();
+    let admin = viewer(&caller).admin;
+    let found = gather(&state, &caller, move |s, c| {
+        let mut by: BTreeMap<String, Vec<DeviceView>> = BTreeMap::new();
+        for l in s.store.latest_readings(only(c))? {
+            let stale = is_stale(s, &l.patient, l.metric, l.t_ms, now);
+            by.entry(l.patient.clone()).or_default().push(DeviceView {
+                expected_min: expected_min(s, &l.patient, l.metric).unwrap_or(0.0),
+                device: l.device,
+                metric: l.metric,
+                last_ms: l.t_ms,
+                stale,
+            });
+        }
+        let gateways = if admin {
+            Some(
+                s.store
+                    .gateways()?
+                    .into_iter()
+                    .map(|(g, last)| osler_web::devices::GatewayView {
+                        id: g.id,
+                        enrolled_ms: g.enrolled_ms,
+                        revoked_ms: g.revoked_ms,
+                        last_batch_ms: last,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            None
+        };
+        Ok((by.into_iter().collect::<Vec<_>>(), gateways))
+    })
+    .await;
+    let Some((patients, gateways)) = found else {
+        return unavailable();
+    };
+    let page = osler_web::devices::page(&patients, gateways.as_deref(), now);
+    render(&page, Some(&viewer(&caller)), &headers)
+}
+
+pub(super) async fn admin(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): Cx,
+    headers: HeaderMap,
+) -> Response {
+    let found = gather(&state, &caller, |s, _| {
+        let accounts = s.store.accounts()?;
+        let (teams, _) = s
+            .store
+            .search_resources(&ResourceQuery::all(Kind::CareTeam, 1_000), false)?;
+        let mut views = Vec::new();
+        for t in teams {
+            let v: serde_json::Value = serde_json::from_str(&t.body).unwrap_or_default();
+            let refs = |arr: &str, inner: &str| -> Vec<String> {
+                v[arr]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p[inner]["reference"].as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            views.push(osler_web::admin::TeamView {
+                name: v["name"].as_str().map(str::to_owned),
+                members: refs("participant", "member"),
+                patients: usize::from(v["subject"]["reference"].is_string()),
+                policy: s.store.escalation_policy(&t.id)?,
+                id: t.id,
+            });
+        }
+        Ok((accounts, views, s.store.webhooks()?))
+    })
+    .await;
+    let Some((accounts, teams, hooks)) = found else {
+        return unavailable();
+    };
+    let page = osler_web::admin::page(&accounts, &teams, &hooks);
+    render(&page, Some(&viewer(&caller)), &headers)
+}
