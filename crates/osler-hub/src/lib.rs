@@ -136,6 +136,8 @@ pub(crate) struct AppState {
     pub retries: WebhookRetries,
     /// `https`, or `http` under `insecure_http`: the scheme of the links the hub writes.
     pub scheme: &'static str,
+    /// The worklist's sparklines of finished hours.
+    pub sparks: dashboard::SparkCache,
     /// Turns true when the hub begins to shut down, so that long-lived responses (the alert
     /// stream) end and the graceful shutdown can finish.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -216,6 +218,7 @@ impl Hub {
             audit_closing: std::sync::atomic::AtomicBool::new(false),
             scheme: if tls.is_some() { "https" } else { "http" },
             shutdown: tokio::sync::watch::Sender::new(false),
+            sparks: dashboard::SparkCache::default(),
         });
         Ok(Hub {
             listener,

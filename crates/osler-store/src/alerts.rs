@@ -278,6 +278,24 @@ pub(crate) fn list(conn: &Connection, f: &AlertFilter) -> Result<Vec<AlertRecord
     Ok(all)
 }
 
+/// The open alerts of these patients, each patient's by the open-alert index.
+pub(crate) fn open_of(
+    conn: &Connection,
+    only: crate::care::Patients<'_>,
+) -> Result<Vec<AlertRecord>, StoreError> {
+    crate::care::per_patient(
+        conn,
+        only,
+        &format!("SELECT {COLUMNS} FROM alert WHERE state = 'raised'"),
+        &format!(
+            "SELECT {COLUMNS} FROM alert WHERE patient {} AND state = 'raised'",
+            crate::care::IN_PATIENTS
+        ),
+        &[],
+        record,
+    )
+}
+
 fn list_one(conn: &Connection, f: &AlertFilter) -> Result<Vec<AlertRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM alert

@@ -63,13 +63,17 @@ pub(crate) fn note_day(c: &Connection, patient: &str, day: i64) -> Result<(), St
 /// The patients a query covers: every one, or these (narrowed before the query runs).
 pub type Patients<'a> = Option<&'a [String]>;
 
-/// Runs `each` with `patient = ?1` for every patient of `only`, or once with `all` when the
-/// caller may see everyone.
-fn per_patient<T>(
+/// Where a query narrowed to `only` names its patients: `?1`, bound to them as a JSON array.
+pub(crate) const IN_PATIENTS: &str = "IN (SELECT value FROM json_each(?1))";
+
+/// Runs `narrowed` (its patient column `IN_PATIENTS`, the other parameters from `?2`) for the
+/// patients of `only`, or `all` (its parameters from `?1`) when the caller may see everyone:
+/// one statement either way, narrowed before it runs.
+pub(crate) fn per_patient<T>(
     c: &Connection,
     only: Patients<'_>,
     all: &str,
-    each: &str,
+    narrowed: &str,
     tail: &[&dyn rusqlite::ToSql],
     row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> Result<Vec<T>, StoreError> {
@@ -82,17 +86,38 @@ fn per_patient<T>(
             }
         }
         Some(patients) => {
-            let mut stmt = c.prepare_cached(each)?;
-            for p in patients {
-                let mut args: Vec<&dyn rusqlite::ToSql> = vec![p];
-                args.extend_from_slice(tail);
-                for r in stmt.query_map(args.as_slice(), &row)? {
-                    out.push(r?);
-                }
+            let list = json_strings(patients);
+            let mut stmt = c.prepare_cached(narrowed)?;
+            let mut args: Vec<&dyn rusqlite::ToSql> = vec![&list];
+            args.extend_from_slice(tail);
+            for r in stmt.query_map(args.as_slice(), &row)? {
+                out.push(r?);
             }
         }
     }
     Ok(out)
+}
+
+/// A JSON array of strings (for `json_each`), each escaped as JSON asks.
+fn json_strings(items: &[String]) -> String {
+    let mut out = String::from("[");
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for ch in s.chars() {
+            match ch {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push(']');
+    out
 }
 
 /// How many days in `[from_day, to_day)` each patient gave data: (patient, days), only
@@ -107,8 +132,10 @@ pub(crate) fn data_days(
         c,
         only,
         "SELECT patient, COUNT(*) FROM data_day WHERE day >= ?1 AND day < ?2 GROUP BY patient",
-        "SELECT patient, COUNT(*) FROM data_day WHERE patient = ?1 AND day >= ?2 AND day < ?3
-         GROUP BY patient",
+        &format!(
+            "SELECT patient, COUNT(*) FROM data_day WHERE patient {IN_PATIENTS}
+             AND day >= ?2 AND day < ?3 GROUP BY patient"
+        ),
         &[&from_day, &to_day],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
@@ -222,8 +249,10 @@ pub(crate) fn minutes(
         only,
         "SELECT patient, SUM(minutes), SUM(kind = 'call') FROM care_note
          WHERE at_ms >= ?1 AND at_ms < ?2 GROUP BY patient",
-        "SELECT patient, SUM(minutes), SUM(kind = 'call') FROM care_note
-         WHERE patient = ?1 AND at_ms >= ?2 AND at_ms < ?3 GROUP BY patient",
+        &format!(
+            "SELECT patient, SUM(minutes), SUM(kind = 'call') FROM care_note
+             WHERE patient {IN_PATIENTS} AND at_ms >= ?2 AND at_ms < ?3 GROUP BY patient"
+        ),
         &[&from_ms, &to_ms],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
@@ -254,7 +283,7 @@ pub(crate) fn latest(c: &Connection, only: Patients<'_>) -> Result<Vec<Latest>, 
         c,
         only,
         PICK,
-        &format!("{PICK} WHERE s.patient = ?1"),
+        &format!("{PICK} WHERE s.patient {IN_PATIENTS}"),
         &[],
         |r| {
             Ok((
@@ -398,6 +427,28 @@ mod tests {
         assert_eq!(local_day(t, -5 * 60), 20_788);
         // Before 1970 the day still counts down, not towards zero.
         assert_eq!(local_day(-1, 0), -1);
+    }
+
+    #[test]
+    fn a_narrowed_count_sees_only_its_patients() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(CREATE).unwrap();
+        for (p, day) in [("p1", 10), ("p1", 11), ("p2", 10), ("p3", 12), ("p3", 40)] {
+            note_day(&c, p, day).unwrap();
+        }
+        note_day(&c, "p1", 10).unwrap(); // again: still one day
+        let mut all = data_days(&c, None, 10, 31).unwrap();
+        all.sort();
+        assert_eq!(all, [("p1".into(), 2), ("p2".into(), 1), ("p3".into(), 1)]);
+        let only = ["p1".to_owned(), "p3".to_owned(), "nobody".to_owned()];
+        let mut some = data_days(&c, Some(&only), 10, 31).unwrap();
+        some.sort();
+        assert_eq!(some, [("p1".into(), 2), ("p3".into(), 1)]);
+        assert!(data_days(&c, Some(&[]), 0, 100).unwrap().is_empty());
+        // An id that needs escaping is matched as itself.
+        note_day(&c, "a\"b\\c", 10).unwrap();
+        let odd = ["a\"b\\c".to_owned()];
+        assert_eq!(data_days(&c, Some(&odd), 0, 100).unwrap()[0].1, 1);
     }
 
     #[test]

@@ -19,8 +19,8 @@ pub struct Vital {
     pub t_ms: i64,
     /// Older than the measurement's expected reporting interval.
     pub stale: bool,
-    /// The last 24 hours, sampled.
-    pub spark: Vec<(i64, f64)>,
+    /// The last 24 hours, sampled; `None` for a measurement taken a few times a day.
+    pub spark: Option<Vec<(i64, f64)>>,
 }
 
 /// One patient's row.
@@ -137,7 +137,9 @@ fn vitals(vs: &[Vital], now_ms: i64) -> Markup {
                         @if v.stale { span.stale { "stale: " (age(now_ms, v.t_ms)) } }
                         @else { span.muted { (age(now_ms, v.t_ms)) } }
                     }
-                    (charts::sparkline(v.metric, &v.spark, now_ms - 86_400_000, now_ms))
+                    @if let Some(points) = &v.spark {
+                        (charts::sparkline(v.metric, points, now_ms - 86_400_000, now_ms))
+                    }
                 }
             }
         }
@@ -195,7 +197,7 @@ mod tests {
                 v2: None,
                 t_ms: 0,
                 stale,
-                spark: vec![],
+                spark: None,
             }],
             data_days: days,
             minutes: 0,

@@ -13,7 +13,10 @@
 //! are `SameSite=Strict`.
 
 mod forms;
+mod sparks;
 mod views;
+
+pub(crate) use sparks::SparkCache;
 
 pub use forms::answer_form;
 

@@ -78,6 +78,13 @@ fn expected_min(state: &AppState, patient: &str, metric: Metric) -> Option<f64> 
     )
 }
 
+/// A measurement expected at least hourly (heart rate, SpO2, CGM): one with a 24-hour shape.
+fn continuous(metric: Metric) -> bool {
+    STALENESS
+        .iter()
+        .any(|s| s.metric == metric && s.after_min <= 60.0)
+}
+
 fn is_stale(state: &AppState, patient: &str, metric: Metric, t_ms: i64, now: i64) -> bool {
     expected_min(state, patient, metric).is_some_and(|m| (now - t_ms) as f64 > m * 60_000.0)
 }
@@ -166,25 +173,26 @@ pub(crate) fn worklist_rows(
         .map(|(p, m, c)| (p, (m, c)))
         .collect();
     let mut open: HashMap<String, Vec<AlertView>> = HashMap::new();
-    for a in state
-        .store
-        .alerts(&filter(caller, None, Some("raised"), 100_000))?
-    {
+    let mut raised = state.store.open_alerts(only(caller))?;
+    raised.sort_by_key(|a| std::cmp::Reverse(a.id));
+    for a in raised {
         let p = a.patient.clone();
         open.entry(p)
             .or_default()
             .push(alert_view(state, a, false)?);
     }
-    // Sparklines: the series that gave each measurement's newest reading, 24 points a day.
+    // Sparklines of the continuous measurements (a daily cuff or scale has a point or two a
+    // day: its trend is on the patient's page): the series that gave the newest reading, 24
+    // points a day.
     let mut series = Vec::new();
     for per in latest.values() {
-        series.extend(per.values().map(|l| l.series));
+        series.extend(
+            per.values()
+                .filter(|l| continuous(l.metric))
+                .map(|l| l.series),
+        );
     }
-    let sparks: HashMap<i64, Vec<(i64, f64)>> = series
-        .iter()
-        .copied()
-        .zip(state.store.samples(&series, now - DAY_MS, now, 24)?)
-        .collect();
+    let sparks = state.sparks.points(&state.store, &series, now)?;
     let mut rows = Vec::with_capacity(patients.len());
     for p in patients {
         let vitals = latest
@@ -197,7 +205,7 @@ pub(crate) fn worklist_rows(
                         v2: l.v2,
                         t_ms: l.t_ms,
                         stale: is_stale(state, &p, l.metric, l.t_ms, now),
-                        spark: sparks.get(&l.series).cloned().unwrap_or_default(),
+                        spark: sparks.get(&l.series).cloned(),
                     })
                     .collect()
             })
@@ -215,6 +223,21 @@ pub(crate) fn worklist_rows(
     }
     osler_web::worklist::order(&mut rows);
     Ok((rows, today))
+}
+
+/// Says how long the page took on the server (W3C Server-Timing: the browser's developer
+/// tools show it, and `osler bench dashboard` reports it): reading the store, then in all.
+fn timed(mut r: Response, gathered: std::time::Duration, started: std::time::Instant) -> Response {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let text = format!(
+        "store;dur={:.1}, total;dur={:.1}",
+        ms(gathered),
+        ms(started.elapsed())
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+        r.headers_mut().insert("server-timing", v);
+    }
+    r
 }
 
 fn unavailable() -> Response {
@@ -248,12 +271,18 @@ pub(super) async fn worklist(
     headers: HeaderMap,
 ) -> Response {
     let now = now_ms();
+    let started = std::time::Instant::now();
     let Some((rows, today)) = gather(&state, &caller, move |s, c| worklist_rows(s, c, now)).await
     else {
         return unavailable();
     };
+    let gathered = started.elapsed();
     let page = osler_web::worklist::page(&rows, &caller.subject, now, today);
-    render(&page, Some(&viewer(&caller)), &headers)
+    timed(
+        render(&page, Some(&viewer(&caller)), &headers),
+        gathered,
+        started,
+    )
 }
 
 /// How far back the inbox shows resolved alerts.
@@ -467,6 +496,7 @@ pub(super) async fn patient(
         .and_then(Range::parse)
         .unwrap_or(Range::Day);
     let now = now_ms();
+    let started = std::time::Instant::now();
     let p = id.clone();
     let Some(mut view) = gather(&state, &caller, move |s, c| {
         patient_view(s, c, &p, range, now)
@@ -475,9 +505,14 @@ pub(super) async fn patient(
     else {
         return unavailable();
     };
+    let gathered = started.elapsed();
     view.flash = q.saved.map(|s| s.chars().take(300).collect());
     let page = osler_web::patient::page(&view, &caller.subject, now);
-    render(&page, Some(&viewer(&caller)), &headers)
+    timed(
+        render(&page, Some(&viewer(&caller)), &headers),
+        gathered,
+        started,
+    )
 }
 
 pub(super) async fn devices(
