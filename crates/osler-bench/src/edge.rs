@@ -220,11 +220,14 @@ pub fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
             c.requests += 1;
             c.entries += 1;
             let now = sr.t_ms + 50;
-            let input = osler_gateway::input::parse_message(&body, now)
+            let item = osler_gateway::input::parse_message(&body, now)
                 .map_err(anyhow::Error::msg)?
                 .pop()
                 .context("one reading")?
                 .map_err(anyhow::Error::msg)?;
+            let osler_gateway::input::Item::Reading(input) = item else {
+                anyhow::bail!("the simulator sent an emergency where a reading was expected");
+            };
             let r = input.validate(now)?;
             // The decision exactly as the gateway's writer takes it.
             let t0 = Instant::now();

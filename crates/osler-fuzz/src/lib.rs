@@ -48,8 +48,18 @@ pub fn device_reading(data: &[u8]) {
                 "an element's bytes are JSON"
             );
         }
-        if let Ok(input) = item {
-            let _ = input.validate(NOW_MS);
+        match item {
+            Ok(osler_gateway::input::Item::Reading(input)) => {
+                let _ = input.validate(NOW_MS);
+            }
+            Ok(osler_gateway::input::Item::Emergency(e)) => {
+                assert!(e.emergency.id.starts_with(osler_rules::EMERGENCY_PREFIX));
+                assert!(
+                    !e.patient.is_empty() || e.device.is_some(),
+                    "someone to attribute it to"
+                );
+            }
+            Err(_) => {}
         }
     }
 }

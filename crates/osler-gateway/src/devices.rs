@@ -139,8 +139,26 @@ pub fn topic_device(filter: &str, topic: &str) -> Option<String> {
 /// it names must be the one the device is assigned to at the reading's time. The reason,
 /// when it may not, is for the quarantine.
 pub fn bind(input: &mut ReadingInput, device: &str, cache: &AssignmentCache) -> Result<(), String> {
-    match input.device.as_deref() {
-        None => input.device = Some(device.to_owned()),
+    bind_parts(
+        &mut input.device,
+        &input.patient,
+        input.taken,
+        device,
+        cache,
+    )
+}
+
+/// [`bind`] for any item: its named device (filled in with the sender when absent), its
+/// patient (empty: to be attributed by the device) and its time.
+pub fn bind_parts(
+    named: &mut Option<String>,
+    patient: &str,
+    taken: osler_core::Timestamp,
+    device: &str,
+    cache: &AssignmentCache,
+) -> Result<(), String> {
+    match named.as_deref() {
+        None => *named = Some(device.to_owned()),
         Some(d) if d == device => {}
         Some(d) => {
             return Err(format!(
@@ -148,20 +166,18 @@ pub fn bind(input: &mut ReadingInput, device: &str, cache: &AssignmentCache) -> 
             ));
         }
     }
-    if input.patient.is_empty() {
+    if patient.is_empty() {
         // Attributed by its device, from the hub's assignments.
         return Ok(());
     }
     let a = cache.read().unwrap_or_else(|p| p.into_inner());
-    match a.patient_at(device, input.taken.utc_ms) {
-        Some(p) if p == input.patient => Ok(()),
+    match a.patient_at(device, taken.utc_ms) {
+        Some(p) if p == patient => Ok(()),
         Some(p) => Err(format!(
-            "device {device:?} is assigned to patient {p:?} at {} (registry), but the reading claims patient {:?}",
-            input.taken, input.patient
+            "device {device:?} is assigned to patient {p:?} at {taken} (registry), but the item claims patient {patient:?}"
         )),
         None => Err(format!(
-            "device {device:?} is assigned to no patient at {}: register a DeviceUseStatement, or leave \"patient\" out to have the hub attribute it",
-            input.taken
+            "device {device:?} is assigned to no patient at {taken}: register a DeviceUseStatement, or leave \"patient\" out to have the hub attribute it"
         )),
     }
 }

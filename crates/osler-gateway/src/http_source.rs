@@ -70,51 +70,50 @@ async fn readings(
     };
     let mut readings = Vec::with_capacity(items.len());
     let mut by_device = Vec::new();
+    let mut alerts = Vec::new();
     let mut rejected = Vec::new();
     let mut quarantine = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        // A reading its device may not send (another device's, another patient's) is kept
-        // in quarantine with the reason, not stored.
-        let bound = match (item, &device) {
-            (Ok(mut input), Some(d)) => {
-                match crate::devices::bind(&mut input, d, &shared.assignments) {
-                    Ok(()) => Ok(input),
-                    Err(reason) => {
-                        quarantine.push(crate::outbox::Quarantined {
-                            id: 0,
-                            received_ms: now,
-                            source: format!("http device {d}"),
-                            payload: crate::input::element(&body, index)
-                                .unwrap_or_else(|| body.to_vec()),
-                            reason: reason.clone(),
-                        });
-                        rejected
-                            .push(json!({ "index": index, "reason": reason, "quarantined": true }));
-                        continue;
-                    }
-                }
+        let admitted = item
+            .map_err(|reason| crate::items::Refusal {
+                reason,
+                quarantine: false,
+            })
+            .and_then(|item| {
+                crate::items::admit(item, device.as_deref(), now, &shared.assignments)
+            });
+        match admitted {
+            Ok(crate::items::Admitted::Reading(r)) => readings.push(r),
+            Ok(crate::items::Admitted::ByDevice(r)) => by_device.push(r),
+            Ok(crate::items::Admitted::Alert(a)) => alerts.push(a),
+            // An item its device may not send (another device's, another patient's) is kept
+            // in quarantine with the reason, not stored.
+            Err(r) if r.quarantine => {
+                quarantine.push(crate::outbox::Quarantined {
+                    id: 0,
+                    received_ms: now,
+                    source: format!("http device {}", device.as_deref().unwrap_or("?")),
+                    payload: crate::input::element(&body, index).unwrap_or_else(|| body.to_vec()),
+                    reason: r.reason.clone(),
+                });
+                rejected.push(json!({ "index": index, "reason": r.reason, "quarantined": true }));
             }
-            (item, _) => item,
-        };
-        match bound.and_then(|input| crate::assignments::validate(input, now, &shared.assignments))
-        {
-            Ok((reading, false)) => readings.push(reading),
-            Ok((reading, true)) => by_device.push(reading),
-            Err(reason) => rejected.push(json!({ "index": index, "reason": reason })),
+            Err(r) => rejected.push(json!({ "index": index, "reason": r.reason })),
         }
     }
     shared.status.received.fetch_add(
-        (readings.len() + by_device.len() + rejected.len()) as u64,
+        (readings.len() + by_device.len() + alerts.len() + rejected.len()) as u64,
         Ordering::Relaxed,
     );
     shared
         .status
         .rejected
         .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-    let accepted = readings.len() + by_device.len();
+    let accepted = readings.len() + by_device.len() + alerts.len();
     let unit = crate::intake::Unit {
         readings,
         by_device,
+        alerts,
         quarantine,
         request: Some(crate::request_key(&[&body])),
     };

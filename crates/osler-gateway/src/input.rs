@@ -18,6 +18,16 @@
 //!   serial number or MAC, as registered on the hub's Device) is required, and the reading is
 //!   attributed to the patient whose DeviceUseStatement covers its time (see `assignments`).
 //!   Such a reading's `ReadingInput::patient` is empty until it is attributed.
+//!
+//! The second kind of item is an emergency, an event rather than a measurement:
+//!
+//! ```json
+//! {"patient": "p1", "device": "pendant-2", "event": "fall", "time": "2025-06-01T08:30:00.250Z"}
+//! ```
+//!
+//! - `event`: `fall` (a fall detector) or `sos` (a help button); see `osler_rules::EMERGENCIES`.
+//! - `patient` and `device` as for a reading (one of them at least); `time` as for a reading.
+//!   It travels in the gateway's alerts lane, sent at once, and raises the hub's emergency alert.
 
 use osler_core::{InputValue, Metric, ReadingInput, Status, Timestamp};
 use serde::Deserialize;
@@ -53,6 +63,34 @@ fn value(v: &serde_json::Value) -> Result<Vec<f64>, String> {
     }
 }
 
+/// An emergency as the device reported it (see the module docs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmergencyInput {
+    /// Empty when the device left it out (attributed by its assignment).
+    pub patient: String,
+    pub device: Option<String>,
+    pub emergency: &'static osler_rules::Emergency,
+    pub taken: Timestamp,
+}
+
+/// One item of a message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Reading(ReadingInput),
+    Emergency(EmergencyInput),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceEvent {
+    #[serde(default)]
+    patient: Option<String>,
+    #[serde(default)]
+    device: Option<String>,
+    event: String,
+    time: String,
+}
+
 /// The bytes of element `i` of a message that is a JSON array, exactly as received (the
 /// quarantine keeps what the device sent, not a re-encoding).
 pub fn element(bytes: &[u8], i: usize) -> Option<Vec<u8>> {
@@ -60,12 +98,10 @@ pub fn element(bytes: &[u8], i: usize) -> Option<Vec<u8>> {
     items.get(i).map(|raw| raw.get().as_bytes().to_vec())
 }
 
-/// Parses a message: one reading or an array. The outer error means the message as a whole is
-/// unreadable; inner errors belong to single readings, which fail alone.
-pub fn parse_message(
-    bytes: &[u8],
-    received_ms: i64,
-) -> Result<Vec<Result<ReadingInput, String>>, String> {
+/// Parses a message: one item (a reading or an emergency) or an array of them. The outer error
+/// means the message as a whole is unreadable; inner errors belong to single items, which
+/// fail alone.
+pub fn parse_message(bytes: &[u8], received_ms: i64) -> Result<Vec<Result<Item, String>>, String> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let items = match value {
@@ -75,8 +111,47 @@ pub fn parse_message(
     };
     Ok(items
         .into_iter()
-        .map(|item| parse_one(item, received_ms))
+        .map(|item| {
+            if item.get("event").is_some() {
+                parse_event(item).map(Item::Emergency)
+            } else {
+                parse_one(item, received_ms).map(Item::Reading)
+            }
+        })
         .collect())
+}
+
+fn parse_event(item: serde_json::Value) -> Result<EmergencyInput, String> {
+    let e: DeviceEvent = serde_json::from_value(item).map_err(|e| {
+        format!("not an emergency ({e}); expected event, time, and patient or device")
+    })?;
+    let emergency = osler_rules::Emergency::by_event(&e.event).ok_or_else(|| {
+        let known: Vec<&str> = osler_rules::EMERGENCIES.iter().map(|x| x.event).collect();
+        format!("unknown event {:?}; events: {}", e.event, known.join(", "))
+    })?;
+    let taken = Timestamp::parse(&e.time).map_err(|err| err.to_string())?;
+    let patient = who(e.patient, &e.device)?;
+    Ok(EmergencyInput {
+        patient,
+        device: e.device,
+        emergency,
+        taken,
+    })
+}
+
+/// The patient an item names, or empty for one its device is to be attributed to.
+fn who(patient: Option<String>, device: &Option<String>) -> Result<String, String> {
+    match (patient, device) {
+        (Some(p), _) if p.is_empty() => {
+            Err("\"patient\" is empty; leave it out to have the device attributed".into())
+        }
+        (Some(p), _) => Ok(p),
+        (None, Some(_)) => Ok(String::new()),
+        (None, None) => Err(
+            "an item needs \"patient\", or \"device\" so that the hub attributes it to its patient"
+                .into(),
+        ),
+    }
 }
 
 fn parse_one(item: serde_json::Value, received_ms: i64) -> Result<ReadingInput, String> {
@@ -106,18 +181,7 @@ fn parse_one(item: serde_json::Value, received_ms: i64) -> Result<ReadingInput, 
         [] => return Err("\"value\" is empty".into()),
     };
     let taken = Timestamp::parse(&r.time).map_err(|e| e.to_string())?;
-    let patient = match (r.patient, &r.device) {
-        (Some(p), _) if p.is_empty() => {
-            return Err("\"patient\" is empty; leave it out to have the device attributed".into());
-        }
-        (Some(p), _) => p,
-        (None, Some(_)) => String::new(),
-        (None, None) => {
-            return Err(
-                "a reading needs \"patient\", or \"device\" so that the hub attributes it to its patient".into(),
-            );
-        }
-    };
+    let patient = who(r.patient, &r.device)?;
     Ok(ReadingInput {
         patient,
         device: r.device,
@@ -144,7 +208,7 @@ mod tests {
         ]"#;
         let items = parse_message(msg, 0).unwrap();
         assert!(items[0].is_ok());
-        assert_eq!(items[1].as_ref().unwrap().metric, Metric::BloodPressure);
+        assert!(matches!(&items[1], Ok(Item::Reading(r)) if r.metric == Metric::BloodPressure));
         assert!(items[2].as_ref().unwrap_err().contains("unknown metric"));
         assert!(items[3].as_ref().unwrap_err().contains("unknown field"));
         let one = parse_message(br#"{"patient":"p","metric":"steps","value":5,"unit":"{steps}","time":"2025-06-01T08:30:00Z"}"#, 0).unwrap();
@@ -155,6 +219,32 @@ mod tests {
                 .contains("not valid JSON")
         );
         assert!(parse_message(b"42", 0).is_err());
+    }
+
+    #[test]
+    fn an_emergency_is_its_own_kind_of_item() {
+        let msg = br#"[
+            {"patient":"p1","device":"pendant","event":"fall","time":"2025-06-01T08:30:00.250Z"},
+            {"device":"button-4","event":"sos","time":"2025-06-01T08:30:01Z"},
+            {"patient":"p1","event":"trip","time":"2025-06-01T08:30:00Z"},
+            {"event":"sos","time":"2025-06-01T08:30:00Z"},
+            {"patient":"p1","event":"fall","time":"2025-06-01T08:30:00Z","value":1}
+        ]"#;
+        let items = parse_message(msg, 0).unwrap();
+        let Ok(Item::Emergency(fall)) = &items[0] else {
+            panic!("{:?}", items[0]);
+        };
+        assert_eq!(fall.emergency.id, "emergency-fall");
+        assert_eq!(fall.taken.utc_ms % 1000, 250, "milliseconds are kept");
+        assert!(matches!(&items[1], Ok(Item::Emergency(e)) if e.patient.is_empty()));
+        assert!(
+            items[2]
+                .as_ref()
+                .unwrap_err()
+                .contains("unknown event \"trip\"")
+        );
+        assert!(items[3].as_ref().unwrap_err().contains("needs \"patient\""));
+        assert!(items[4].as_ref().unwrap_err().contains("unknown field"));
     }
 
     #[test]

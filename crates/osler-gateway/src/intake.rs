@@ -50,6 +50,8 @@ pub struct Unit {
     /// the assignments (or named `assignments::UNATTRIBUTED`): sent whole and marked, for the
     /// hub to attribute by its own.
     pub by_device: Vec<Reading>,
+    /// Emergencies' alert entries (wire JSON), for the alerts lane.
+    pub alerts: Vec<String>,
     /// What of it was not valid, with the reasons.
     pub quarantine: Vec<Quarantined>,
     /// The request's key (see [`crate::request_key`]): a unit whose request was committed in
@@ -60,7 +62,10 @@ pub struct Unit {
 impl Unit {
     /// Nothing to store (a unit like this fits whatever the room).
     pub fn is_empty(&self) -> bool {
-        self.readings.is_empty() && self.by_device.is_empty() && self.quarantine.is_empty()
+        self.readings.is_empty()
+            && self.by_device.is_empty()
+            && self.alerts.is_empty()
+            && self.quarantine.is_empty()
     }
 }
 
@@ -581,8 +586,10 @@ impl Take<'_, '_> {
         if room == Room::Nothing {
             return Ok(false);
         }
-        // The rules run only once the alerts they raise are sure of their room: an alert the
-        // engine raised and the outbox refused would never be raised again.
+        // Emergencies first; then the rules, which run only once the alerts they raise are sure
+        // of their room: an alert the engine raised and the outbox refused would never be
+        // raised again.
+        group.alerts.extend(unit.alerts.iter().cloned());
         group
             .alerts
             .extend(self.alerts.evaluate(&unit.readings, self.overrides, false));

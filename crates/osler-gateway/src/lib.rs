@@ -21,6 +21,7 @@ mod hub_cache;
 pub mod identity;
 pub mod input;
 pub mod intake;
+mod items;
 mod legacy;
 pub mod local_alerts;
 pub mod outbox;

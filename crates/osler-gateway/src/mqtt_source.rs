@@ -257,15 +257,14 @@ fn unit(p: &Publish, now: i64, shared: &Shared, filter: &str) -> Unit {
         Ok(items) => {
             let single = items.len() == 1;
             for (i, item) in items.into_iter().enumerate() {
-                let item = match (item, &device) {
-                    (Ok(mut input), Some(d)) => {
-                        crate::devices::bind(&mut input, d, assignments).map(|()| input)
-                    }
-                    (item, _) => item,
-                };
-                match item.and_then(|input| crate::assignments::validate(input, now, assignments)) {
-                    Ok((reading, false)) => unit.readings.push(reading),
-                    Ok((reading, true)) => unit.by_device.push(reading),
+                let admitted = item.and_then(|item| {
+                    crate::items::admit(item, device.as_deref(), now, assignments)
+                        .map_err(|r| r.reason)
+                });
+                match admitted {
+                    Ok(crate::items::Admitted::Reading(r)) => unit.readings.push(r),
+                    Ok(crate::items::Admitted::ByDevice(r)) => unit.by_device.push(r),
+                    Ok(crate::items::Admitted::Alert(a)) => unit.alerts.push(a),
                     // A message of one reading is kept exactly as received; one reading of
                     // an array is kept as that element's JSON, with its index.
                     Err(reason) if single => {

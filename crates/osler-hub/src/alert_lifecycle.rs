@@ -97,7 +97,7 @@ macro_rules! answers {
     )*};
 }
 
-answers!(seen, ack, accept, snooze, unsnooze, comment);
+answers!(seen, ack, accept, snooze, unsnooze, comment, resolve);
 
 /// Answering an alert is updating a Flag (`Flag.u`); its detail and the stream are reading.
 pub(crate) fn routes() -> Routes {
@@ -112,6 +112,7 @@ pub(crate) fn routes() -> Routes {
         .post("/alerts/{id}/snooze", act(), snooze)
         .post("/alerts/{id}/unsnooze", act(), unsnooze)
         .post("/alerts/{id}/comment", act(), comment)
+        .post("/alerts/{id}/resolve", act(), resolve)
 }
 
 fn time(ms: i64) -> String {
@@ -228,6 +229,7 @@ enum Kind {
     Snooze,
     Unsnooze,
     Comment,
+    Resolve,
 }
 
 /// The body of an answer: all optional but `minutes` (snooze) and `note` (comment).
@@ -295,6 +297,7 @@ fn to_act(
             );
         }
         Kind::Comment => Act::Comment,
+        Kind::Resolve => Act::Resolve,
         Kind::Snooze => {
             let team = match answer.scope.as_deref() {
                 None | Some("me") => false,
@@ -366,6 +369,7 @@ pub fn parse_answer(
         "snooze" => Kind::Snooze,
         "unsnooze" => Kind::Unsnooze,
         "comment" => Kind::Comment,
+        "resolve" => Kind::Resolve,
         _ => return Err((404, format!("no answer {what:?}"))),
     };
     to_act(kind, body, severity, caps, now_ms).map_err(|(c, m)| (c.as_u16(), m))

@@ -295,6 +295,7 @@ pub(crate) fn title_of(rule: &str) -> Option<&'static str> {
     Rule::by_id(rule)
         .map(|r| r.title)
         .or_else(|| osler_rules::Staleness::by_id(rule).map(|s| s.title))
+        .or_else(|| osler_rules::Emergency::by_id(rule).map(|e| e.title))
 }
 
 pub(crate) fn flag_json(a: &AlertRecord) -> Value {

@@ -283,13 +283,22 @@ async fn alert_batch(
             "resolved" => Some(osler_rules::Change::Resolved),
             _ => None,
         };
-        match (osler_rules::Rule::by_id(&a.rule), change) {
-            (Some(rule), Some(change)) if osler_core::Id::parse(&a.p).is_some() => {
+        // A rule's alert, or an emergency the gateway took from a device (raised only: a
+        // person resolves it).
+        let known = osler_rules::Rule::by_id(&a.rule)
+            .map(|r| (r.id, r.severity))
+            .or_else(|| {
+                osler_rules::Emergency::by_id(&a.rule)
+                    .filter(|_| change == Some(osler_rules::Change::Raised))
+                    .map(|e| (e.id, e.severity))
+            });
+        match (known, change) {
+            (Some((rule, severity)), Some(change)) if osler_core::Id::parse(&a.p).is_some() => {
                 events.push(osler_rules::AlertEvent {
                     change,
                     patient: a.p.clone(),
-                    rule: rule.id,
-                    severity: rule.severity,
+                    rule,
+                    severity,
                     reading_ms: a.t,
                     value: a.v,
                     threshold: a.th,
@@ -436,4 +445,18 @@ fn summary(e: &osler_wire::SummaryEntry) -> Result<osler_store::Summary, String>
             spikes: e.spikes,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The store's escalation recognises an emergency by the prefix the rules give every
+    /// emergency's id: the two crates do not depend on each other, so this test holds them to
+    /// the same.
+    #[test]
+    fn the_rules_and_the_store_name_emergencies_alike() {
+        assert_eq!(
+            osler_rules::EMERGENCY_PREFIX,
+            osler_store::escalation::EMERGENCY_PREFIX
+        );
+    }
 }

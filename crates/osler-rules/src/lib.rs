@@ -13,7 +13,9 @@ use std::collections::{HashMap, VecDeque};
 
 use osler_core::{Metric, Reading, Value};
 
+mod emergency;
 mod staleness;
+pub use emergency::{EMERGENCIES, EMERGENCY_PREFIX, Emergency};
 pub use staleness::{STALENESS, Staleness};
 
 /// How urgent an alert is.

@@ -58,6 +58,26 @@ impl EscalationPolicy {
     }
 }
 
+/// What the rule id of an emergency (a fall, an SOS) begins with; the rules' own table
+/// (`osler_rules::EMERGENCY_PREFIX`) is held to the same by a test of the hub.
+pub const EMERGENCY_PREFIX: &str = "emergency-";
+
+impl EscalationPolicy {
+    /// An emergency's policy, whatever the team's own: the whole team at once, and again
+    /// every 2 minutes while nobody accepts, ten more times (20 minutes). Osler's choice:
+    /// short enough that a fall is never left for the 5 minutes of a critical reading, with
+    /// the team told together because the nearest person, not the first on a rota, should go.
+    pub fn emergency() -> EscalationPolicy {
+        EscalationPolicy {
+            steps: vec![Step {
+                notify: vec!["team".into()],
+                wait_ms: 2 * 60_000,
+            }],
+            repeat: 10,
+        }
+    }
+}
+
 /// Why a policy cannot be stored.
 pub fn check(p: &EscalationPolicy) -> Result<(), String> {
     if p.steps.is_empty() || p.steps.len() > 10 {
@@ -168,6 +188,9 @@ pub(crate) fn policy_for(
     a: &AlertRecord,
 ) -> Result<(Option<String>, EscalationPolicy), StoreError> {
     let teams = teams_of(c, &a.patient)?;
+    if a.rule.starts_with(EMERGENCY_PREFIX) {
+        return Ok((teams.first().cloned(), EscalationPolicy::emergency()));
+    }
     for t in &teams {
         if let Some(p) = get(c, t)? {
             return Ok((Some(t.clone()), p));
@@ -307,6 +330,7 @@ pub(crate) fn run_due(
             continue;
         }
         let (_, policy) = match &e.team {
+            _ if a.rule.starts_with(EMERGENCY_PREFIX) => (None, EscalationPolicy::emergency()),
             Some(t) => match get(c, t)? {
                 Some(p) => (Some(t.clone()), p),
                 None => (None, EscalationPolicy::default_for(&a.severity)),

@@ -86,6 +86,8 @@ pub enum Act {
     /// Ends the person's own snoozes of the alert, and the team's.
     Unsnooze,
     Comment,
+    /// Ends an emergency: no reading can say the patient is safe, a person does.
+    Resolve,
 }
 
 impl Act {
@@ -97,6 +99,7 @@ impl Act {
             Act::Snooze { .. } => "snooze",
             Act::Unsnooze => "unsnooze",
             Act::Comment => "comment",
+            Act::Resolve => "resolved",
         }
     }
 }
@@ -112,6 +115,10 @@ pub enum Refused {
     AcceptedBy { alert: i64, by: String },
     #[error("alert {0} has no active snooze of yours or your team's to undo")]
     NothingToUndo(i64),
+    #[error(
+        "alert {0} resolves by itself when the readings are back to normal; a person resolves only an emergency"
+    )]
+    NotAnEmergency(i64),
 }
 
 /// The column values of an event about to be recorded.
@@ -433,6 +440,17 @@ pub(crate) fn act(
             }
         }
         Act::Comment => {}
+        Act::Resolve => {
+            if !a.rule.starts_with(escalation::EMERGENCY_PREFIX) {
+                return Ok(Err(Refused::NotAnEmergency(alert)));
+            }
+            c.prepare_cached(
+                "UPDATE alert SET state = 'resolved', resolved_at_ms = ?2 WHERE id = ?1",
+            )?
+            .execute(params![alert, at_ms])?;
+            end_snoozes(c, alert, None, at_ms, "resolved")?;
+            escalation::end(c, alert, at_ms, "resolved")?;
+        }
     }
     let seq = record(
         c,

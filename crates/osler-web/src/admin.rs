@@ -5,6 +5,7 @@
 use maud::html;
 use osler_store::Account;
 use osler_store::escalation::EscalationPolicy;
+use osler_store::lifecycle::Burden;
 use osler_store::webhooks::Endpoint;
 
 use crate::{Nav, Page, clock};
@@ -20,9 +21,33 @@ pub struct TeamView {
     pub policy: Option<EscalationPolicy>,
 }
 
-pub fn page(accounts: &[Account], teams: &[TeamView], webhooks: &[Endpoint]) -> Page {
+pub fn page(
+    accounts: &[Account],
+    teams: &[TeamView],
+    webhooks: &[Endpoint],
+    burden: Option<&Burden>,
+) -> Page {
     let main = html! {
         h1 { "Administration" }
+        h2 { "Alert burden, last 30 days" }
+        @match burden {
+            Some(b) => {
+                div.totals {
+                    div { strong { (b.alerts) } "alerts raised" }
+                    div { strong { (format!("{:.0}", b.patient_days)) } "patient-days monitored" }
+                    div {
+                        strong { @if b.patient_days > 0.0 { (format!("{:.2}", b.alerts as f64 / b.patient_days)) } @else { "—" } }
+                        "alerts per patient-day"
+                    }
+                    div {
+                        strong { @if b.alerts > 0 { (format!("{:.0}%", 100.0 * b.answered as f64 / b.alerts as f64)) } @else { "—" } }
+                        "acknowledged or accepted"
+                    }
+                }
+                p.hint { "The same figures are in /metrics (osler_alerts_per_patient_day, osler_alerts_answered_ratio). Many alerts per patient-day with few answered is alarm fatigue: review the thresholds." }
+            }
+            None => { p.muted { "Cannot be read right now." } }
+        }
         h2 { "People" }
         p.hint { "Add a person with " code { "osler hub user add --data DIR --name NAME --role admin|clinician|patient" } "; they enrol with the one-time code it prints." }
         table {

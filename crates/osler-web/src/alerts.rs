@@ -43,6 +43,22 @@ impl AlertView {
             .map(|r| r.state.as_str())
     }
 
+    /// A fall or an SOS: above every severity, and resolved by a person.
+    pub fn is_emergency(&self) -> bool {
+        self.alert
+            .rule
+            .starts_with(osler_store::escalation::EMERGENCY_PREFIX)
+    }
+
+    /// How urgent it is for ordering: 4 an emergency, then 3 critical, 2 urgent, 1 warning.
+    pub fn rank(&self) -> u8 {
+        if self.is_emergency() {
+            4
+        } else {
+            rank(&self.alert.severity)
+        }
+    }
+
     /// The snooze that silences it for the viewer now.
     pub fn snoozed_for(&self, viewer: &str, now_ms: i64) -> Option<&Snooze> {
         self.snoozes
@@ -93,9 +109,12 @@ pub fn card(v: &AlertView, viewer: &str, now_ms: i64, back: &str, notes: bool) -
     let id = a.id;
     html! {
         div class={"alert " (a.severity)} id={"alert-" (id)} {
-            (severity(&a.severity)) " "
+            @if v.is_emergency() { span class="sev sev-critical" { "EMERGENCY" } " " }
+            @else { (severity(&a.severity)) " " }
             strong { (v.title) } " "
-            span { (format!("{:.1}", a.value).trim_end_matches(".0")) " (threshold " (a.threshold) ")" } " "
+            @if !v.is_emergency() {
+                span { (format!("{:.1}", a.value).trim_end_matches(".0")) " (threshold " (a.threshold) ")" } " "
+            }
             span.muted { "raised " (age(now_ms, a.raised_at_ms)) } " "
             @if !open { span.state { "resolved " (a.resolved_at_ms.map(|t| age(now_ms, t)).unwrap_or_default()) } }
             @if let Some(by) = v.accepted_by() { " " span.state { "accepted by " (by) } }
@@ -129,6 +148,7 @@ pub fn card(v: &AlertView, viewer: &str, now_ms: i64, back: &str, notes: bool) -
                             button type="submit" { "Snooze" }
                         }
                     }
+                    @if v.is_emergency() { (act(id, "resolve", "Resolve: the patient is safe", back, notes)) }
                     @if notes { (act(id, "comment", "Comment", back, true)) }
                 }
             }

@@ -15,6 +15,11 @@ pub struct GatewayView {
     pub last_batch_ms: Option<i64>,
 }
 
+/// A gateway whose devices report uploads at least every few minutes (the edge sends a
+/// heartbeat reading per stream); ten minutes without a batch means the gateway, its network
+/// or its devices are silent. Osler's choice (no standard sets it).
+const SILENT_MS: i64 = 10 * 60_000;
+
 /// Patients' devices (grouped by patient) and, for administrators, the gateways.
 pub fn page(
     patients: &[(String, Vec<DeviceView>)],
@@ -58,7 +63,12 @@ pub fn page(
                             td { (g.id) }
                             td { (clock(g.enrolled_ms)) }
                             td { @match g.last_batch_ms { Some(t) => { (age(now_ms, t)) }, None => { "never" } } }
-                            td { @if g.revoked_ms.is_some() { span.stale { "revoked" } } @else { "enrolled" } }
+                            td {
+                                @if g.revoked_ms.is_some() { span.stale { "revoked" } }
+                                @else if g.last_batch_ms.is_some_and(|t| now_ms - t > SILENT_MS) { span.stale { "silent" } " (no batch for over 10 min)" }
+                                @else if g.last_batch_ms.is_some() { span.fine { "uploading" } }
+                                @else { "enrolled, nothing sent yet" }
+                            }
                         }
                     }
                 }

@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use maud::{Markup, html};
 use osler_core::Metric;
 
-use crate::alerts::{AlertView, card, rank};
+use crate::alerts::{AlertView, card};
 use crate::{Nav, Page, age, charts, label, value};
 
 /// One measurement of a row.
@@ -38,7 +38,8 @@ pub struct Row {
     pub calls: u32,
 }
 
-/// Where a row stands, worst first: unaccepted alerts by severity (then how many), then
+/// Where a row stands, worst first: unaccepted alerts by severity, an emergency above all
+/// (then how many), then
 /// alerts someone has taken but that are still open, then data gaps (a stale measurement),
 /// then fewer data days this month; the patient id breaks ties so the order is stable.
 type Risk = (
@@ -55,11 +56,7 @@ fn risk(r: &Row) -> Risk {
         .iter()
         .filter(|a| a.accepted_by().is_none())
         .collect();
-    let worst = unaccepted
-        .iter()
-        .map(|a| rank(&a.alert.severity))
-        .max()
-        .unwrap_or(0);
+    let worst = unaccepted.iter().map(|a| a.rank()).max().unwrap_or(0);
     let taken = r.alerts.len() - unaccepted.len();
     let gap = r.vitals.iter().any(|v| v.stale);
     (

@@ -33,6 +33,21 @@ fn call(method: &str, url: &str, token: Option<&str>) -> Answer {
     )
 }
 
+/// A dashboard page as a browser asks it, without following where it sends the browser.
+fn call_page(method: &str, url: &str, token: Option<&str>) -> Answer {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let req = request_on(
+        &agent_without_redirects(),
+        method,
+        url,
+        &[("Authorization", auth.as_deref().unwrap_or(""))],
+    );
+    answer(match method {
+        "POST" => req.send_string(""),
+        _ => req.call(),
+    })
+}
+
 /// The hub with two patients, each with a reading, a practitioner, and tokens:
 /// everything (`system/*.cruds`), only readings (`system/Observation.rs`), and patient p1's
 /// own record read-only (`patient/*.rs`) and read-write (`patient/*.cruds`).
@@ -145,7 +160,10 @@ fn expected(caller: &str, policy: Policy) -> Expect {
         Policy::Everyone(r, i) => (r, i, true),
     };
     let reads = matches!(interaction, Interaction::Read | Interaction::Search);
-    let writes_clinical = matches!(resource, "Observation" | "Flag" | "CarePlan");
+    let writes_clinical = matches!(
+        resource,
+        "Observation" | "Flag" | "CarePlan" | "Communication"
+    );
     match caller {
         "anonymous" => Unauthenticated,
         // An administrator may do everything, and read (only read) the audit log.
@@ -219,15 +237,29 @@ fn every_route_declares_a_policy_and_the_access_matrix_holds_over_tls() {
         for (name, token) in callers {
             for patient in ["p1", "p2"] {
                 let url = format!("{root}{}", concrete(path, patient));
-                let a = call(method, &url, token);
+                // A dashboard page answers a browser: an unauthenticated one is sent to sign
+                // in (303), a refused one gets a page that says why (403).
+                let page = path.starts_with("/ui");
+                let a = if page {
+                    call_page(method, &url, token)
+                } else {
+                    call(method, &url, token)
+                };
                 if *policy == Policy::SignedBatch {
                     // The signature in the body is the credential: an empty body is refused.
                     assert!(a.status >= 400, "{name} {method} {url}: {}", a.text);
                     continue;
                 }
                 let want = expected(name, *policy);
+                let signing_in = a.status == 303
+                    && a.location.as_deref().is_some_and(|l| {
+                        l.starts_with("/ui/login") || l.starts_with("/ui/refresh")
+                    });
                 let got = match a.status {
                     401 => Expect::Unauthenticated,
+                    303 if page && signing_in && *policy != Policy::Public => {
+                        Expect::Unauthenticated
+                    }
                     403 => Expect::Forbidden,
                     _ => Expect::Through,
                 };
@@ -237,6 +269,12 @@ fn every_route_declares_a_policy_and_the_access_matrix_holds_over_tls() {
                     a.status, a.text
                 );
                 match got {
+                    _ if page => {
+                        assert_ne!(a.status, 401, "a page never answers 401: {url}");
+                        if got == Expect::Forbidden {
+                            assert!(a.text.contains("Not allowed"), "{url}: {}", a.text);
+                        }
+                    }
                     Expect::Unauthenticated => {
                         assert!(a.header("www-authenticate").unwrap().starts_with("Bearer"));
                         assert_eq!(a.outcome(401)["code"], "security");

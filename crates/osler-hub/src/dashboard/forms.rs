@@ -70,6 +70,7 @@ fn done_text(what: &str) -> &'static str {
         "snooze" => "Snoozed",
         "unsnooze" => "Snooze undone",
         "comment" => "Comment added",
+        "resolve" => "Resolved",
         "seen" => "Marked seen",
         _ => "Done",
     }
@@ -219,7 +220,13 @@ pub(super) async fn threshold(
         .and_then(|a| a.practitioner);
     let Some(practitioner) = practitioner else {
         let why = "only a clinician linked to a Practitioner can change a plan".to_owned();
-        return outcome(&headers, &caller, &back, Err((StatusCode::FORBIDDEN, why)));
+        // Not the guard's refusal (403): the plan needs an author this caller cannot name.
+        return outcome(
+            &headers,
+            &caller,
+            &back,
+            Err((StatusCode::UNPROCESSABLE_ENTITY, why)),
+        );
     };
     let threshold = match field(&f, "threshold").map(str::parse::<f64>) {
         Some(Ok(t)) => Some(t),

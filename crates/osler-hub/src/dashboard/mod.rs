@@ -274,6 +274,17 @@ fn json_request(v: &Value) -> (HeaderMap, Body) {
     (h, Body::from(v.to_string()))
 }
 
+/// The status of a sign-in form shown again with why it failed: a refused password or code is
+/// a page like any (401 would need a `WWW-Authenticate` challenge, which a form login has
+/// none of); too many tries (429) and a failing store (503) keep theirs.
+fn form_status(api: StatusCode) -> StatusCode {
+    if api == StatusCode::UNAUTHORIZED {
+        StatusCode::OK
+    } else {
+        api
+    }
+}
+
 fn described(v: &Value) -> String {
     v["error_description"]
         .as_str()
@@ -353,7 +364,7 @@ async fn login(
         return start_session(&state, &answer, &next);
     }
     render_status(
-        status,
+        form_status(status),
         &osler_web::sign_in::password(&next, Some(&described(&answer))),
         None,
         &headers,
@@ -398,14 +409,14 @@ async fn second_factor(
     // An expired or completed login starts again from the password.
     if why.contains("log in again") {
         return render_status(
-            status,
+            form_status(status),
             &osler_web::sign_in::password(&next, Some(&why)),
             None,
             &headers,
         );
     }
     render_status(
-        status,
+        form_status(status),
         &osler_web::sign_in::second_factor(mfa, &next, Some(&why)),
         None,
         &headers,
@@ -446,7 +457,7 @@ async fn link(
         return start_session(&state, &answer, "/ui/worklist");
     }
     render_status(
-        status,
+        form_status(status),
         &osler_web::sign_in::password("/ui/worklist", Some(&described(&answer))),
         None,
         &headers,

@@ -321,7 +321,7 @@ pub(super) async fn inbox(
                 g.alerts
                     .iter()
                     .filter(|a| a.alert.state == "raised" && a.accepted_by().is_none())
-                    .map(|a| osler_web::alerts::rank(&a.alert.severity))
+                    .map(|a| a.rank())
                     .max()
                     .unwrap_or(0),
             )
@@ -591,12 +591,14 @@ pub(super) async fn admin(
                 id: t.id,
             });
         }
-        Ok((accounts, views, s.store.webhooks()?))
+        // Over every patient: this page is for callers who see every patient.
+        let burden = s.store.alert_burden(now_ms(), 30 * DAY_MS).ok();
+        Ok((accounts, views, s.store.webhooks()?, burden))
     })
     .await;
-    let Some((accounts, teams, hooks)) = found else {
+    let Some((accounts, teams, hooks, burden)) = found else {
         return unavailable();
     };
-    let page = osler_web::admin::page(&accounts, &teams, &hooks);
+    let page = osler_web::admin::page(&accounts, &teams, &hooks, burden.as_ref());
     render(&page, Some(&viewer(&caller)), &headers)
 }

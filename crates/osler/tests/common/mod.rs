@@ -501,6 +501,15 @@ pub fn req(method: &str, url: &str) -> ureq::Request {
 
 /// An HTTP agent trusting the CA of every hub this test started (and no other).
 pub fn agent() -> ureq::Agent {
+    agent_builder().build()
+}
+
+/// [`agent`] that does not follow redirects (to see where a dashboard page sends a browser).
+pub fn agent_without_redirects() -> ureq::Agent {
+    agent_builder().redirects(0).build()
+}
+
+fn agent_builder() -> ureq::AgentBuilder {
     let pems: String = ACCESS
         .lock()
         .unwrap()
@@ -511,7 +520,7 @@ pub fn agent() -> ureq::Agent {
     if !pems.is_empty() {
         b = b.tls_config(osler_tls::client_config(&pems).unwrap());
     }
-    b.build()
+    b
 }
 
 /// `Authorization: Bearer …` for a hub URL, with the hub's registered token.
@@ -522,7 +531,17 @@ pub fn bearer(url: &str) -> Option<String> {
 /// A request to `url` with the hub's token unless `headers` bring their own
 /// `Authorization` (an empty one sends none).
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> ureq::Request {
-    let mut req = agent().request(method, url);
+    request_on(&agent(), method, url, headers)
+}
+
+/// [`request`] on a given agent.
+pub fn request_on(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> ureq::Request {
+    let mut req = agent.request(method, url);
     let own = headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
@@ -537,7 +556,7 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> ureq::Reque
     req
 }
 
-fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
+pub fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
     let resp = match r {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
