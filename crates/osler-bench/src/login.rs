@@ -68,28 +68,7 @@ pub fn run(args: LoginBenchArgs) -> anyhow::Result<()> {
     let mut names = Vec::new();
     for i in 0..args.accounts {
         let name = format!("bench-{i}");
-        let out = std::process::Command::new(&osler)
-            .args([
-                "hub",
-                "user",
-                "add",
-                "--data",
-                &hub_s,
-                "--name",
-                &name,
-                "--role",
-                "patient",
-                "--patient",
-                &format!("p{i}"),
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "osler hub user add failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let code = user_add(&osler, &hub_s, &name, "patient", &format!("p{i}"))?;
         let (s, _) = post(
             &agent,
             &format!("{root}/auth/enrol"),
@@ -163,6 +142,33 @@ pub fn run(args: LoginBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `osler hub user add` for a patient (`of` their Patient) or a clinician (`of` their
+/// Practitioner): the enrolment code it prints.
+fn user_add(
+    osler: &std::path::Path,
+    hub_dir: &str,
+    name: &str,
+    role: &str,
+    of: &str,
+) -> anyhow::Result<String> {
+    let link = if role == "patient" {
+        "--patient"
+    } else {
+        "--practitioner"
+    };
+    let out = std::process::Command::new(osler)
+        .args(["hub", "user", "add", "--data", hub_dir, "--name", name])
+        .args(["--role", role, link, of])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "osler hub user add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// Signs a clinician in as a person does (an account for `practitioner`, enrolment with a
 /// password and TOTP, the password, then the current code) and returns their access token.
 pub fn clinician_token(
@@ -172,25 +178,7 @@ pub fn clinician_token(
     agent: &ureq::Agent,
     practitioner: &str,
 ) -> anyhow::Result<String> {
-    let out = std::process::Command::new(osler)
-        .args([
-            "hub",
-            "user",
-            "add",
-            "--data",
-            hub_dir,
-            "--name",
-            practitioner,
-        ])
-        .args(["--role", "clinician", "--practitioner", practitioner])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "osler hub user add failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let code = user_add(osler, hub_dir, practitioner, "clinician", practitioner)?;
     let call = |path: &str, body: serde_json::Value| -> anyhow::Result<serde_json::Value> {
         let r = agent
             .post(&format!("{root}{path}"))

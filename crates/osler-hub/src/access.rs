@@ -186,7 +186,7 @@ fn event(policy: Policy, method: &Method, path: &str) -> (String, Action) {
 }
 
 /// The patient a request names: `patient=` or `subject=` in its query, or the id after
-/// `/fhir/Patient/` or `/plans/` in its path.
+/// `/fhir/Patient/`, `/plans/` or `/ui/patients/` in its path.
 fn patient_named(path: &str, query: Option<&str>) -> Option<String> {
     for (k, v) in query
         .unwrap_or("")
@@ -205,7 +205,9 @@ fn patient_named(path: &str, query: Option<&str>) -> Option<String> {
     let rest = path
         .strip_prefix("/fhir/Patient/")
         .or_else(|| path.strip_prefix("/plans/"))
-        .or_else(|| path.strip_prefix("/alerts/overrides/"))?;
+        .or_else(|| path.strip_prefix("/alerts/overrides/"))
+        // The dashboard's patient page and its forms: whose record was looked at or changed.
+        .or_else(|| path.strip_prefix("/ui/patients/"))?;
     let id = rest.split('/').next()?;
     (!id.is_empty()).then(|| id.to_owned())
 }

@@ -13,6 +13,7 @@
 //! are `SameSite=Strict`.
 
 mod forms;
+mod patient;
 mod sparks;
 mod views;
 
@@ -56,7 +57,7 @@ pub(crate) fn routes() -> Routes {
         .get(
             "/ui/patients/{id}",
             Policy::Resource("Patient", Read),
-            views::patient,
+            patient::page,
         )
         .get(
             "/ui/devices",
@@ -285,6 +286,25 @@ fn form_status(api: StatusCode) -> StatusCode {
     }
 }
 
+/// The session the API's token answer starts, or the password form again with why not.
+fn signed_in_or_again(
+    state: &AppState,
+    status: StatusCode,
+    answer: &Value,
+    next: &str,
+    headers: &HeaderMap,
+) -> Response {
+    if status.is_success() {
+        return start_session(state, answer, next);
+    }
+    render_status(
+        form_status(status),
+        &osler_web::sign_in::password(next, Some(&described(answer))),
+        None,
+        headers,
+    )
+}
+
 fn described(v: &Value) -> String {
     v["error_description"]
         .as_str()
@@ -360,15 +380,7 @@ async fn login(
             &headers,
         );
     }
-    if status.is_success() {
-        return start_session(&state, &answer, &next);
-    }
-    render_status(
-        form_status(status),
-        &osler_web::sign_in::password(&next, Some(&described(&answer))),
-        None,
-        &headers,
-    )
+    signed_in_or_again(&state, status, &answer, &next, &headers)
 }
 
 async fn second_factor(
@@ -402,18 +414,10 @@ async fn second_factor(
         crate::auth_api::second_factor(State(state.clone()), ConnectInfo(peer), h, b).await,
     )
     .await;
-    if status.is_success() {
-        return start_session(&state, &answer, &next);
-    }
     let why = described(&answer);
-    // An expired or completed login starts again from the password.
-    if why.contains("log in again") {
-        return render_status(
-            form_status(status),
-            &osler_web::sign_in::password(&next, Some(&why)),
-            None,
-            &headers,
-        );
+    // A session, or (an expired or completed login) the password again.
+    if status.is_success() || why.contains("log in again") {
+        return signed_in_or_again(&state, status, &answer, &next, &headers);
     }
     render_status(
         form_status(status),
@@ -453,15 +457,7 @@ async fn link(
 ) -> Response {
     let code = q.code.unwrap_or_default();
     let (status, answer) = json_of(crate::auth_api::sign_in_link(&state, peer, &code).await).await;
-    if status.is_success() {
-        return start_session(&state, &answer, "/ui/worklist");
-    }
-    render_status(
-        form_status(status),
-        &osler_web::sign_in::password("/ui/worklist", Some(&described(&answer))),
-        None,
-        &headers,
-    )
+    signed_in_or_again(&state, status, &answer, "/ui/worklist", &headers)
 }
 
 /// Ends the session: both tokens revoked (as `POST /auth/revoke` does), both cookies cleared.

@@ -5,25 +5,25 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use osler_auth::{Caller, Compartment};
 use osler_core::Metric;
 use osler_registry::{Kind, ResourceQuery};
-use osler_rules::{RULES, STALENESS};
+use osler_rules::STALENESS;
 use osler_store::StoreError;
 use osler_store::alerts::{AlertFilter, AlertRecord};
 use osler_store::care::Latest;
 use osler_web::alerts::AlertView;
-use osler_web::patient::{DeviceView, PatientView, PlanRule, Range};
+use osler_web::patient::DeviceView;
 use osler_web::worklist::{Row, Vital};
 
 use super::{render, viewer};
-use crate::access::{Cx, sees};
+use crate::access::Cx;
 use crate::{AppState, now_ms};
 
-const DAY_MS: i64 = 86_400_000;
+pub(super) const DAY_MS: i64 = 86_400_000;
 
 /// The viewer's patients, sorted.
 fn patients_in(state: &AppState, caller: &Caller) -> Result<Vec<String>, StoreError> {
@@ -50,7 +50,7 @@ pub(super) fn month(now: i64) -> (i64, i64, u32) {
 }
 
 /// A person's name as the registry's Patient gives it (`name[0].text`, or given and family).
-fn name_of(state: &AppState, patient: &str) -> Option<String> {
+pub(super) fn name_of(state: &AppState, patient: &str) -> Option<String> {
     let r = state.store.resource(Kind::Patient, patient).ok()??;
     let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
     let n = v.get("name")?.get(0)?;
@@ -68,7 +68,7 @@ fn name_of(state: &AppState, patient: &str) -> Option<String> {
 }
 
 /// The expected reporting interval of a measurement for a patient (minutes), if it has one.
-fn expected_min(state: &AppState, patient: &str, metric: Metric) -> Option<f64> {
+pub(super) fn expected_min(state: &AppState, patient: &str, metric: Metric) -> Option<f64> {
     let s = STALENESS.iter().find(|s| s.metric == metric)?;
     Some(
         state
@@ -85,12 +85,18 @@ fn continuous(metric: Metric) -> bool {
         .any(|s| s.metric == metric && s.after_min <= 60.0)
 }
 
-fn is_stale(state: &AppState, patient: &str, metric: Metric, t_ms: i64, now: i64) -> bool {
+pub(super) fn is_stale(
+    state: &AppState,
+    patient: &str,
+    metric: Metric,
+    t_ms: i64,
+    now: i64,
+) -> bool {
     expected_min(state, patient, metric).is_some_and(|m| (now - t_ms) as f64 > m * 60_000.0)
 }
 
 /// An alert with what the viewer needs to answer it.
-fn alert_view(
+pub(super) fn alert_view(
     state: &AppState,
     a: AlertRecord,
     with_events: bool,
@@ -121,7 +127,7 @@ fn alert_view(
     })
 }
 
-fn filter(
+pub(super) fn filter(
     caller: &Caller,
     patient: Option<&str>,
     state: Option<&str>,
@@ -227,7 +233,11 @@ pub(crate) fn worklist_rows(
 
 /// Says how long the page took on the server (W3C Server-Timing: the browser's developer
 /// tools show it, and `osler bench dashboard` reports it): reading the store, then in all.
-fn timed(mut r: Response, gathered: std::time::Duration, started: std::time::Instant) -> Response {
+pub(super) fn timed(
+    mut r: Response,
+    gathered: std::time::Duration,
+    started: std::time::Instant,
+) -> Response {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let text = format!(
         "store;dur={:.1}, total;dur={:.1}",
@@ -240,7 +250,7 @@ fn timed(mut r: Response, gathered: std::time::Duration, started: std::time::Ins
     r
 }
 
-fn unavailable() -> Response {
+pub(super) fn unavailable() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         "The hub cannot read its store right now; reload in a moment.",
@@ -249,7 +259,7 @@ fn unavailable() -> Response {
 }
 
 /// Runs a page's reads on a blocking thread.
-async fn gather<T: Send + 'static>(
+pub(super) async fn gather<T: Send + 'static>(
     state: &Arc<AppState>,
     caller: &Caller,
     f: impl FnOnce(&AppState, &Caller) -> Result<T, StoreError> + Send + 'static,
@@ -334,185 +344,6 @@ pub(super) async fn inbox(
     };
     let page = osler_web::inbox::page(&groups, &caller.subject, now, INBOX_HOURS);
     render(&page, Some(&viewer(&caller)), &headers)
-}
-
-#[derive(serde::Deserialize)]
-pub(super) struct PatientQuery {
-    range: Option<String>,
-    saved: Option<String>,
-}
-
-/// A threshold line and the measurement whose chart it crosses.
-type MetricLimit = (Metric, osler_web::charts::Limit);
-
-/// The monitoring plan's thresholds for a patient, and the lines they draw on a chart.
-fn plan_of(
-    state: &AppState,
-    patient: &str,
-) -> Result<(Vec<PlanRule>, Vec<MetricLimit>), StoreError> {
-    let changes = state.store.plan_changes(patient, None)?;
-    let mut rules = Vec::new();
-    let mut limits = Vec::new();
-    for r in RULES {
-        let last = changes.iter().rev().find(|c| c.rule == r.id);
-        let value = last.and_then(|c| c.value);
-        let threshold = match value {
-            Some(v) if r.is_off(v) => None,
-            Some(v) => Some(v),
-            None => Some(r.threshold),
-        };
-        // A level threshold is a line on the chart; a rise within days is not.
-        if let (Some(t), false) = (
-            threshold,
-            matches!(r.condition, osler_rules::Condition::RiseWithin(_)),
-        ) {
-            limits.push((
-                r.metric,
-                osler_web::charts::Limit {
-                    label: r.title.to_owned(),
-                    value: t,
-                },
-            ));
-        }
-        rules.push(PlanRule {
-            id: r.id.to_owned(),
-            title: r.title.to_owned(),
-            threshold,
-            default: r.threshold,
-            bounds: r.bounds,
-            set: last.map(|c| (c.author.clone(), c.at_ms, c.reason.clone())),
-        });
-    }
-    Ok((rules, limits))
-}
-
-fn patient_view(
-    state: &AppState,
-    caller: &Caller,
-    patient: &str,
-    range: Range,
-    now: i64,
-) -> Result<PatientView, StoreError> {
-    let (first_day, first_ms, today) = month(now);
-    let one = [patient.to_owned()];
-    let series = state.store.latest_readings(Some(&one))?;
-    let (plan, limits) = plan_of(state, patient)?;
-    let mut by_metric: BTreeMap<u8, Vec<&Latest>> = BTreeMap::new();
-    for l in &series {
-        by_metric.entry(l.metric as u8).or_default().push(l);
-    }
-    let from = now - range.ms();
-    let mut charts = Vec::new();
-    for ls in by_metric.values() {
-        let metric = ls[0].metric;
-        let ids: Vec<i64> = ls.iter().map(|l| l.series).collect();
-        charts.push(osler_web::patient::ChartView {
-            metric,
-            buckets: state
-                .store
-                .buckets(&ids, from, now + 1, range.bucket_ms())?,
-            limits: limits
-                .iter()
-                .filter(|(m, _)| *m == metric)
-                .map(|(_, l)| l.clone())
-                .collect(),
-        });
-    }
-    let devices = series
-        .iter()
-        .map(|l| DeviceView {
-            device: l.device.clone(),
-            metric: l.metric,
-            last_ms: l.t_ms,
-            stale: is_stale(state, patient, l.metric, l.t_ms, now),
-            expected_min: expected_min(state, patient, l.metric).unwrap_or(0.0),
-        })
-        .collect();
-    let mut alerts = Vec::new();
-    for a in state
-        .store
-        .alerts(&filter(caller, Some(patient), None, 200))?
-    {
-        let recent = a.state == "raised" || a.resolved_at_ms.is_some_and(|t| t >= from);
-        if recent {
-            alerts.push(alert_view(state, a, false)?);
-        }
-    }
-    let data_days = state
-        .store
-        .days_of(patient, first_day, first_day + 31)?
-        .len() as u32;
-    let (minutes, calls) = state
-        .store
-        .care_minutes(Some(&one), first_ms, now + 1)?
-        .first()
-        .map_or((0, 0), |(_, m, c)| (*m, *c));
-    let account = state.store.account(&caller.subject)?;
-    Ok(PatientView {
-        patient: patient.to_owned(),
-        name: name_of(state, patient),
-        range,
-        charts,
-        plan,
-        may_edit_plan: account.is_some_and(|a| a.practitioner.is_some())
-            && caller
-                .may("CarePlan", osler_auth::Interaction::Update)
-                .is_ok(),
-        devices,
-        alerts,
-        notes: state.store.notes(patient, now - 90 * DAY_MS, now + 1)?,
-        data_days,
-        day_of_month: today,
-        minutes,
-        calls,
-        flash: None,
-    })
-}
-
-pub(super) async fn patient(
-    State(state): State<Arc<AppState>>,
-    axum::Extension(caller): Cx,
-    Path(id): Path<String>,
-    Query(q): Query<PatientQuery>,
-    headers: HeaderMap,
-) -> Response {
-    // Outside the compartment a patient does not exist for the viewer.
-    let known = matches!(state.store.patient_exists(&id), Ok(true))
-        || matches!(state.store.resource(Kind::Patient, &id), Ok(Some(_)));
-    if !sees(&caller, &id) || !known {
-        let page = osler_web::Page {
-            title: "No such patient".into(),
-            nav: osler_web::Nav::Patient,
-            live: false,
-            main: maud::html! { h1 { "No such patient" } p { "Patient " (id) " is not one of yours, or does not exist." } },
-        };
-        let mut r = render(&page, Some(&viewer(&caller)), &headers);
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
-    }
-    let range = q
-        .range
-        .as_deref()
-        .and_then(Range::parse)
-        .unwrap_or(Range::Day);
-    let now = now_ms();
-    let started = std::time::Instant::now();
-    let p = id.clone();
-    let Some(mut view) = gather(&state, &caller, move |s, c| {
-        patient_view(s, c, &p, range, now)
-    })
-    .await
-    else {
-        return unavailable();
-    };
-    let gathered = started.elapsed();
-    view.flash = q.saved.map(|s| s.chars().take(300).collect());
-    let page = osler_web::patient::page(&view, &caller.subject, now);
-    timed(
-        render(&page, Some(&viewer(&caller)), &headers),
-        gathered,
-        started,
-    )
 }
 
 pub(super) async fn devices(
