@@ -608,6 +608,7 @@ mod tests {
             "GET /healthz",
             // The dashboard's sign-in and its two static files.
             "GET /ui",
+            "GET /ui/",
             "GET /ui/assets/osler.css",
             "GET /ui/assets/osler.js",
             "GET /ui/login",

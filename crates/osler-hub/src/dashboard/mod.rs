@@ -39,6 +39,7 @@ pub(crate) fn routes() -> Routes {
     use Interaction::*;
     Routes::new()
         .get("/ui", Policy::Public, home)
+        .get("/ui/", Policy::Public, home)
         .get("/ui/assets/osler.css", Policy::Public, css)
         .get("/ui/assets/osler.js", Policy::Public, js)
         .get("/ui/login", Policy::Public, login_page)
