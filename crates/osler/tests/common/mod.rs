@@ -562,12 +562,18 @@ pub fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
         Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("request failed: {e}"),
     };
-    let headers = resp
-        .headers_names()
+    // Every value of a repeated header (Set-Cookie) is kept, once.
+    let mut names = resp.headers_names();
+    names.sort_by_key(|n| n.to_ascii_lowercase());
+    names.dedup_by_key(|n| n.to_ascii_lowercase());
+    let headers = names
         .into_iter()
-        .filter_map(|n| {
-            let v = resp.header(&n)?.to_owned();
-            Some((n.to_ascii_lowercase(), v))
+        .flat_map(|n| {
+            let lower = n.to_ascii_lowercase();
+            resp.all(&n)
+                .into_iter()
+                .map(move |v| (lower.clone(), v.to_owned()))
+                .collect::<Vec<_>>()
         })
         .collect();
     Answer {
