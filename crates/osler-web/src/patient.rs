@@ -71,6 +71,8 @@ pub struct ChartView {
 pub struct PlanRule {
     pub id: String,
     pub title: String,
+    /// What it judges (rules of measurements without data are folded away).
+    pub metric: Metric,
     /// In force, or `None` where the plan switched the rule off.
     pub threshold: Option<f64>,
     pub default: f64,
@@ -159,12 +161,26 @@ pub fn page(p: &PatientView, viewer: &str, now_ms: i64) -> Page {
 }
 
 fn plan(p: &PatientView, back: &str) -> Markup {
+    let measured = |r: &&PlanRule| p.charts.iter().any(|c| c.metric == r.metric);
+    let (with, without): (Vec<&PlanRule>, Vec<&PlanRule>) = p.plan.iter().partition(measured);
     html! {
         @if !p.may_edit_plan { p.hint { "Only a clinician linked to a Practitioner can change the plan; each change is audited." } }
+        (plan_table(p, &with, back))
+        @if !without.is_empty() {
+            details {
+                summary { "Rules of measurements without data (" (without.len()) ")" }
+                (plan_table(p, &without, back))
+            }
+        }
+    }
+}
+
+fn plan_table(p: &PatientView, rules: &[&PlanRule], back: &str) -> Markup {
+    html! {
         table {
             thead { tr { th scope="col" { "Rule" } th scope="col" { "Threshold" } th scope="col" { "Set by" } @if p.may_edit_plan { th scope="col" { "Change" } } } }
             tbody {
-                @for r in &p.plan {
+                @for r in rules {
                     tr {
                         th scope="row" { (r.title) }
                         td {

@@ -106,6 +106,41 @@ fn demo_shows_alerts_serves_fhir_and_stops_on_sigint() {
     assert!(String::from_utf8_lossy(&bare.stdout).contains("\"security\""));
     assert_eq!(get(&status_url).json()["upload"]["hub_reachable"], true);
 
+    // The dashboard: the printed sign-in link signs the demo clinician in once, and their
+    // worklist holds the demo's patients.
+    let dashboard = find("Dashboard:").expect("the dashboard's address");
+    assert!(dashboard.ends_with("/ui/worklist"), "{dashboard}");
+    let link = find("Sign in:").expect("a sign-in link");
+    let link = link.split_whitespace().next().unwrap().to_owned();
+    let ca = std::fs::read_to_string(find("CA certificate:").expect("the CA file")).unwrap();
+    let no_redirects = ureq::AgentBuilder::new()
+        .tls_config(osler_tls::client_config(&ca).unwrap())
+        .redirects(0)
+        .build();
+    let first = answer(no_redirects.get(&link).call());
+    assert_eq!(first.status, 303, "{}", first.text);
+    let session = first
+        .headers
+        .iter()
+        .find_map(|(k, v)| {
+            (k == "set-cookie")
+                .then(|| v.strip_prefix("osler_session="))
+                .flatten()
+        })
+        .map(|v| v.split(';').next().unwrap().to_owned())
+        .expect("a session cookie");
+    let worklist = answer(
+        no_redirects
+            .get(&dashboard)
+            .set("Cookie", &format!("osler_session={session}"))
+            .call(),
+    );
+    assert_eq!(worklist.status, 200, "{}", worklist.text);
+    assert!(worklist.text.contains("row-sim-p0"), "the demo's patients");
+    assert!(worklist.text.contains("demo-clinician (clinician)"));
+    let again = answer(no_redirects.get(&link).call());
+    assert_ne!(again.status, 303, "the link works once");
+
     // Ctrl-C.
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

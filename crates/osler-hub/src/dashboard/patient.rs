@@ -64,6 +64,7 @@ fn plan_of(
         rules.push(PlanRule {
             id: r.id.to_owned(),
             title: r.title.to_owned(),
+            metric: r.metric,
             threshold,
             default: r.threshold,
             bounds: r.bounds,
