@@ -152,7 +152,8 @@ try {
   await page.getByLabel("Minutes spent").fill("12");
   await page.getByLabel("Note", { exact: true }).fill("Called about the high pressure; taking medication again.");
   await page.getByRole("button", { name: "Add to the timeline" }).click();
-  await page.getByRole("status").filter({ hasText: "Call added (12 min)" }).waitFor();
+  await page.getByRole("status").filter({ hasText: "Call added to the timeline." }).waitFor();
+  await page.locator(".timeline li").filter({ hasText: "12 min" }).first().waitFor();
   await accessible(page, "patient");
   await shot(page, "6-patient");
 

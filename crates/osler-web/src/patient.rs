@@ -109,8 +109,20 @@ pub struct PatientView {
     pub day_of_month: u32,
     pub minutes: u32,
     pub calls: u32,
-    /// A message after a form (what was saved, or why not).
-    pub flash: Option<String>,
+    /// What the last form did (see [`saved_text`]).
+    pub flash: Option<&'static str>,
+}
+
+/// The sentence a page shows after a form redirected to it with `?saved=KEY`; `None` for a
+/// key it does not know (never text from the address).
+pub fn saved_text(key: &str) -> Option<&'static str> {
+    match key {
+        "answer" => Some("Your answer is recorded."),
+        "note" => Some("Note added to the timeline."),
+        "call" => Some("Call added to the timeline."),
+        "threshold" => Some("Threshold changed; the change is in the plan's history."),
+        _ => None,
+    }
 }
 
 pub fn page(p: &PatientView, viewer: &str, now_ms: i64) -> Page {
@@ -257,5 +269,19 @@ fn notes(p: &PatientView, back: &str, now_ms: i64) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_page_says_only_its_own_sentences_after_a_form() {
+        assert!(super::saved_text("call").unwrap().starts_with("Call added"));
+        assert_eq!(
+            super::saved_text("Your account is locked; call 555-0100"),
+            None
+        );
+        assert_eq!(super::Range::parse("90d"), Some(super::Range::Quarter));
+        assert_eq!(super::Range::parse("1y"), None);
     }
 }

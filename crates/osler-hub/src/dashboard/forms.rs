@@ -16,27 +16,32 @@ use super::{field, form_fields, render, safe_next, see_other, viewer, wants_frag
 use crate::access::{Ax, Cx, audited, sees};
 use crate::{AppState, now_ms};
 
-/// A form's outcome: done (`message`) or refused (`status`, why), answered as the page asked.
+/// What a form did: a sentence for the page's script, and the key of the fixed sentence the
+/// page shows after a redirect (`?saved=note`; the address never carries text to display, so
+/// a link cannot make the page say something the hub did not).
+struct Done {
+    message: String,
+    key: &'static str,
+}
+
+/// A form's outcome: done, or refused (`status`, why), answered as the page asked.
 fn outcome(
     headers: &HeaderMap,
     caller: &osler_auth::Caller,
     back: &str,
-    done: Result<String, (StatusCode, String)>,
+    done: Result<Done, (StatusCode, String)>,
 ) -> Response {
     match (done, wants_fragment(headers)) {
-        (Ok(message), true) => audited(
+        (Ok(Done { message, .. }), true) => audited(
             (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
                 message,
             )
                 .into_response(),
         ),
-        (Ok(message), false) => {
+        (Ok(Done { key, .. }), false) => {
             let sep = if back.contains('?') { '&' } else { '?' };
-            audited(see_other(&format!(
-                "{back}{sep}saved={}",
-                super::encode(&message)
-            )))
+            audited(see_other(&format!("{back}{sep}saved={key}")))
         }
         (Err((status, why)), true) => (
             status,
@@ -97,7 +102,10 @@ pub(super) async fn answer(
         let a = crate::alert_lifecycle::alert_for(&state, &caller, &id).await?;
         crate::alert_lifecycle::give_answer(&state, &caller, &audit, &a, &what, &bytes).await?;
         let title = crate::alerts::title_of(&a.rule).unwrap_or(a.rule.as_str());
-        Ok(format!("{}: {title} for {}", done_text(&what), a.patient))
+        Ok(Done {
+            message: format!("{}: {title} for {}", done_text(&what), a.patient),
+            key: "answer",
+        })
     }
     .await;
     outcome(&headers, &caller, &back, done)
@@ -178,14 +186,17 @@ pub(super) async fn note(
                     .add_note(n, audit.entry_about(Some(&patient)))
                     .await
                 {
-                    Ok(_) => Ok(format!(
-                        "{} added ({minutes} min)",
-                        if kind == NoteKind::Call {
-                            "Call"
-                        } else {
-                            "Note"
+                    Ok(_) => Ok(if kind == NoteKind::Call {
+                        Done {
+                            message: format!("Call added ({minutes} min)"),
+                            key: "call",
                         }
-                    )),
+                    } else {
+                        Done {
+                            message: format!("Note added ({minutes} min)"),
+                            key: "note",
+                        }
+                    }),
                     Err(e) => {
                         tracing::error!(error = %e, "a care note could not be stored");
                         Err((
@@ -261,12 +272,15 @@ pub(super) async fn threshold(
         .unwrap_or_default();
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let done = if status.is_success() {
-        Ok(format!(
-            "Threshold of {rule} set to {}",
-            v["threshold"]
-                .as_f64()
-                .map_or("its default".into(), |t| t.to_string())
-        ))
+        Ok(Done {
+            message: format!(
+                "Threshold of {rule} set to {}",
+                v["threshold"]
+                    .as_f64()
+                    .map_or("its default".into(), |t| t.to_string())
+            ),
+            key: "threshold",
+        })
     } else {
         Err((
             status,

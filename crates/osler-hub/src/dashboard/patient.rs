@@ -194,7 +194,7 @@ pub(super) async fn page(
         return unavailable();
     };
     let gathered = started.elapsed();
-    view.flash = q.saved.map(|s| s.chars().take(300).collect());
+    view.flash = q.saved.as_deref().and_then(osler_web::patient::saved_text);
     let page = osler_web::patient::page(&view, &caller.subject, now);
     timed(
         render(&page, Some(&viewer(&caller)), &headers),
