@@ -122,6 +122,8 @@ try {
   await card.waitFor();
   if ((await page.evaluate(() => window.oslerMarker)) !== "same page") throw new Error("the page reloaded");
   console.log("ALERT-LIVE");
+  // The page told the hub it has the alert: the nurse's response is "delivered".
+  await step("delivered");
   await shot(page, "2-worklist-live-alert");
   await accessible(page, "worklist");
 

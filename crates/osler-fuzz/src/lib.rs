@@ -310,7 +310,16 @@ pub fn hub_bodies(data: &[u8]) {
     match which % 4 {
         0 => {
             let caps = osler_hub::SnoozeCaps::default();
-            for what in ["seen", "ack", "accept", "snooze", "unsnooze", "comment"] {
+            for what in [
+                "delivered",
+                "seen",
+                "ack",
+                "accept",
+                "snooze",
+                "unsnooze",
+                "comment",
+                "resolve",
+            ] {
                 for severity in ["critical", "urgent", "warning"] {
                     let Ok((act, note)) =
                         osler_hub::parse_answer(what, body, severity, &caps, NOW_MS)

@@ -97,7 +97,9 @@ macro_rules! answers {
     )*};
 }
 
-answers!(seen, ack, accept, snooze, unsnooze, comment, resolve);
+answers!(
+    delivered, seen, ack, accept, snooze, unsnooze, comment, resolve
+);
 
 /// Answering an alert is updating a Flag (`Flag.u`); its detail and the stream are reading.
 pub(crate) fn routes() -> Routes {
@@ -106,6 +108,7 @@ pub(crate) fn routes() -> Routes {
     Routes::new()
         .get("/alerts/stream", Policy::Resource("Flag", Search), stream)
         .get("/alerts/{id}", Policy::Resource("Flag", Read), detail)
+        .post("/alerts/{id}/delivered", act(), delivered)
         .post("/alerts/{id}/seen", act(), seen)
         .post("/alerts/{id}/ack", act(), ack)
         .post("/alerts/{id}/accept", act(), accept)
@@ -223,6 +226,7 @@ async fn detail(
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
+    Delivered,
     Seen,
     Ack,
     Accept,
@@ -286,6 +290,7 @@ fn to_act(
         );
     }
     let act = match kind {
+        Kind::Delivered => Act::Delivered,
         Kind::Seen => Act::Seen,
         Kind::Ack => Act::Ack,
         Kind::Accept => Act::Accept,
@@ -363,6 +368,7 @@ pub fn parse_answer(
     now_ms: i64,
 ) -> Result<(Act, Option<String>), (u16, String)> {
     let kind = match what {
+        "delivered" => Kind::Delivered,
         "seen" => Kind::Seen,
         "ack" => Kind::Ack,
         "accept" => Kind::Accept,

@@ -75,6 +75,9 @@ impl Snooze {
 /// What a person does.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Act {
+    /// The recipient's own screen has it (their dashboard received the event): notified →
+    /// delivered, and nothing else.
+    Delivered,
     Seen,
     Ack,
     Accept,
@@ -93,6 +96,7 @@ pub enum Act {
 impl Act {
     fn kind(&self) -> &'static str {
         match self {
+            Act::Delivered => "delivered",
             Act::Seen => "seen",
             Act::Ack => "ack",
             Act::Accept => "accept",
@@ -115,6 +119,8 @@ pub enum Refused {
     AcceptedBy { alert: i64, by: String },
     #[error("alert {0} has no active snooze of yours or your team's to undo")]
     NothingToUndo(i64),
+    #[error("alert {alert}: delivered is for a recipient still notified; yours is {state}")]
+    NotNotified { alert: i64, state: String },
     #[error(
         "alert {0} resolves by itself when the readings are back to normal; a person resolves only an emergency"
     )]
@@ -360,7 +366,7 @@ fn end_snoozes(
     .execute(params![alert, at_ms, why, who])?)
 }
 
-const RANK: &[&str] = &["notified", "seen", "acknowledged", "accepted"];
+const RANK: &[&str] = &["notified", "delivered", "seen", "acknowledged", "accepted"];
 
 fn rank(state: &str) -> usize {
     RANK.iter().position(|s| *s == state).unwrap_or(0)
@@ -406,6 +412,23 @@ pub(crate) fn act(
         return Ok(Err(Refused::Resolved(alert)));
     }
     match act {
+        Act::Delivered => {
+            let mine: Option<String> = c
+                .prepare_cached(
+                    "SELECT state FROM alert_response WHERE alert = ?1 AND recipient = ?2",
+                )?
+                .query_row(params![alert, who], |r| r.get(0))
+                .optional()?;
+            match mine.as_deref() {
+                Some("notified") => respond(c, alert, who, "delivered", at_ms)?,
+                other => {
+                    return Ok(Err(Refused::NotNotified {
+                        alert,
+                        state: other.unwrap_or("not a recipient").to_owned(),
+                    }));
+                }
+            }
+        }
         Act::Seen => respond(c, alert, who, "seen", at_ms)?,
         Act::Ack => respond(c, alert, who, "acknowledged", at_ms)?,
         Act::Accept => {
@@ -631,6 +654,7 @@ mod tests {
     fn ranks_only_move_forward() {
         assert!(rank("accepted") > rank("acknowledged"));
         assert!(rank("acknowledged") > rank("seen"));
-        assert!(rank("seen") > rank("notified"));
+        assert!(rank("seen") > rank("delivered"));
+        assert!(rank("delivered") > rank("notified"));
     }
 }

@@ -50,6 +50,14 @@
       var d = {};
       try { d = JSON.parse(e.data); } catch (_) {}
       var who = d.patient ? " for " + d.patient : "";
+      // This screen has the alert: a recipient's response moves from notified to delivered
+      // (the hub refuses it for anyone else, and for a response already further on).
+      if (e.type === "alert" && (d.event === "raised" || d.event === "reopened") && d.id) {
+        fetch("/alerts/" + d.id + "/delivered", {
+          method: "POST", body: "{}", credentials: "same-origin",
+          headers: { "content-type": "application/json" }
+        }).catch(function () {});
+      }
       refresh(e.type === "alert" ? "Alert " + (d.state || "changed") + who : "Alert answered" + who);
     };
     es.addEventListener("alert", on);

@@ -116,6 +116,23 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
                 assert_eq!(a.status, 201, "{}", a.text);
                 writeln!(to_node, "raised").unwrap();
             }
+            "STEP delivered" => {
+                // The nurse's response moved from notified to delivered when the page got the
+                // event (waited for: the page posts it as the event arrives).
+                let h = hub.as_ref().unwrap();
+                let state = wait_for(Duration::from_secs(10), || {
+                    let list = get(&format!("{}/alerts?patient=p1&state=raised", h.root())).json();
+                    let id = list["alerts"][0]["id"].as_i64()?;
+                    let d = get(&format!("{}/alerts/{id}", h.root())).json();
+                    d["responses"]
+                        .as_array()?
+                        .iter()
+                        .find(|r| r["recipient"] == "nurse" && r["state"] == "delivered")
+                        .cloned()
+                });
+                assert!(state.is_some(), "the nurse's response is delivered");
+                writeln!(to_node, "checked").unwrap();
+            }
             "STEP restart" => {
                 // SIGKILL: nothing is flushed at exit; the snooze must already be on disk.
                 hub.take().unwrap().kill9();
@@ -138,6 +155,7 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
     );
     for step in [
         "SIGNED-IN",
+        "STEP delivered",
         "ALERT-LIVE",
         "ACKED-AND-SNOOZED",
         "SNOOZE-SURVIVED-RESTART",
