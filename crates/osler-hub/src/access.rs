@@ -539,9 +539,14 @@ pub(crate) fn sees(caller: &Caller, patient: &str) -> bool {
 
 /// The patients a query must be narrowed to, `None` for everyone.
 pub(crate) fn within(caller: &Caller) -> Option<Vec<String>> {
+    narrowed(caller).map(<[String]>::to_vec)
+}
+
+/// [`within`], borrowed.
+pub(crate) fn narrowed(caller: &Caller) -> Option<&[String]> {
     match &caller.compartment {
         Compartment::All => None,
-        Compartment::Patients(p) => Some(p.clone()),
+        Compartment::Patients(p) => Some(p.as_slice()),
     }
 }
 

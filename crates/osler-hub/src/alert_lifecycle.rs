@@ -186,7 +186,7 @@ fn detail_json(state: &AppState, a: &AlertRecord) -> Result<Value, osler_store::
 /// Whether the alert is muted, and by what: the open "no data" alert of its measurement.
 pub(crate) fn muted_json(state: &AppState, a: &AlertRecord) -> Value {
     match state.silences.muting(a) {
-        Some((by, since)) if a.state == "raised" => json!({
+        Some((by, since)) => json!({
             "by_alert": by,
             "why": format!("no data since {}: the device may be offline", time(since)),
         }),

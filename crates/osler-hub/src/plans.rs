@@ -67,31 +67,71 @@ fn set_by(v: &mut Value, change: Option<&PlanChange>) {
     }
 }
 
-/// The plan from its changes: for every rule, the default, the threshold in force and the
-/// change that set it.
-fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
+/// The last change of each plan entry (rule or reporting interval), from changes oldest first.
+fn last_changes(changes: &[PlanChange]) -> BTreeMap<&str, &PlanChange> {
     let mut last: BTreeMap<&str, &PlanChange> = BTreeMap::new();
     for c in changes {
         last.insert(c.rule.as_str(), c);
     }
-    let rules: serde_json::Map<String, Value> = RULES
+    last
+}
+
+/// A rule as a patient's plan has it.
+pub(crate) struct InForce<'a> {
+    pub rule: &'static Rule,
+    /// The threshold in force; `None` where the plan switched the rule off.
+    pub threshold: Option<f64>,
+    /// The change that set it (none for the default).
+    pub change: Option<&'a PlanChange>,
+}
+
+/// Every rule as the plan stands after `changes` (oldest first): the one reading of a plan,
+/// for the API's plan and the dashboard's.
+pub(crate) fn rules_in_force(changes: &[PlanChange]) -> Vec<InForce<'_>> {
+    let last = last_changes(changes);
+    RULES
         .iter()
         .map(|r| {
-            let change = last.get(r.id);
-            let value = change.and_then(|c| c.value);
-            let applies = !value.is_some_and(|v| r.is_off(v));
-            let mut v = json!({
-                "title": r.title,
-                "applies": applies,
-                "default": r.threshold,
-                "threshold": if applies { json!(value.unwrap_or(r.threshold)) } else { Value::Null },
-                "source": r.source,
-                "bounds": [r.bounds.0, r.bounds.1],
-                "bounds_source": r.bounds_source,
-            });
-            set_by(&mut v, change.copied());
-            (r.id.to_owned(), v)
+            let change = last.get(r.id).copied();
+            let threshold = match change.and_then(|c| c.value) {
+                Some(v) if r.is_off(v) => None,
+                Some(v) => Some(v),
+                None => Some(r.threshold),
+            };
+            InForce {
+                rule: r,
+                threshold,
+                change,
+            }
         })
+        .collect()
+}
+
+/// The plan from its changes: for every rule, the default, the threshold in force and the
+/// change that set it.
+fn plan_json(patient: &str, changes: &[PlanChange], at: Option<i64>) -> Value {
+    let last = last_changes(changes);
+    let rules: serde_json::Map<String, Value> = rules_in_force(changes)
+        .into_iter()
+        .map(
+            |InForce {
+                 rule: r,
+                 threshold,
+                 change,
+             }| {
+                let mut v = json!({
+                    "title": r.title,
+                    "applies": threshold.is_some(),
+                    "default": r.threshold,
+                    "threshold": threshold,
+                    "source": r.source,
+                    "bounds": [r.bounds.0, r.bounds.1],
+                    "bounds_source": r.bounds_source,
+                });
+                set_by(&mut v, change);
+                (r.id.to_owned(), v)
+            },
+        )
         .collect();
     // How long each measurement may go without data (minutes) before "no data" is raised.
     let reporting: serde_json::Map<String, Value> = STALENESS
@@ -329,7 +369,7 @@ pub(crate) async fn set(
             .transpose()?
             .flatten()
             .is_some();
-        let patient = store.resource(Kind::Patient, &p)?.is_some() || store.patient_exists(&p)?;
+        let patient = store.patient_known(&p)?;
         Ok::<_, osler_store::StoreError>((practitioner, patient))
     })
     .await;

@@ -46,8 +46,12 @@ impl Silences {
         })
     }
 
-    /// Why an alert is muted, if it is: the open "no data" alert of its measurement.
+    /// Why an alert is muted, if it is: the open "no data" alert of its measurement (only an
+    /// open alert is muted).
     pub(crate) fn muting(&self, a: &AlertRecord) -> Option<(i64, i64)> {
+        if a.state != "raised" {
+            return None;
+        }
         let metric = Rule::by_id(&a.rule)?.metric;
         self.open
             .lock()

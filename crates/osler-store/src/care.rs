@@ -141,20 +141,6 @@ pub(crate) fn data_days(
     )
 }
 
-/// The days in `[from_day, to_day)` one patient gave data, in order.
-pub(crate) fn days_of(
-    c: &Connection,
-    patient: &str,
-    from_day: i64,
-    to_day: i64,
-) -> Result<Vec<i64>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT day FROM data_day WHERE patient = ?1 AND day >= ?2 AND day < ?3 ORDER BY day",
-    )?;
-    let rows = stmt.query_map(params![patient, from_day, to_day], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
 /// What a note records: a written note, or a call (an interactive communication, which the
 /// billing codes ask for once a month).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

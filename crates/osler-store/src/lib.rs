@@ -1106,16 +1106,6 @@ impl Store {
         self.read(|c| care::data_days(c, only, from_day, to_day))
     }
 
-    /// The local days in `[from_day, to_day)` one patient gave data, in order.
-    pub fn days_of(
-        &self,
-        patient: &str,
-        from_day: i64,
-        to_day: i64,
-    ) -> Result<Vec<i64>, StoreError> {
-        self.read(|c| care::days_of(c, patient, from_day, to_day))
-    }
-
     /// Adds a note or call to a patient's care timeline, with its audit entry: its id.
     pub async fn add_note(&self, note: care::CareNote, audit: String) -> Result<i64, StoreError> {
         self.transact(move |c| Ok((care::add_note(c, &note)?, vec![audit])))
@@ -1371,6 +1361,17 @@ impl Store {
     }
 
     /// Whether a patient (or device) with this id was ever mentioned by a reading.
+    /// Whether the hub knows the patient at all: registered, or known from their readings.
+    pub fn patient_known(&self, id: &str) -> Result<bool, StoreError> {
+        self.read(|c| {
+            Ok(query::exists(c, "patient", id)?
+                || c.prepare_cached(
+                    "SELECT EXISTS(SELECT 1 FROM resource WHERE kind = 'Patient' AND id = ?1)",
+                )?
+                .query_row([id], |r| r.get::<_, bool>(0))?)
+        })
+    }
+
     pub fn patient_exists(&self, id: &str) -> Result<bool, StoreError> {
         self.read(|c| query::exists(c, "patient", id))
     }

@@ -296,8 +296,14 @@ pub(crate) fn resolved(
     at_ms: i64,
 ) -> Result<(), StoreError> {
     condition_event(c, a, at_ms, "resolved", None, Some(reading_ms))?;
-    end_snoozes(c, a.id, None, at_ms, "resolved")?;
-    escalation::end(c, a.id, at_ms, "resolved")
+    resolution_ends(c, a.id, at_ms)
+}
+
+/// What an alert's resolution ends, whoever resolves it (a reading, or a person for an
+/// emergency): its snoozes and its escalation.
+fn resolution_ends(c: &Connection, alert: i64, at_ms: i64) -> Result<(), StoreError> {
+    end_snoozes(c, alert, None, at_ms, "resolved")?;
+    escalation::end(c, alert, at_ms, "resolved")
 }
 
 /// How much worse than when it was last answered an open alert must get to be asked about
@@ -471,8 +477,7 @@ pub(crate) fn act(
                 "UPDATE alert SET state = 'resolved', resolved_at_ms = ?2 WHERE id = ?1",
             )?
             .execute(params![alert, at_ms])?;
-            end_snoozes(c, alert, None, at_ms, "resolved")?;
-            escalation::end(c, alert, at_ms, "resolved")?;
+            resolution_ends(c, alert, at_ms)?;
         }
     }
     let seq = record(

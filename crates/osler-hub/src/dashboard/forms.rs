@@ -266,11 +266,7 @@ pub(super) async fn threshold(
         Ok(axum::Json(change)),
     )
     .await;
-    let status = r.status();
-    let bytes = axum::body::to_bytes(r.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let (status, v) = super::json_of(r).await;
     let done = if status.is_success() {
         Ok(Done {
             message: format!(

@@ -255,8 +255,8 @@ async fn login_page(Query(q): Query<Next>, headers: HeaderMap) -> Response {
     render(&osler_web::sign_in::password(&next, None), None, &headers)
 }
 
-/// Runs one of the API's sign-in handlers and reads its JSON answer.
-async fn json_of(r: Response) -> (StatusCode, Value) {
+/// Reads the JSON answer of one of the API's handlers run by a page (sign-in, the plan).
+pub(super) async fn json_of(r: Response) -> (StatusCode, Value) {
     let status = r.status();
     let bytes = axum::body::to_bytes(r.into_body(), 64 * 1024)
         .await

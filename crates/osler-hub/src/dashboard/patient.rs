@@ -10,14 +10,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use osler_auth::Caller;
 use osler_core::Metric;
-use osler_registry::Kind;
-use osler_rules::RULES;
 use osler_store::StoreError;
 use osler_store::care::Latest;
-use osler_web::patient::{DeviceView, PatientView, PlanRule, Range};
+use osler_web::patient::{PatientView, PlanRule, Range};
 
 use super::views::{
-    DAY_MS, alert_view, expected_min, filter, gather, is_stale, month, name_of, timed, unavailable,
+    DAY_MS, alert_view, device_view, filter, gather, month, name_of, timed, unavailable,
 };
 use super::{render, viewer};
 use crate::access::{Cx, sees};
@@ -40,14 +38,12 @@ fn plan_of(
     let changes = state.store.plan_changes(patient, None)?;
     let mut rules = Vec::new();
     let mut limits = Vec::new();
-    for r in RULES {
-        let last = changes.iter().rev().find(|c| c.rule == r.id);
-        let value = last.and_then(|c| c.value);
-        let threshold = match value {
-            Some(v) if r.is_off(v) => None,
-            Some(v) => Some(v),
-            None => Some(r.threshold),
-        };
+    for crate::plans::InForce {
+        rule: r,
+        threshold,
+        change: last,
+    } in crate::plans::rules_in_force(&changes)
+    {
         // A level threshold is a line on the chart; a rise within days is not.
         if let (Some(t), false) = (
             threshold,
@@ -106,16 +102,7 @@ fn patient_view(
                 .collect(),
         });
     }
-    let devices = series
-        .iter()
-        .map(|l| DeviceView {
-            device: l.device.clone(),
-            metric: l.metric,
-            last_ms: l.t_ms,
-            stale: is_stale(state, patient, l.metric, l.t_ms, now),
-            expected_min: expected_min(state, patient, l.metric).unwrap_or(0.0),
-        })
-        .collect();
+    let devices = series.iter().map(|l| device_view(state, l, now)).collect();
     let mut alerts = Vec::new();
     for a in state
         .store
@@ -128,8 +115,9 @@ fn patient_view(
     }
     let data_days = state
         .store
-        .days_of(patient, first_day, first_day + 31)?
-        .len() as u32;
+        .data_days(Some(&one), first_day, first_day + 31)?
+        .first()
+        .map_or(0, |(_, n)| *n);
     let (minutes, calls) = state
         .store
         .care_minutes(Some(&one), first_ms, now + 1)?
@@ -165,9 +153,7 @@ pub(super) async fn page(
     headers: HeaderMap,
 ) -> Response {
     // Outside the compartment a patient does not exist for the viewer.
-    let known = matches!(state.store.patient_exists(&id), Ok(true))
-        || matches!(state.store.resource(Kind::Patient, &id), Ok(Some(_)));
-    if !sees(&caller, &id) || !known {
+    if !sees(&caller, &id) || !matches!(state.store.patient_known(&id), Ok(true)) {
         let page = osler_web::Page {
             title: "No such patient".into(),
             nav: osler_web::Nav::Patient,

@@ -20,7 +20,7 @@ use osler_web::patient::DeviceView;
 use osler_web::worklist::{Row, Vital};
 
 use super::{render, viewer};
-use crate::access::Cx;
+use crate::access::{Cx, narrowed};
 use crate::{AppState, now_ms};
 
 pub(super) const DAY_MS: i64 = 86_400_000;
@@ -30,13 +30,6 @@ fn patients_in(state: &AppState, caller: &Caller) -> Result<Vec<String>, StoreEr
     match &caller.compartment {
         Compartment::All => state.store.patients(),
         Compartment::Patients(p) => Ok(p.clone()),
-    }
-}
-
-fn only(caller: &Caller) -> Option<&[String]> {
-    match &caller.compartment {
-        Compartment::All => None,
-        Compartment::Patients(p) => Some(p.as_slice()),
     }
 }
 
@@ -68,7 +61,7 @@ pub(super) fn name_of(state: &AppState, patient: &str) -> Option<String> {
 }
 
 /// The expected reporting interval of a measurement for a patient (minutes), if it has one.
-pub(super) fn expected_min(state: &AppState, patient: &str, metric: Metric) -> Option<f64> {
+fn expected_min(state: &AppState, patient: &str, metric: Metric) -> Option<f64> {
     let s = STALENESS.iter().find(|s| s.metric == metric)?;
     Some(
         state
@@ -85,14 +78,20 @@ fn continuous(metric: Metric) -> bool {
         .any(|s| s.metric == metric && s.after_min <= 60.0)
 }
 
-pub(super) fn is_stale(
-    state: &AppState,
-    patient: &str,
-    metric: Metric,
-    t_ms: i64,
-    now: i64,
-) -> bool {
+fn is_stale(state: &AppState, patient: &str, metric: Metric, t_ms: i64, now: i64) -> bool {
     expected_min(state, patient, metric).is_some_and(|m| (now - t_ms) as f64 > m * 60_000.0)
+}
+
+/// A series' device as the devices table shows it: its last reading against how often it
+/// should report.
+pub(super) fn device_view(state: &AppState, l: &Latest, now: i64) -> DeviceView {
+    DeviceView {
+        device: l.device.clone(),
+        metric: l.metric,
+        last_ms: l.t_ms,
+        stale: is_stale(state, &l.patient, l.metric, l.t_ms, now),
+        expected_min: expected_min(state, &l.patient, l.metric).unwrap_or(0.0),
+    }
 }
 
 /// An alert with what the viewer needs to answer it.
@@ -101,15 +100,12 @@ pub(super) fn alert_view(
     a: AlertRecord,
     with_events: bool,
 ) -> Result<AlertView, StoreError> {
-    let muted = (a.state == "raised")
-        .then(|| state.silences.muting(&a))
-        .flatten()
-        .map(|(by, since)| {
-            format!(
-                "no data since {} (alert {by}): the device may be offline",
-                osler_web::clock(since)
-            )
-        });
+    let muted = state.silences.muting(&a).map(|(by, since)| {
+        format!(
+            "no data since {} (alert {by}): the device may be offline",
+            osler_web::clock(since)
+        )
+    });
     Ok(AlertView {
         title: crate::alerts::title_of(&a.rule)
             .unwrap_or(a.rule.as_str())
@@ -166,20 +162,20 @@ pub(crate) fn worklist_rows(
 ) -> Result<(Vec<Row>, u32), StoreError> {
     let patients = patients_in(state, caller)?;
     let (first_day, first_ms, today) = month(now);
-    let latest = newest(state.store.latest_readings(only(caller))?);
+    let latest = newest(state.store.latest_readings(narrowed(caller))?);
     let days: HashMap<String, u32> = state
         .store
-        .data_days(only(caller), first_day, first_day + 31)?
+        .data_days(narrowed(caller), first_day, first_day + 31)?
         .into_iter()
         .collect();
     let minutes: HashMap<String, (u32, u32)> = state
         .store
-        .care_minutes(only(caller), first_ms, now + 1)?
+        .care_minutes(narrowed(caller), first_ms, now + 1)?
         .into_iter()
         .map(|(p, m, c)| (p, (m, c)))
         .collect();
     let mut open: HashMap<String, Vec<AlertView>> = HashMap::new();
-    let mut raised = state.store.open_alerts(only(caller))?;
+    let mut raised = state.store.open_alerts(narrowed(caller))?;
     raised.sort_by_key(|a| std::cmp::Reverse(a.id));
     for a in raised {
         let p = a.patient.clone();
@@ -355,15 +351,10 @@ pub(super) async fn devices(
     let admin = viewer(&caller).admin;
     let found = gather(&state, &caller, move |s, c| {
         let mut by: BTreeMap<String, Vec<DeviceView>> = BTreeMap::new();
-        for l in s.store.latest_readings(only(c))? {
-            let stale = is_stale(s, &l.patient, l.metric, l.t_ms, now);
-            by.entry(l.patient.clone()).or_default().push(DeviceView {
-                expected_min: expected_min(s, &l.patient, l.metric).unwrap_or(0.0),
-                device: l.device,
-                metric: l.metric,
-                last_ms: l.t_ms,
-                stale,
-            });
+        for l in s.store.latest_readings(narrowed(c))? {
+            by.entry(l.patient.clone())
+                .or_default()
+                .push(device_view(s, &l, now));
         }
         let gateways = if admin {
             Some(
