@@ -124,6 +124,10 @@ try {
   console.log("ALERT-LIVE");
   // The page told the hub it has the alert: the nurse's response is "delivered".
   await step("delivered");
+  // An emergency a gateway announces (before it is stored) shows at once, in words.
+  await step("notice");
+  await page.getByRole("alert").filter({ hasText: "EMERGENCY: Fall detected, patient p1" }).waitFor();
+  console.log("NOTICE-LIVE");
   await shot(page, "2-worklist-live-alert");
   await accessible(page, "worklist");
 

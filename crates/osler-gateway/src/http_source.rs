@@ -152,7 +152,7 @@ async fn readings(
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let s = shared.clone();
     match tokio::task::spawn_blocking(move || {
-        let mut report = s.status.report(&s.gateway, s.outbox(), &s.edge, now_ms());
+        let mut report = s.status.report(&s.gateway, &s.intake, &s.edge, now_ms());
         // How many device assignments (one per name a device goes by) the gateway knows.
         report["assignments"] = json!(
             s.assignments

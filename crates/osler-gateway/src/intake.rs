@@ -33,13 +33,13 @@ use osler_wire::{Entry, Lane, SummaryEntry};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::local_alerts::LocalAlerts;
-use crate::outbox::{Outbox, OutboxError, Quarantined, Queue, Tx};
+use crate::outbox::{EMERGENCIES_FILE, Outbox, OutboxError, Quarantined, Queue, Tx};
 
 /// Requests are remembered for an hour: far longer than any device waits before resending.
-const REMEMBER_REQUESTS_MS: i64 = 3_600_000;
+pub(crate) const REMEMBER_REQUESTS_MS: i64 = 3_600_000;
 
 /// The most jobs one commit takes.
-const GROUP: usize = 512;
+pub(crate) const GROUP: usize = 512;
 
 /// What one device request (or MQTT message) brings, stored or refused as a whole.
 #[derive(Clone, Debug, Default)]
@@ -161,9 +161,9 @@ impl IntakeSetup {
     }
 }
 
-type Outcomes = Vec<Result<(), OutboxError>>;
+pub(crate) type Outcomes = Vec<Result<(), OutboxError>>;
 
-enum Job {
+pub(crate) enum Job {
     Ingest {
         units: Vec<Unit>,
         now_ms: i64,
@@ -184,6 +184,13 @@ pub struct Intake {
     outbox: Arc<Outbox>,
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The emergencies lane: its own file and writer (see [`crate::emergency_lane`]).
+    emergencies: Arc<Outbox>,
+    emergency_jobs: Option<mpsc::Sender<Job>>,
+    emergency_writer: Option<std::thread::JoinHandle<()>>,
+    /// Where emergencies are announced at once, before their commit (see
+    /// [`crate::uploader::announce`]); unset, they are not announced.
+    announcer: std::sync::OnceLock<std::sync::mpsc::Sender<Vec<String>>>,
 }
 
 impl Intake {
@@ -198,6 +205,19 @@ impl Intake {
             .streams
             .store(stage.streams() as u64, Ordering::Relaxed);
         setup.stats.open.store(stage.holding(), Ordering::Relaxed);
+        let (emergencies, emergency_queue) = Outbox::open_file(dir, EMERGENCIES_FILE)?;
+        let (etx, erx) = mpsc::channel(1024);
+        let emergency_writer = crate::emergency_lane::Writer {
+            queue: emergency_queue,
+            limit: crate::emergency_lane::limit_of(setup.limit),
+        };
+        let emergency_handle = std::thread::Builder::new()
+            .name("osler-emergency-writer".into())
+            .spawn(move || emergency_writer.run(erx))
+            .map_err(|source| OutboxError::Io {
+                path: emergencies.path().to_owned(),
+                source,
+            })?;
         let (tx, rx) = mpsc::channel(1024);
         let writer = Writer {
             queue,
@@ -219,26 +239,60 @@ impl Intake {
             outbox: Arc::new(outbox),
             jobs: Some(tx),
             writer: Some(handle),
+            emergencies: Arc::new(emergencies),
+            emergency_jobs: Some(etx),
+            emergency_writer: Some(emergency_handle),
+            announcer: std::sync::OnceLock::new(),
         })
     }
 
-    /// The outbox's read side.
+    /// The outbox's read side (alerts, readings, summaries).
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
 
-    fn sender(&self) -> Result<&mpsc::Sender<Job>, OutboxError> {
-        self.jobs.as_ref().ok_or(OutboxError::Closed)
+    /// Announces every emergency taken in from now on to `to`, as it arrives (before its
+    /// commit). Set once; later calls are ignored.
+    pub fn announce_to(&self, to: std::sync::mpsc::Sender<Vec<String>>) {
+        let _ = self.announcer.set(to);
     }
 
-    /// Sends the writer the job `make` builds around a reply channel, and waits for its answer
-    /// (given once the job's group is committed, or failed).
+    /// Hands the emergencies of `units` to the announcer, if there is one. An announcer gone
+    /// is no loss: announcing is the fast path, the emergencies lane the sure one.
+    fn announce(&self, units: &[Unit]) {
+        if let Some(to) = self.announcer.get()
+            && !units.is_empty()
+        {
+            let _ = to.send(units.iter().flat_map(|u| u.alerts.clone()).collect());
+        }
+    }
+
+    /// The read side of the file that holds `lane`.
+    pub fn outbox_of(&self, lane: Lane) -> &Arc<Outbox> {
+        match lane {
+            Lane::Emergencies => &self.emergencies,
+            Lane::Alerts | Lane::Readings | Lane::Summaries => &self.outbox,
+        }
+    }
+
+    /// The writer of `lane`'s file.
+    fn sender(&self, lane: Lane) -> Result<&mpsc::Sender<Job>, OutboxError> {
+        match lane {
+            Lane::Emergencies => self.emergency_jobs.as_ref(),
+            Lane::Alerts | Lane::Readings | Lane::Summaries => self.jobs.as_ref(),
+        }
+        .ok_or(OutboxError::Closed)
+    }
+
+    /// Sends `lane`'s writer the job `make` builds around a reply channel, and waits for its
+    /// answer (given once the job's group is committed, or failed).
     async fn call<T>(
         &self,
+        lane: Lane,
         make: impl FnOnce(oneshot::Sender<Result<T, OutboxError>>) -> Job,
     ) -> Result<T, OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.sender()?
+        self.sender(lane)?
             .send(make(reply))
             .await
             .map_err(|_| OutboxError::Closed)?;
@@ -248,24 +302,50 @@ impl Intake {
     /// [`Intake::call`] for callers outside the runtime.
     fn call_blocking<T>(
         &self,
+        lane: Lane,
         make: impl FnOnce(oneshot::Sender<Result<T, OutboxError>>) -> Job,
     ) -> Result<T, OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.sender()?
+        self.sender(lane)?
             .blocking_send(make(reply))
             .map_err(|_| OutboxError::Closed)?;
         rx.blocking_recv().map_err(|_| OutboxError::Closed)?
     }
 
-    /// Takes in units (each stored or refused as a whole); resolves once the commit holding
-    /// them is durable, with one outcome per unit, in order.
+    /// Takes in units (each stored or refused as a whole); resolves once the commits holding
+    /// them are durable, with one outcome per unit, in order. A unit's emergencies go to their
+    /// own lane's writer, at the same time as the rest goes to the outbox's.
     pub async fn ingest(&self, units: Vec<Unit>, now_ms: i64) -> Result<Outcomes, OutboxError> {
-        self.call(|reply| Job::Ingest {
-            units,
-            now_ms,
-            reply,
-        })
-        .await
+        let split = Split::of(units);
+        self.announce(&split.urgent);
+        let urgent = async {
+            if split.urgent.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.call(Lane::Emergencies, |reply| Job::Ingest {
+                units: split.urgent,
+                now_ms,
+                reply,
+            })
+            .await
+        };
+        let rest = async {
+            if split.rest.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.call(Lane::Readings, |reply| Job::Ingest {
+                units: split.rest,
+                now_ms,
+                reply,
+            })
+            .await
+        };
+        let (urgent, rest) = tokio::join!(urgent, rest);
+        Ok(Split::join(
+            split.n,
+            (&split.urgent_of, urgent?),
+            (&split.rest_of, rest?),
+        ))
     }
 
     /// [`Intake::ingest`] of one unit.
@@ -273,19 +353,30 @@ impl Intake {
         first(self.ingest(vec![unit], now_ms).await?)
     }
 
-    /// [`Intake::ingest_one`] for callers outside the runtime.
+    /// [`Intake::ingest_one`] for callers outside the runtime (emergencies first).
     pub fn ingest_blocking(&self, unit: Unit, now_ms: i64) -> Result<(), OutboxError> {
-        first(self.call_blocking(|reply| Job::Ingest {
-            units: vec![unit],
-            now_ms,
-            reply,
-        })?)
+        let split = Split::of(vec![unit]);
+        self.announce(&split.urgent);
+        let mut outcomes = Vec::new();
+        for (lane, units) in [
+            (Lane::Emergencies, split.urgent),
+            (Lane::Readings, split.rest),
+        ] {
+            if !units.is_empty() {
+                outcomes.extend(self.call_blocking(lane, |reply| Job::Ingest {
+                    units,
+                    now_ms,
+                    reply,
+                })?);
+            }
+        }
+        outcomes.into_iter().find(Result::is_err).unwrap_or(Ok(()))
     }
 
     /// Removes a lane's entries up to and including `through` (the hub committed them).
     /// Blocking: for the uploader threads.
     pub fn ack_blocking(&self, lane: Lane, through: u64) -> Result<usize, OutboxError> {
-        self.call_blocking(|reply| Job::Ack {
+        self.call_blocking(lane, |reply| Job::Ack {
             lane,
             through,
             reply,
@@ -296,7 +387,7 @@ impl Intake {
     /// decided, idle summaries closed, old request keys forgotten. The gateway calls this
     /// every 250 ms.
     pub fn tick_blocking(&self, now_ms: i64) -> Result<(), OutboxError> {
-        self.sender()?
+        self.sender(Lane::Readings)?
             .blocking_send(Job::Tick { now_ms })
             .map_err(|_| OutboxError::Closed)
     }
@@ -306,10 +397,65 @@ fn first(outcomes: Outcomes) -> Result<(), OutboxError> {
     outcomes.into_iter().next().unwrap_or(Ok(()))
 }
 
+/// Units split between the two writers: each unit's emergencies (with its request key) for the
+/// emergencies lane, the rest for the outbox; a unit of emergencies alone goes only to the first.
+struct Split {
+    n: usize,
+    urgent: Vec<Unit>,
+    urgent_of: Vec<usize>,
+    rest: Vec<Unit>,
+    rest_of: Vec<usize>,
+}
+
+impl Split {
+    fn of(units: Vec<Unit>) -> Split {
+        let mut split = Split {
+            n: units.len(),
+            urgent: Vec::new(),
+            urgent_of: Vec::new(),
+            rest: Vec::new(),
+            rest_of: Vec::new(),
+        };
+        for (i, mut unit) in units.into_iter().enumerate() {
+            let had_alerts = !unit.alerts.is_empty();
+            if had_alerts {
+                split.urgent.push(Unit {
+                    alerts: std::mem::take(&mut unit.alerts),
+                    request: unit.request,
+                    ..Unit::default()
+                });
+                split.urgent_of.push(i);
+            }
+            if !(had_alerts && unit.is_empty()) {
+                split.rest.push(unit);
+                split.rest_of.push(i);
+            }
+        }
+        split
+    }
+
+    /// Each unit's outcome: refused if either writer refused its part.
+    fn join(n: usize, a: (&[usize], Outcomes), b: (&[usize], Outcomes)) -> Outcomes {
+        let mut out: Outcomes = (0..n).map(|_| Ok(())).collect();
+        for (of, outcomes) in [a, b] {
+            for (&i, o) in of.iter().zip(outcomes) {
+                if let (Some(slot @ Ok(())), Err(e)) = (out.get_mut(i), o) {
+                    *slot = Err(e);
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Drop for Intake {
     fn drop(&mut self) {
         self.jobs.take();
-        if let Some(h) = self.writer.take() {
+        self.emergency_jobs.take();
+        for h in [self.writer.take(), self.emergency_writer.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = h.join();
         }
     }
@@ -357,7 +503,7 @@ pub fn summary_entry(s: &osler_edge::Summary) -> SummaryEntry {
 }
 
 /// A job's answer, sent once the group's commit is known.
-enum Reply {
+pub(crate) enum Reply {
     Ingest(oneshot::Sender<Result<Outcomes, OutboxError>>, Outcomes),
     Ack(oneshot::Sender<Result<usize, OutboxError>>, usize),
 }
@@ -365,7 +511,7 @@ enum Reply {
 impl Reply {
     /// Answers with the outcome, or with the commit's failure. A requester that went away
     /// (client hung up) is not an error: the outcome stands either way.
-    fn finish(self, failure: Option<&OutboxError>) {
+    pub(crate) fn finish(self, failure: Option<&OutboxError>) {
         match (self, failure) {
             (Reply::Ingest(tx, outcomes), None) => drop(tx.send(Ok(outcomes))),
             (Reply::Ack(tx, n), None) => drop(tx.send(Ok(n))),

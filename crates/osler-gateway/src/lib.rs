@@ -17,6 +17,7 @@
 
 pub mod assignments;
 pub mod devices;
+mod emergency_lane;
 mod hub_cache;
 pub mod identity;
 pub mod input;
@@ -183,6 +184,14 @@ impl Gateway {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        {
+            let (to, from) = std::sync::mpsc::channel();
+            shared.intake.announce_to(to);
+            let (upload, key, stop) = (config.upload.clone(), identity.key.clone(), stop.clone());
+            threads.push(spawn("osler-announcer", move || {
+                uploader::announce(upload, key, from, stop)
+            })?);
+        }
         for lane in osler_wire::Lane::ALL {
             let (intake, status, stop) =
                 (shared.intake.clone(), shared.status.clone(), stop.clone());

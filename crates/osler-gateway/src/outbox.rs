@@ -2,8 +2,10 @@
 //!
 //! Main types: [`Outbox`] (the read side: what the uploader and `/status` see, shared), and
 //! [`Queue`] with its transaction [`Tx`] (the write side, owned by the one writer thread in
-//! [`crate::intake`], which does group commit). One SQLite file (`outbox.db`) in WAL mode with
-//! `synchronous=FULL`. The outbox is only a queue: it knows lanes, sequence numbers, the
+//! [`crate::intake`], which does group commit). An SQLite file in WAL mode with
+//! `synchronous=FULL`: `outbox.db` for alerts, readings and summaries, and `emergencies.db`, the
+//! same format, for the emergencies lane alone (its own writer commits a fall in its own small
+//! transaction instead of after the readings commit in progress). The outbox is only a queue: it knows lanes, sequence numbers, the
 //! quarantine, the requests it has committed, and opaque state rows written in the same
 //! transaction as the entries; what the entries and states mean is the intake's business.
 //!
@@ -19,7 +21,8 @@
 //! ```
 //!
 //! `entry` is wire JSON ready to batch: `lane` 0 alerts (`AlertEntry`), 1 readings (`Entry`),
-//! 2 summaries (`SummaryEntry`); the uploader empties lane 0 first. `quarantine.payload` is the
+//! 2 summaries (`SummaryEntry`), 3 emergencies (`AlertEntry`); readings and summaries wait while
+//! alerts or emergencies are pending. `quarantine.payload` is the
 //! message as received, byte for byte.
 //!
 //! # Invariants
@@ -49,6 +52,11 @@ use osler_wire::Lane;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 pub const OUTBOX_FILE: &str = "outbox.db";
+/// The emergencies lane's own file.
+pub const EMERGENCIES_FILE: &str = "emergencies.db";
+
+/// Lanes, one slot each.
+const LANES: usize = Lane::ALL.len();
 
 /// Why the outbox could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +147,7 @@ pub struct Depth {
     pub alerts: AtomicU64,
     pub readings: AtomicU64,
     pub summaries: AtomicU64,
+    pub emergencies: AtomicU64,
 }
 
 impl Depth {
@@ -147,6 +156,7 @@ impl Depth {
             Lane::Alerts => &self.alerts,
             Lane::Readings => &self.readings,
             Lane::Summaries => &self.summaries,
+            Lane::Emergencies => &self.emergencies,
         }
     }
 }
@@ -170,7 +180,7 @@ pub struct Outbox {
 pub struct Queue {
     conn: Connection,
     /// The next sequence number of each lane, as stored.
-    next: [u64; 3],
+    next: [u64; LANES],
     depth: Arc<Depth>,
     wake: Wake,
     urgent: Arc<AtomicBool>,
@@ -232,9 +242,9 @@ fn open_conn(path: &Path) -> Result<Connection, OutboxError> {
 }
 
 /// Moves a damaged outbox (and its WAL) aside; returns where.
-fn move_aside(dir: &Path, path: &Path) -> Result<PathBuf, OutboxError> {
+fn move_aside(dir: &Path, path: &Path, file: &str) -> Result<PathBuf, OutboxError> {
     let aside = dir.join(format!(
-        "{OUTBOX_FILE}.damaged-{}",
+        "{file}.damaged-{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -257,16 +267,21 @@ impl Outbox {
     /// Opens the outbox in `dir`, recovering from a damaged file by moving it aside: the read
     /// side, and the write side for the writer thread.
     pub fn open(dir: &Path) -> Result<(Outbox, Queue), OutboxError> {
+        Outbox::open_file(dir, OUTBOX_FILE)
+    }
+
+    /// [`Outbox::open`] of the file `file` in `dir`.
+    pub fn open_file(dir: &Path, file: &str) -> Result<(Outbox, Queue), OutboxError> {
         std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io {
             path: dir.to_owned(),
             source,
         })?;
-        let path = dir.join(OUTBOX_FILE);
+        let path = dir.join(file);
         let mut recovered_from = None;
         let conn = match open_conn(&path) {
             Ok(c) => c,
             Err(e) if is_damage(&e) => {
-                let aside = move_aside(dir, &path)?;
+                let aside = move_aside(dir, &path, file)?;
                 tracing::error!(error = %e, moved_to = %aside.display(), "the outbox file is damaged beyond SQLite's recovery; moving it aside and starting a fresh outbox");
                 recovered_from = Some(aside);
                 open_conn(&path)?
@@ -274,7 +289,7 @@ impl Outbox {
             Err(e) => return Err(e),
         };
         let depth = Arc::new(Depth::default());
-        let mut next = [1u64; 3];
+        let mut next = [1u64; LANES];
         for lane in Lane::ALL {
             let i = lane.as_u8() as usize;
             let n: i64 = conn.query_row(
@@ -457,8 +472,8 @@ impl Queue {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(Tx {
             next: self.next,
-            appended: [0; 3],
-            acked: [0; 3],
+            appended: [0; LANES],
+            acked: [0; LANES],
             urgent: false,
             done: false,
             q: self,
@@ -469,9 +484,9 @@ impl Queue {
 /// One transaction of the queue.
 pub struct Tx<'a> {
     q: &'a mut Queue,
-    next: [u64; 3],
-    appended: [u64; 3],
-    acked: [u64; 3],
+    next: [u64; LANES],
+    appended: [u64; LANES],
+    acked: [u64; LANES],
     urgent: bool,
     done: bool,
 }

@@ -8,7 +8,7 @@ use osler_wire::Lane;
 use serde_json::{Value, json};
 
 use crate::intake::EdgeStats;
-use crate::outbox::Outbox;
+use crate::intake::Intake;
 
 #[derive(Debug, Default)]
 pub struct Status {
@@ -18,6 +18,7 @@ pub struct Status {
     last_error: Mutex<Option<String>>,
     uploaded_entries: AtomicU64,
     uploaded_alerts: AtomicU64,
+    uploaded_emergencies: AtomicU64,
     uploaded_summaries: AtomicU64,
     uploaded_batches: AtomicU64,
     uploaded_bytes: AtomicU64,
@@ -54,6 +55,9 @@ impl Status {
         match lane {
             Lane::Readings => self.uploaded_entries.fetch_add(entries, Ordering::Relaxed),
             Lane::Alerts => self.uploaded_alerts.fetch_add(entries, Ordering::Relaxed),
+            Lane::Emergencies => self
+                .uploaded_emergencies
+                .fetch_add(entries, Ordering::Relaxed),
             Lane::Summaries => self
                 .uploaded_summaries
                 .fetch_add(entries, Ordering::Relaxed),
@@ -114,14 +118,22 @@ impl Status {
     }
 
     /// The `/status` document.
-    pub fn report(&self, gateway: &str, outbox: &Outbox, edge: &EdgeStats, now_ms: i64) -> Value {
+    pub fn report(&self, gateway: &str, intake: &Intake, edge: &EdgeStats, now_ms: i64) -> Value {
+        let outbox = intake.outbox();
+        let depth = |lane: Lane| {
+            intake
+                .outbox_of(lane)
+                .depth()
+                .lane(lane)
+                .load(Ordering::Relaxed)
+        };
         let ms = |a: &AtomicI64| {
             let v = a.load(Ordering::Relaxed);
             (v > 0).then_some(v)
         };
         let oldest_any = Lane::ALL
             .into_iter()
-            .filter_map(|l| outbox.oldest_ms(l).ok().flatten())
+            .filter_map(|l| intake.outbox_of(l).oldest_ms(l).ok().flatten())
             .min();
         let tally = *edge.tally.lock().unwrap_or_else(|p| p.into_inner());
         let last_success = ms(&self.last_success_ms);
@@ -143,9 +155,10 @@ impl Status {
         json!({
             "gateway": gateway,
             "outbox": {
-                "readings": outbox.depth().readings.load(Ordering::Relaxed),
-                "alerts": outbox.depth().alerts.load(Ordering::Relaxed),
-                "summaries": outbox.depth().summaries.load(Ordering::Relaxed),
+                "readings": depth(Lane::Readings),
+                "alerts": depth(Lane::Alerts),
+                "summaries": depth(Lane::Summaries),
+                "emergencies": depth(Lane::Emergencies),
                 "oldest_unsent_age_s": oldest_any.map(|t| (now_ms - t).max(0) as f64 / 1000.0),
                 "recovered_from_damaged_file": outbox.recovered_from.as_ref().map(|p| p.display().to_string()),
             },
@@ -159,6 +172,7 @@ impl Status {
                 "failing_for_s": failing_since.map(age),
                 "entries": self.uploaded_entries.load(Ordering::Relaxed),
                 "alerts": self.uploaded_alerts.load(Ordering::Relaxed),
+                "emergencies": self.uploaded_emergencies.load(Ordering::Relaxed),
                 "summaries": self.uploaded_summaries.load(Ordering::Relaxed),
                 "batches": self.uploaded_batches.load(Ordering::Relaxed),
                 "bytes": self.uploaded_bytes.load(Ordering::Relaxed),

@@ -161,6 +161,59 @@ pub(crate) fn transport_error(e: &ureq::Error) -> String {
     }
 }
 
+/// Announces emergencies to the hub (`POST /ingest/notice`) as the intake hands them over,
+/// before their commit: the hub shows them on the live streams at once, while the
+/// emergencies lane carries the same entries durably (see the hub's `notice` module). One
+/// attempt each, with a short timeout: a notice lost is only a notice, the lane delivers.
+/// Runs until `stop` is set. Blocking: give it its own thread.
+pub fn announce(
+    config: UploadConfig,
+    key: GatewayKey,
+    from: std::sync::mpsc::Receiver<Vec<String>>,
+    stop: Arc<AtomicBool>,
+) {
+    let agent = config.agent(Duration::from_secs(2));
+    let url = format!("{}/ingest/notice", config.hub);
+    while !stop.load(Ordering::Relaxed) {
+        let mut entries = match from.recv_timeout(Duration::from_millis(200)) {
+            Ok(e) => e,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        while let Ok(more) = from.try_recv() {
+            entries.extend(more);
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        // A notice's sequence numbers mean nothing (the hub stores nothing of it); its
+        // freshness is `sent_ms`, and its signature is remembered against replay.
+        let header = BatchHeader {
+            gateway: config.gateway.clone(),
+            lane: Lane::Emergencies,
+            first_seq: 1,
+            count: entries.len() as u32,
+            sent_ms: now_ms(),
+        };
+        let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+        let body = seal(&header, &refs, &key);
+        match agent
+            .post(&url)
+            .set("Content-Type", CONTENT_TYPE)
+            .send_bytes(&body)
+        {
+            Ok(_) => tracing::debug!(entries = entries.len(), "emergencies announced"),
+            Err(ureq::Error::Status(code, resp)) => {
+                let answer = resp.into_string().unwrap_or_default();
+                tracing::warn!(code, %answer, "the hub refused an emergency notice; the emergencies lane carries it")
+            }
+            Err(e) => {
+                tracing::warn!(error = %transport_error(&e), "emergency notice not delivered; the emergencies lane carries it")
+            }
+        }
+    }
+}
+
 /// Runs until `stop` is set. Blocking: give it its own thread.
 /// Uploads one lane. The gateway runs one of these per lane, so that an alert never waits
 /// behind a batch of readings in flight; readings wait while alerts are pending, so alerts
@@ -173,7 +226,13 @@ pub fn run(
     status: Arc<Status>,
     stop: Arc<AtomicBool>,
 ) {
-    let outbox = intake.outbox();
+    let outbox = intake.outbox_of(lane);
+    // Alerts and emergencies go first: the other lanes wait while either is pending.
+    let (alerts, emergencies) = (
+        intake.outbox_of(Lane::Alerts).clone(),
+        intake.outbox_of(Lane::Emergencies).clone(),
+    );
+    let first_lane = matches!(lane, Lane::Alerts | Lane::Emergencies);
     let agent = config.agent(Duration::from_secs(60));
     let url = format!("{}/ingest/batch", config.hub);
     let mut bucket = Bucket {
@@ -188,11 +247,12 @@ pub fn run(
     let mut seen = outbox.appends();
     let mut checkpointed = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        // Between batches, in the readings uploader only: keep the WAL short (at once when
-        // idle, every two seconds under load).
-        let idle = outbox.depth().readings.load(Ordering::Relaxed) == 0;
+        // Between batches, in the readings uploader (for the outbox) and the emergencies one
+        // (for its own file): keep the WAL short (at once when idle, every two seconds under
+        // load).
+        let idle = outbox.depth().lane(lane).load(Ordering::Relaxed) == 0;
         let since = checkpointed.elapsed();
-        if lane == Lane::Readings
+        if matches!(lane, Lane::Readings | Lane::Emergencies)
             && ((idle && since > Duration::from_millis(500)) || since > Duration::from_secs(2))
         {
             if let Err(e) = outbox.checkpoint() {
@@ -201,11 +261,17 @@ pub fn run(
             checkpointed = Instant::now();
         }
         // Alerts go first: readings wait while alerts are pending (after an outage, the hub
-        // learns of every alert before the readings behind it). Alerts never wait for readings.
-        if lane != Lane::Alerts && outbox.depth().alerts.load(Ordering::Relaxed) > 0 {
+        // learns of every alert and emergency before the readings behind it). Alerts and
+        // emergencies never wait for readings, nor for each other.
+        if !first_lane && alerts.depth().alerts.load(Ordering::Relaxed) > 0 {
             // Woken by the commit that acknowledges them (every commit that changes a lane
             // rings), with a bound in case the alerts uploader is the one waiting.
             seen = outbox.wait_for_append(seen, Duration::from_millis(200));
+            continue;
+        }
+        if !first_lane && emergencies.depth().emergencies.load(Ordering::Relaxed) > 0 {
+            // The same, rung by the emergencies' own file.
+            emergencies.wait_for_append(emergencies.appends(), Duration::from_millis(200));
             continue;
         }
         let rows = match outbox.peek(lane, max_count, config.max_bytes) {
@@ -223,7 +289,7 @@ pub fn run(
         let age = Duration::from_millis((now_ms() - rows[0].enqueued_ms).max(0) as u64);
         // Readings near a threshold go at once (see `Tx::urgent`); others wait to fill a batch.
         let urgent = lane == Lane::Readings && outbox.take_urgent();
-        if lane != Lane::Alerts && !urgent && rows.len() < max_count && age < config.max_wait {
+        if !first_lane && !urgent && rows.len() < max_count && age < config.max_wait {
             seen = outbox.wait_for_append(seen, config.max_wait - age);
             continue;
         }
@@ -240,7 +306,7 @@ pub fn run(
         }
         let rows = &rows[..n];
         // The catch-up bound applies to readings and summaries; alerts are few and never wait.
-        if lane != Lane::Alerts {
+        if !first_lane {
             bucket.take(rows.len(), &stop);
         }
         let header = BatchHeader {

@@ -610,6 +610,8 @@ mod tests {
             "GET /audit/proof/inclusion",
             "GET /audit/proof/consistency",
             "POST /ingest/batch",
+            // Signed by an enrolled gateway, like a batch (see `notice`).
+            "POST /ingest/notice",
             "GET /healthz",
             // The dashboard's sign-in and its two static files.
             "GET /ui",

@@ -547,13 +547,28 @@ struct Subscriber {
     cursor: i64,
     ready: VecDeque<AlertEvent>,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// Emergencies announced before their commit (see `notice`): sent as they come, ahead of
+    /// the stored events, to a subscriber who may see the patient.
+    notices: tokio::sync::broadcast::Receiver<Arc<crate::notice::Notice>>,
+    /// Whom the subscriber may see, for the notices (the stored events are read narrowed).
+    compartment: osler_auth::Compartment,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Subscriber {
     /// The next event, waiting for one; `None` when the hub shuts down.
     async fn next(&mut self) -> Option<Event> {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         loop {
+            loop {
+                match self.notices.try_recv() {
+                    Ok(n) if self.compartment.contains(&n.patient) => {
+                        return Some(n.event());
+                    }
+                    Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
             while let Some(e) = self.ready.pop_front() {
                 if let Some(ev) = sse_event(&self.state, &e) {
                     return Some(ev);
@@ -578,6 +593,11 @@ impl Subscriber {
             }
             tokio::select! {
                 r = self.changes.changed() => if r.is_err() { return None },
+                n = self.notices.recv() => match n {
+                    Ok(n) if self.compartment.contains(&n.patient) => return Some(n.event()),
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                },
                 // The hub is shutting down: end the stream so the shutdown can complete.
                 _ = self.stop.wait_for(|s| *s) => return None,
                 // A failed read is retried even if nothing new is committed.
@@ -620,6 +640,8 @@ async fn stream(
         cursor,
         ready: VecDeque::new(),
         changes: state.alerts.subscribe(),
+        notices: state.notices.subscribe(),
+        compartment: caller.compartment.clone(),
         stop: state.shutdown.subscribe(),
         state,
     };

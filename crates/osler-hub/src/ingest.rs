@@ -93,38 +93,15 @@ async fn batch(
             return refuse(StatusCode::BAD_REQUEST, "the body could not be read");
         }
     };
-    let env = match Envelope::parse(&bytes) {
+    let env = match verified(&state, &bytes, peer).await {
         Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(%peer, reason = %e, "batch refused: not a valid envelope");
-            return refuse(StatusCode::BAD_REQUEST, e.to_string());
-        }
+        Err(refused) => return refused,
     };
     let gw = env.header.gateway.clone();
-    let store = state.store.clone();
-    let lookup = gw.clone();
-    let record = match tokio::task::spawn_blocking(move || store.gateway(&lookup)).await {
-        Ok(Ok(r)) => r,
-        _ => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the store failed; retry"),
-    };
-    let Some(record) = record else {
-        tracing::warn!(%peer, gateway = %gw, "batch refused: gateway not enrolled");
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            format!("gateway {gw:?} is not enrolled (osler hub enrol)"),
-        );
-    };
-    if record.revoked_ms.is_some() {
-        tracing::warn!(%peer, gateway = %gw, "batch refused: gateway key revoked");
-        return refuse(StatusCode::FORBIDDEN, format!("gateway {gw:?} is revoked"));
-    }
-    let verdict = parse_public_key(&record.public_key).and_then(|k| env.verify(&k));
-    if let Err(e) = verdict {
-        tracing::warn!(%peer, gateway = %gw, reason = %e, "batch refused: signature");
-        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
-    }
     match env.header.lane {
-        osler_wire::Lane::Alerts => return alert_batch(&state, &env, received, peer).await,
+        osler_wire::Lane::Alerts | osler_wire::Lane::Emergencies => {
+            return alert_batch(&state, &env, received, peer).await;
+        }
         osler_wire::Lane::Summaries => return summary_batch(&state, &env, received, peer).await,
         osler_wire::Lane::Readings => {}
     }
@@ -215,6 +192,55 @@ async fn batch(
         .into_response()
 }
 
+/// The envelope, once its gateway is known to be enrolled and not revoked and its signature
+/// holds; otherwise the refusal to answer (logged: a forged or revoked sender is something an
+/// operator must hear about).
+pub(crate) async fn verified<'a>(
+    state: &AppState,
+    bytes: &'a [u8],
+    peer: std::net::SocketAddr,
+) -> Result<Envelope<'a>, Response> {
+    let env = match Envelope::parse(bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(%peer, reason = %e, "batch refused: not a valid envelope");
+            return Err(refuse(StatusCode::BAD_REQUEST, e.to_string()));
+        }
+    };
+    let gw = env.header.gateway.clone();
+    let store = state.store.clone();
+    let lookup = gw.clone();
+    let record = match tokio::task::spawn_blocking(move || store.gateway(&lookup)).await {
+        Ok(Ok(r)) => r,
+        _ => {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store failed; retry",
+            ));
+        }
+    };
+    let Some(record) = record else {
+        tracing::warn!(%peer, gateway = %gw, "batch refused: gateway not enrolled");
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("gateway {gw:?} is not enrolled (osler hub enrol)"),
+        ));
+    };
+    if record.revoked_ms.is_some() {
+        tracing::warn!(%peer, gateway = %gw, "batch refused: gateway key revoked");
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("gateway {gw:?} is revoked"),
+        ));
+    }
+    let verdict = parse_public_key(&record.public_key).and_then(|k| env.verify(&k));
+    if let Err(e) = verdict {
+        tracing::warn!(%peer, gateway = %gw, reason = %e, "batch refused: signature");
+        return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    Ok(env)
+}
+
 /// An alerts-lane batch: the gateway's own evaluation of the critical rules. Recorded with the
 /// batch's high-water mark in one commit; merged with the hub's evaluation by the store (one
 /// open alert per patient and rule, one alert per rule and reading time).
@@ -284,8 +310,10 @@ async fn alert_batch(
             _ => None,
         };
         // A rule's alert, or an emergency the gateway took from a device (raised only: a
-        // person resolves it).
+        // person resolves it). The emergencies lane carries emergencies only: nothing else
+        // may take its shortcut.
         let known = osler_rules::Rule::by_id(&a.rule)
+            .filter(|_| env.header.lane == osler_wire::Lane::Alerts)
             .map(|r| (r.id, r.severity))
             .or_else(|| {
                 osler_rules::Emergency::by_id(&a.rule)
@@ -304,6 +332,18 @@ async fn alert_batch(
                     threshold: a.th,
                     late: a.late,
                 })
+            }
+            _ if env.header.lane == osler_wire::Lane::Emergencies
+                && osler_rules::Rule::by_id(&a.rule).is_some() =>
+            {
+                rejected.push((
+                seq,
+                a.to_json(),
+                format!(
+                    "rule {:?}'s alerts travel in the alerts lane; the emergencies lane carries only emergencies",
+                    a.rule
+                ),
+            ))
             }
             _ => rejected.push((
                 seq,

@@ -25,6 +25,7 @@ mod fhir_api;
 mod ingest;
 mod metrics;
 mod negotiate;
+mod notice;
 mod observation_versions;
 mod plans;
 pub mod prepare;
@@ -138,6 +139,8 @@ pub(crate) struct AppState {
     pub scheme: &'static str,
     /// The worklist's sparklines of finished hours.
     pub sparks: dashboard::SparkCache,
+    /// Emergencies announced before their commit, for the live streams (see `notice`).
+    pub notices: notice::Notices,
     /// Turns true when the hub begins to shut down, so that long-lived responses (the alert
     /// stream) end and the graceful shutdown can finish.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -219,6 +222,7 @@ impl Hub {
             scheme: if tls.is_some() { "https" } else { "http" },
             shutdown: tokio::sync::watch::Sender::new(false),
             sparks: dashboard::SparkCache::default(),
+            notices: notice::Notices::default(),
         });
         Ok(Hub {
             listener,
@@ -294,6 +298,7 @@ pub(crate) fn routes() -> access::Routes {
         .merge(plans::routes())
         .merge(everything::routes())
         .merge(ingest::routes())
+        .merge(notice::routes())
         .merge(alerts::routes())
         .merge(alert_lifecycle::routes())
         .merge(escalation::routes())

@@ -30,6 +30,7 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     rejected: BTreeMap<&'static str, u64>,
     webhooks_dead: u64,
+    notices: u64,
 }
 
 /// The hub's metrics registry.
@@ -59,6 +60,11 @@ impl Metrics {
     pub fn rejected(&self, reason: &'static str, n: u64) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         *m.rejected.entry(reason).or_default() += n;
+    }
+
+    /// Counts emergencies announced before their commit (see `notice`).
+    pub fn notices(&self, n: u64) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).notices += n;
     }
 
     /// Counts a webhook delivery dead-lettered.
@@ -130,6 +136,12 @@ impl Metrics {
             "counter",
             "Webhook deliveries dead-lettered since start (retries exhausted, or 410 Gone).",
             m.webhooks_dead,
+        );
+        single(
+            "osler_emergency_notices_total",
+            "counter",
+            "Emergencies announced to the live streams before their commit (POST /ingest/notice).",
+            m.notices,
         );
         single(
             "osler_gateway_sequence_gaps_total",

@@ -242,6 +242,7 @@ pub(crate) async fn provenance(
                 osler_wire::Lane::Readings => "readings",
                 osler_wire::Lane::Alerts => "alerts",
                 osler_wire::Lane::Summaries => "summaries",
+                osler_wire::Lane::Emergencies => "emergencies",
             });
             let v = osler_fhir::audit::provenance(&osler_fhir::audit::BatchProvenance {
                 target: &format!("Observation/{id}"),

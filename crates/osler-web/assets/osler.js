@@ -5,6 +5,7 @@
   "use strict";
   var main = document.getElementById("main");
   var live = document.getElementById("live");
+  var urgent = document.getElementById("urgent");
   var timer = null;
   var busy = false;
 
@@ -42,6 +43,25 @@
     }, delay || 150);
   }
 
+  // An emergency announced before it is stored: shown at once, in words, until its stored
+  // alert arrives (the page then shows it like every alert).
+  function announce(d) {
+    if (!urgent || !d.patient) return;
+    var p = document.createElement("p");
+    p.setAttribute("data-key", d.patient + " " + d.rule);
+    p.textContent = "EMERGENCY: " + (d.title || d.rule) + ", patient " + d.patient +
+      " (" + d.reading_time + "). Announced by gateway " + d.gateway + "; confirming.";
+    urgent.appendChild(p);
+    urgent.hidden = false;
+  }
+  function confirmed(d) {
+    if (!urgent) return;
+    Array.prototype.slice.call(urgent.children).forEach(function (p) {
+      if (p.getAttribute("data-key") === d.patient + " " + d.rule) urgent.removeChild(p);
+    });
+    urgent.hidden = urgent.children.length === 0;
+  }
+
   // One event stream per tab (browsers allow six connections per origin across tabs).
   function connect() {
     if (!main || !main.hasAttribute("data-live")) return;
@@ -52,6 +72,7 @@
       var who = d.patient ? " for " + d.patient : "";
       // This screen has the alert: a recipient's response moves from notified to delivered
       // (the hub refuses it for anyone else, and for a response already further on).
+      if (e.type === "alert" && d.event === "raised") confirmed(d);
       if (e.type === "alert" && (d.event === "raised" || d.event === "reopened") && d.id) {
         fetch("/alerts/" + d.id + "/delivered", {
           method: "POST", body: "{}", credentials: "same-origin",
@@ -62,6 +83,9 @@
     };
     es.addEventListener("alert", on);
     es.addEventListener("response", on);
+    es.addEventListener("notice", function (e) {
+      try { announce(JSON.parse(e.data)); } catch (_) {}
+    });
     es.onerror = function () {
       // A closed stream (the session ended or the hub restarted): renew the session, then
       // reconnect; the refresh brings whatever happened meanwhile.

@@ -94,6 +94,9 @@ pub fn document(page: &Page, viewer: Option<&Viewer>) -> Markup {
                         }
                     }
                 }
+                // Emergencies announced before they are stored (the hub's `notice` events),
+                // until the stored alert arrives: filled by osler.js.
+                div id="urgent" role="alert" hidden {}
                 main id="main" tabindex="-1" data-live=[page.live.then_some("")] { (page.main) }
                 div id="live" class="sr-only" aria-live="polite" {}
             }

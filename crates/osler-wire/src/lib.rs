@@ -64,23 +64,32 @@ pub enum WireError {
 }
 
 /// Which queue an entry travels in. Alerts are sent before readings and never dropped;
-/// summaries (of readings the edge did not send one by one) come last.
+/// summaries (of readings the edge did not send one by one) come last. Emergencies (a fall,
+/// an SOS press) travel as alert entries in a lane of their own, which the gateway keeps in its
+/// own file with its own writer, so that one never waits for a commit of readings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
     Alerts,
     Readings,
     Summaries,
+    Emergencies,
 }
 
 impl Lane {
-    pub const ALL: [Lane; 3] = [Lane::Alerts, Lane::Readings, Lane::Summaries];
+    pub const ALL: [Lane; 4] = [
+        Lane::Alerts,
+        Lane::Readings,
+        Lane::Summaries,
+        Lane::Emergencies,
+    ];
 
     pub fn as_u8(self) -> u8 {
         match self {
             Lane::Alerts => 0,
             Lane::Readings => 1,
             Lane::Summaries => 2,
+            Lane::Emergencies => 3,
         }
     }
     pub fn from_u8(n: u8) -> Option<Lane> {
@@ -88,6 +97,7 @@ impl Lane {
             0 => Some(Lane::Alerts),
             1 => Some(Lane::Readings),
             2 => Some(Lane::Summaries),
+            3 => Some(Lane::Emergencies),
             _ => None,
         }
     }

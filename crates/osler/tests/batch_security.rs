@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use osler_wire::{BatchHeader, Entry, GatewayKey, Lane, seal};
 
@@ -150,4 +152,177 @@ fn only_enrolled_unrevoked_correctly_signed_batches_are_stored_once() {
     ] {
         assert!(text.contains(needle), "log lacks {needle:?}:\n{text}");
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A notice (`POST /ingest/notice`): emergencies, signed like a batch, sent at `sent_ms`.
+fn notice(key: &GatewayKey, gateway: &str, lane: Lane, sent_ms: i64, rules: &[&str]) -> Vec<u8> {
+    let entries: Vec<String> = rules
+        .iter()
+        .map(|rule| {
+            osler_wire::AlertEntry {
+                p: "fallen".into(),
+                rule: (*rule).into(),
+                change: "raised".into(),
+                t: sent_ms - 5,
+                v: 1.0,
+                th: 1.0,
+                late: false,
+                d: None,
+            }
+            .to_json()
+        })
+        .collect();
+    let header = BatchHeader {
+        gateway: gateway.into(),
+        lane,
+        first_seq: 1,
+        count: entries.len() as u32,
+        sent_ms,
+    };
+    let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+    seal(&header, &refs, key)
+}
+
+fn announce(hub: &Hub, body: &[u8]) -> (u16, serde_json::Value) {
+    let resp = req("POST", &format!("{}/ingest/notice", hub.root()))
+        .set("Content-Type", osler_wire::CONTENT_TYPE)
+        .send_bytes(body);
+    let resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = resp.status();
+    (
+        status,
+        serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+    )
+}
+
+/// An emergency announced before its commit reaches the live stream as a `notice` without an
+/// id (it must never move a subscriber's Last-Event-ID), once, only from an enrolled gateway's
+/// signature, only for emergencies, and stores nothing: the stored alert is the record.
+#[test]
+fn a_notice_is_announced_once_from_a_signed_gateway_and_stores_nothing() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("notice-sec");
+    let hub_dir = dir.0.join("hub");
+    let hub = Hub::start(&hub_dir);
+    let key = GatewayKey::generate().unwrap();
+    let fall = |sent| notice(&key, "gw-n", Lane::Emergencies, sent, &["emergency-fall"]);
+
+    let (status, v) = announce(&hub, &fall(now_ms()));
+    assert_eq!(status, 401, "not enrolled: {v}");
+    osler(&[
+        "hub",
+        "enrol",
+        "--data",
+        hub_dir.to_str().unwrap(),
+        "--gateway",
+        "gw-n",
+        "--key",
+        &key.public_hex(),
+    ]);
+    let forger = GatewayKey::generate().unwrap();
+    let forged = notice(
+        &forger,
+        "gw-n",
+        Lane::Emergencies,
+        now_ms(),
+        &["emergency-sos"],
+    );
+    assert_eq!(announce(&hub, &forged).0, 401);
+    let (status, v) = announce(
+        &hub,
+        &notice(&key, "gw-n", Lane::Alerts, now_ms(), &["emergency-fall"]),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("emergencies"), "{v}");
+
+    // Every event block of the stream, as sent: its lines.
+    let resp = req("GET", &format!("{}/alerts/stream", hub.root()))
+        .timeout(Duration::from_secs(60))
+        .call()
+        .expect("subscribe");
+    let (tx, blocks) = std::sync::mpsc::channel::<Vec<String>>();
+    std::thread::spawn(move || {
+        let mut block = Vec::new();
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let Ok(line) = line else { return };
+            if line.is_empty() {
+                if block.iter().any(|l: &String| l.starts_with("data:")) {
+                    let _ = tx.send(std::mem::take(&mut block));
+                }
+                block.clear();
+            } else {
+                block.push(line);
+            }
+        }
+    });
+
+    // A rule's alert may not take the shortcut; the stale and the replayed are not announced.
+    let (status, v) = announce(
+        &hub,
+        &notice(&key, "gw-n", Lane::Emergencies, now_ms(), &["hr-high"]),
+    );
+    assert_eq!((status, v["announced"].as_u64()), (200, Some(0)), "{v}");
+    assert!(
+        v["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not an emergency")
+    );
+    let (_, v) = announce(&hub, &fall(now_ms() - 120_000));
+    assert_eq!(v["announced"].as_u64(), Some(0), "stale: {v}");
+    let genuine = fall(now_ms());
+    let (status, v) = announce(&hub, &genuine);
+    assert_eq!((status, v["announced"].as_u64()), (200, Some(1)), "{v}");
+    let (_, v) = announce(&hub, &genuine);
+    assert_eq!(v["announced"].as_u64(), Some(0), "a replay: {v}");
+
+    let block = blocks
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the notice on the stream");
+    assert!(block.contains(&"event: notice".to_owned()), "{block:?}");
+    assert!(
+        !block.iter().any(|l| l.starts_with("id:")),
+        "a notice has no id: {block:?}"
+    );
+    let data: serde_json::Value = serde_json::from_str(
+        block
+            .iter()
+            .find_map(|l| l.strip_prefix("data:"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&data["patient"], &data["rule"], &data["stored"]),
+        (&"fallen".into(), &"emergency-fall".into(), &false.into())
+    );
+    // The next one on the stream is the next notice, not the replay (nor the stale or the
+    // rule's, which came before the genuine one).
+    let sos = notice(
+        &key,
+        "gw-n",
+        Lane::Emergencies,
+        now_ms(),
+        &["emergency-sos"],
+    );
+    assert_eq!(announce(&hub, &sos).1["announced"].as_u64(), Some(1));
+    let next = blocks.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        next.iter().any(|l| l.contains("emergency-sos")),
+        "announced once: {next:?}"
+    );
+    let listed = get(&format!("{}/alerts?patient=fallen", hub.root())).json();
+    assert_eq!(listed["alerts"], serde_json::json!([]), "nothing stored");
+    assert_eq!(metric(&hub, "osler_emergency_notices_total"), 2.0);
 }

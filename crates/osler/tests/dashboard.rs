@@ -1,6 +1,7 @@
 //! The dashboard in real headless Chromium (Debian's `chromium`, driven by playwright-core from
 //! `scripts/browser`, both installed by `./scripts/test`): sign in with a password and TOTP, an
-//! alert raised by a new reading appears on the worklist without a reload, acknowledge and
+//! alert raised by a new reading appears on the worklist without a reload, an emergency a
+//! gateway announces shows at once (before it is stored), acknowledge and
 //! snooze from the row, restart the hub and find the snooze still there, axe-core's WCAG
 //! checks on every page, a call logged on the patient page, keyboard navigation. Screenshots
 //! and axe reports are kept in `target/browser-artifacts/`.
@@ -66,6 +67,18 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
             201
         );
     }
+    // A gateway, to announce an emergency the way a real one does (signed).
+    let gateway_key = osler_wire::GatewayKey::generate().unwrap();
+    osler(&[
+        "hub",
+        "enrol",
+        "--data",
+        dir.0.to_str().unwrap(),
+        "--gateway",
+        "gw-ui",
+        "--key",
+        &gateway_key.public_hex(),
+    ]);
     let nurse = enrol_person(h, &dir.0, "nurse", "clinician", Some("nurse-1"));
     let secret = nurse
         .secret
@@ -133,6 +146,38 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
                 assert!(state.is_some(), "the nurse's response is delivered");
                 writeln!(to_node, "checked").unwrap();
             }
+            "STEP notice" => {
+                let h = hub.as_ref().unwrap();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                let entry = osler_wire::AlertEntry {
+                    p: "p1".into(),
+                    rule: "emergency-fall".into(),
+                    change: "raised".into(),
+                    t: now - 10,
+                    v: 1.0,
+                    th: 1.0,
+                    late: false,
+                    d: None,
+                }
+                .to_json();
+                let header = osler_wire::BatchHeader {
+                    gateway: "gw-ui".into(),
+                    lane: osler_wire::Lane::Emergencies,
+                    first_seq: 1,
+                    count: 1,
+                    sent_ms: now,
+                };
+                let body = osler_wire::seal(&header, &[entry.as_str()], &gateway_key);
+                let a = req("POST", &format!("{}/ingest/notice", h.root()))
+                    .set("Content-Type", osler_wire::CONTENT_TYPE)
+                    .send_bytes(&body)
+                    .expect("the notice is taken");
+                assert_eq!(a.status(), 200);
+                writeln!(to_node, "announced").unwrap();
+            }
             "STEP restart" => {
                 // SIGKILL: nothing is flushed at exit; the snooze must already be on disk.
                 hub.take().unwrap().kill9();
@@ -157,6 +202,7 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
         "SIGNED-IN",
         "STEP delivered",
         "ALERT-LIVE",
+        "NOTICE-LIVE",
         "ACKED-AND-SNOOZED",
         "SNOOZE-SURVIVED-RESTART",
     ] {

@@ -1,10 +1,13 @@
-//! A fall reported by a wearable, through a real gateway to a real hub: it travels in the
-//! alerts lane, raises the emergency alert, notifies the whole care team at once (the team's
+//! A fall reported by a wearable, through a real gateway to a real hub: it is announced on the
+//! live stream at once (a `notice`, to those who may see the patient), travels in the
+//! emergencies lane, raises the emergency alert, notifies the whole care team at once (the team's
 //! own slower policy does not apply), escalates on the emergency's short fixed policy, shows
 //! first on a clinician's worklist, and is resolved by a person (no reading can).
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -22,12 +25,19 @@ fn a_fall_reaches_the_whole_team_at_once_and_a_person_resolves_it() {
         ("Patient/p2", json!({"resourceType": "Patient"})),
         ("Practitioner/ana", json!({"resourceType": "Practitioner"})),
         ("Practitioner/ben", json!({"resourceType": "Practitioner"})),
+        ("Practitioner/cal", json!({"resourceType": "Practitioner"})),
         (
             "CareTeam/t1",
             json!({"resourceType": "CareTeam", "status": "active",
                 "subject": {"reference": "Patient/p1"},
                 "participant": [{"member": {"reference": "Practitioner/ana"}},
                                 {"member": {"reference": "Practitioner/ben"}}]}),
+        ),
+        (
+            "CareTeam/t2",
+            json!({"resourceType": "CareTeam", "status": "active",
+                "subject": {"reference": "Patient/p2"},
+                "participant": [{"member": {"reference": "Practitioner/cal"}}]}),
         ),
     ] {
         let a = send("PUT", &format!("{b}/{path}"), &body.to_string(), &[]);
@@ -43,6 +53,14 @@ fn a_fall_reaches_the_whole_team_at_once_and_a_person_resolves_it() {
         .as_str()
         .unwrap()
         .to_owned();
+    let cal = enrol_person(&hub, &hub_dir, "dr-cal", "clinician", Some("cal"));
+    let cal = login(&hub, &cal)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Ana (p1's team) and Cal (p2's only) watch the live stream.
+    let ana_stream = stream(&hub, &ana);
+    let cal_stream = stream(&hub, &cal);
     // The team's own policy tells Ana alone and waits half an hour: not for an emergency.
     let policy =
         json!({"steps": [{"notify": ["Practitioner/ana"], "wait_minutes": 30}], "repeat": 0});
@@ -74,6 +92,28 @@ fn a_fall_reaches_the_whole_team_at_once_and_a_person_resolves_it() {
         a.text
     );
     assert!(a.text.contains("unknown event"), "{}", a.text);
+
+    // Ana hears of it as a notice (announced before any commit: no id, not stored) and as the
+    // stored alert (numbered). The notice is usually first; which is first is a matter of
+    // speed (`osler bench alerts`), not of what a test may count on.
+    let mut heard = vec![next(&ana_stream), next(&ana_stream)];
+    heard.sort_by_key(|e| e.0 != "notice");
+    let (notice, stored) = (&heard[0], &heard[1]);
+    assert_eq!(
+        (notice.0.as_str(), notice.1, &notice.2["rule"]),
+        ("notice", None, &json!("emergency-fall")),
+        "{heard:?}"
+    );
+    assert_eq!(notice.2["patient"], "p1");
+    assert_eq!(
+        (stored.0.as_str(), stored.2["event"].as_str()),
+        ("alert", Some("raised")),
+        "{heard:?}"
+    );
+    assert!(
+        stored.1.is_some(),
+        "the stored alert is numbered: {heard:?}"
+    );
 
     let with = |token: &str| [("Authorization", format!("Bearer {token}"))];
     let bearer = |token: &str, url: &str| {
@@ -123,6 +163,14 @@ fn a_fall_reaches_the_whole_team_at_once_and_a_person_resolves_it() {
         post(&format!("{b}/Observation"), &o.to_string()).status,
         201
     );
+    // Cal, who may not see p1, heard of neither: his first event is his own patient's.
+    let o2 = blood_pressure("p2", 190.0, 85.0, &seconds_ago(1));
+    assert_eq!(
+        post(&format!("{b}/Observation"), &o2.to_string()).status,
+        201
+    );
+    let cal_first = next(&cal_stream);
+    assert_eq!(cal_first.2["patient"], "p2", "{cal_first:?}");
     let page = bearer(&ben, &format!("{}/ui/inbox", hub.root()));
     assert_eq!(page.status, 200);
     assert!(page.text.contains("EMERGENCY") && page.text.contains("Fall detected"));
@@ -172,10 +220,124 @@ fn a_fall_reaches_the_whole_team_at_once_and_a_person_resolves_it() {
     assert_eq!(last["who"], "dr-ben");
     assert_eq!(d["escalation"]["ended_why"], "resolved", "{d}");
     assert_eq!(answer(&ana, id, "resolve", json!({})).status, 409, "once");
-    // The alerts lane has nothing left to send.
+    // The emergencies lane carried it and has nothing left to send.
+    let status = wait_for(Duration::from_secs(10), || {
+        let s = gw.status();
+        (s["outbox"]["emergencies"] == 0).then_some(s)
+    })
+    .expect("the emergencies lane is drained");
+    assert_eq!(status["upload"]["emergencies"], 1, "{status}");
+    assert_eq!(status["outbox"]["alerts"], 0, "{status}");
+}
+
+/// One SSE event: its name, its id (if it has one), its data.
+type Event = (String, Option<i64>, serde_json::Value);
+
+/// The caller's live stream, event by event.
+fn stream(hub: &Hub, token: &str) -> mpsc::Receiver<Event> {
+    let resp = request(
+        "GET",
+        &format!("{}/alerts/stream", hub.root()),
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .timeout(Duration::from_secs(60))
+    .call()
+    .expect("subscribe");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut name, mut id) = (String::new(), None);
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let Ok(line) = line else { return };
+            if let Some(v) = line.strip_prefix("event:") {
+                name = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                let data = serde_json::from_str(v.trim()).unwrap();
+                if tx
+                    .send((std::mem::take(&mut name), id.take(), data))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn next(events: &mpsc::Receiver<Event>) -> Event {
+    events
+        .recv_timeout(Duration::from_secs(20))
+        .expect("an event on the stream")
+}
+
+/// Falls a gateway acknowledged while the hub was away are on disk: the gateway killed with
+/// SIGKILL while devices are still sending them, and restarted, delivers every acknowledged
+/// one once the hub is back, each once.
+#[test]
+fn falls_acknowledged_before_a_kill_9_reach_the_hub_after_it() {
+    let dir = TempDir::new("emergency-kill9");
+    let (hub_dir, gw_dir) = (dir.0.join("hub"), dir.0.join("gw"));
+    enrol(&hub_dir, &gw_dir);
+    let port = free_port();
+    let hub = Hub::start_full(&hub_dir, port, &[], None);
+    let root = hub.root();
+    hub.stop();
+
+    let gw = Gateway::start(&gw_dir, &root, 0, &[]);
+    let url = format!("{}/readings", gw.url);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sender = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            for i in 0..400 {
+                let body = json!([{"patient": format!("f{i}"), "device": "pendant",
+                    "event": "fall", "time": seconds_ago(5)}]);
+                let resp = req("POST", &url)
+                    .set("Content-Type", "application/json")
+                    .timeout(Duration::from_secs(5))
+                    .send_string(&body.to_string());
+                match resp {
+                    Ok(r) if r.status() == 200 => acked.lock().unwrap().push(format!("f{i}")),
+                    // Cut off by the kill: never acknowledged.
+                    _ => return,
+                }
+            }
+        })
+    };
+    let enough = wait_for(Duration::from_secs(30), || {
+        (acked.lock().unwrap().len() >= 40).then_some(())
+    });
+    assert!(enough.is_some(), "the gateway took no falls");
+    gw.kill9();
+    sender.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    let hub = Hub::start_full(&hub_dir, port, &[], None);
+    let gw = Gateway::start(&gw_dir, &root, 0, &[]);
+    let falls = |hub: &Hub| -> Vec<String> {
+        let list = get(&format!("{}/alerts?state=raised&limit=1000", hub.root())).json();
+        list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["rule"] == "emergency-fall")
+            .map(|a| a["patient"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let stored = wait_for(Duration::from_secs(30), || {
+        let f = falls(&hub);
+        (gw.drained() && f.len() >= acked.len()).then_some(f)
+    })
+    .unwrap_or_else(|| panic!("{} acknowledged, {:?} stored", acked.len(), falls(&hub)));
+    let unique: std::collections::HashSet<&String> = stored.iter().collect();
     assert_eq!(
-        gw.status()["outbox"]["alerts"],
-        0,
-        "the alerts lane is drained"
+        unique.len(),
+        stored.len(),
+        "a fall stored twice: {stored:?}"
     );
+    for p in &acked {
+        assert!(unique.contains(p), "{p}'s acknowledged fall is lost");
+    }
 }

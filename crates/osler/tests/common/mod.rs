@@ -290,7 +290,7 @@ impl Gateway {
     /// holds a reading still to decide or an open summary.
     pub fn drained(&self) -> bool {
         let s = self.status();
-        ["readings", "alerts", "summaries"]
+        ["readings", "alerts", "summaries", "emergencies"]
             .iter()
             .all(|lane| s["outbox"][lane] == 0)
             && s["edge"]["streams_holding"] == 0
