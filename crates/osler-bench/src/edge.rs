@@ -128,6 +128,7 @@ fn batched(entries: &[(i64, String)], key: &GatewayKey, lane: Lane) -> Cost {
             first_seq: seq,
             count: refs.len() as u32,
             sent_ms: entries[i].0,
+            state: None,
         };
         let body = seal(&header, &refs, key);
         cost.bytes += body.len() as u64

@@ -191,6 +191,8 @@ pub struct Intake {
     /// Where emergencies are announced at once, before their commit (see
     /// [`crate::uploader::announce`]); unset, they are not announced.
     announcer: std::sync::OnceLock<std::sync::mpsc::Sender<Vec<String>>>,
+    /// The outbox size at which readings are refused.
+    limit: u64,
 }
 
 impl Intake {
@@ -218,6 +220,7 @@ impl Intake {
                 path: emergencies.path().to_owned(),
                 source,
             })?;
+        let limit = setup.limit;
         let (tx, rx) = mpsc::channel(1024);
         let writer = Writer {
             queue,
@@ -243,6 +246,7 @@ impl Intake {
             emergency_jobs: Some(etx),
             emergency_writer: Some(emergency_handle),
             announcer: std::sync::OnceLock::new(),
+            limit,
         })
     }
 
@@ -264,6 +268,17 @@ impl Intake {
             && !units.is_empty()
         {
             let _ = to.send(units.iter().flat_map(|u| u.alerts.clone()).collect());
+        }
+    }
+
+    /// What the gateway says of itself in its batches' headers: how full the outbox is.
+    pub fn state(&self) -> osler_wire::GatewayState {
+        osler_wire::GatewayState {
+            // Unreadable (the outbox's reader failing) reads as empty: the hub then sees the
+            // batch itself, which says the gateway is alive.
+            outbox_bytes: self.outbox.used_bytes().unwrap_or(0),
+            outbox_limit: self.limit,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }
 

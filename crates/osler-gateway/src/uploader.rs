@@ -194,6 +194,7 @@ pub fn announce(
             first_seq: 1,
             count: entries.len() as u32,
             sent_ms: now_ms(),
+            state: None,
         };
         let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
         let body = seal(&header, &refs, &key);
@@ -315,6 +316,7 @@ pub fn run(
             first_seq: first,
             count: rows.len() as u32,
             sent_ms: now_ms(),
+            state: Some(intake.state()),
         };
         let entries: Vec<&str> = rows.iter().map(|r| r.entry.as_str()).collect();
         let body = seal(&header, &entries, &key);

@@ -407,6 +407,7 @@ async fn gateway_caller(
         .map_err(|_| Unauthenticated::Invalid("of a gateway with an unreadable key"))?;
     osler_wire::verify_request(header, &key, method, path, now_ms())
         .map_err(|_| Unauthenticated::Invalid("a gateway signature that does not verify"))?;
+    state.gateway_polls.note(&id, now_ms());
     Ok(Caller {
         subject: format!("gateway:{id}"),
         role: Role::Integration,

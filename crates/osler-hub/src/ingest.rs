@@ -42,6 +42,16 @@ fn mark_of(env: &Envelope<'_>, received: i64, rejected: Vec<(u64, String, String
         op_raw: Vec::new(),
         rejected,
         summaries: Vec::new(),
+        report: header
+            .state
+            .as_ref()
+            .map(|s| osler_store::technical::GatewayReport {
+                gateway: header.gateway.clone(),
+                at_ms: received,
+                outbox_bytes: s.outbox_bytes,
+                outbox_limit: s.outbox_limit,
+                version: s.version.clone(),
+            }),
     }
 }
 

@@ -32,6 +32,7 @@ pub mod prepare;
 mod registry_api;
 mod reply;
 mod staleness;
+mod technical;
 mod throttle;
 mod tls;
 mod webhooks;
@@ -52,6 +53,7 @@ pub use alert_lifecycle::{SnoozeCaps, parse_answer};
 pub use dashboard::answer_form;
 pub use escalation::parse_policy;
 pub use metrics::Metrics;
+pub use technical::TechnicalLimits;
 pub use webhooks::WebhookRetries;
 pub use webhooks::{NewEndpoint, parse_endpoint};
 
@@ -79,6 +81,8 @@ pub struct HubConfig {
     pub snooze_caps: SnoozeCaps,
     /// When failed webhook deliveries are tried again.
     pub webhook_retries: WebhookRetries,
+    /// When a condition of the system itself is a technical alert.
+    pub technical: TechnicalLimits,
 }
 
 /// Errors that stop the hub from starting or running.
@@ -135,10 +139,16 @@ pub(crate) struct AppState {
     pub snooze_caps: SnoozeCaps,
     /// When failed webhook deliveries are tried again.
     pub retries: WebhookRetries,
+    /// When a condition of the system itself is a technical alert.
+    pub technical: TechnicalLimits,
     /// `https`, or `http` under `insecure_http`: the scheme of the links the hub writes.
     pub scheme: &'static str,
     /// The worklist's sparklines of finished hours.
     pub sparks: dashboard::SparkCache,
+    /// When each gateway last polled (signed), beside its batches: its contact (`technical`).
+    pub gateway_polls: technical::Polls,
+    /// When this hub started (the technical watch gives gateways that long to get in touch).
+    pub started_ms: i64,
     /// Emergencies announced before their commit, for the live streams (see `notice`).
     pub notices: notice::Notices,
     /// Turns true when the hub begins to shut down, so that long-lived responses (the alert
@@ -215,6 +225,7 @@ impl Hub {
             audit_key: ed25519_dalek::SigningKey::from_bytes(&audit_seed),
             snooze_caps: config.snooze_caps,
             retries: config.webhook_retries,
+            technical: config.technical,
             throttle: throttle::Throttle::default(),
             audit_pending: std::sync::Mutex::new(Vec::new()),
             audit_wake: tokio::sync::Notify::new(),
@@ -223,6 +234,8 @@ impl Hub {
             shutdown: tokio::sync::watch::Sender::new(false),
             sparks: dashboard::SparkCache::default(),
             notices: notice::Notices::default(),
+            gateway_polls: technical::Polls::default(),
+            started_ms: now_ms(),
         });
         Ok(Hub {
             listener,
@@ -255,6 +268,7 @@ impl Hub {
         let escalator = tokio::spawn(escalation::escalator(self.state.clone()));
         let watchdog = tokio::spawn(staleness::watchdog(self.state.clone()));
         let deliverer = tokio::spawn(webhooks::deliverer(self.state.clone()));
+        let technical = tokio::spawn(technical::watch(self.state.clone()));
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -285,6 +299,7 @@ impl Hub {
         let _ = escalator.await;
         let _ = watchdog.await;
         let _ = deliverer.await;
+        let _ = technical.await;
         served.map_err(HubError::Serve)
     }
 }
@@ -304,6 +319,7 @@ pub(crate) fn routes() -> access::Routes {
         .merge(escalation::routes())
         .merge(webhooks::routes())
         .merge(staleness::routes())
+        .merge(technical::routes())
         .merge(auth_api::routes())
         .merge(audit_api::routes())
         .merge(dashboard::routes())
@@ -347,6 +363,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             state.store.stats(),
             // The burden is a few counts over the alerts table; a failed read leaves it out.
             state.store.alert_burden(now_ms(), 30 * 86_400_000).ok(),
+            state.store.technical_alerts(0).ok().map(|open| open.len()),
         ),
     )
         .into_response()

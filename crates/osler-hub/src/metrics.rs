@@ -80,8 +80,15 @@ impl Metrics {
         &self,
         store: &StoreStats,
         burden: Option<osler_store::lifecycle::Burden>,
+        technical_open: Option<usize>,
     ) -> String {
         let mut out = String::new();
+        if let Some(n) = technical_open {
+            let _ = writeln!(
+                out,
+                "# HELP osler_technical_alerts_open Technical alerts open (gateways silent or filling, webhook endpoints failing).\n# TYPE osler_technical_alerts_open gauge\nosler_technical_alerts_open {n}"
+            );
+        }
         if let Some(b) = burden {
             let per_day = b.alerts as f64 / b.patient_days.max(1e-9);
             let answered = b.answered as f64 / (b.alerts.max(1) as f64);
@@ -213,7 +220,7 @@ mod tests {
         m.observe_request("/fhir", "POST", 200, Duration::from_micros(800));
         m.observe_request("/fhir", "POST", 200, Duration::from_millis(30));
         m.rejected("invalid", 2);
-        let text = m.render(&StoreStats::default(), None);
+        let text = m.render(&StoreStats::default(), None, None);
         assert!(text.contains(
             "osler_http_request_duration_seconds_bucket{route=\"/fhir\",le=\"0.001\"} 1\n"
         ));

@@ -49,6 +49,7 @@ mod registry;
 pub use held::HeldReading;
 mod schema;
 mod security;
+pub mod technical;
 pub mod webhooks;
 mod writer;
 
@@ -242,6 +243,8 @@ pub struct BatchMark {
     pub summaries: Vec<(u64, Summary)>,
     /// The batch's signature by its gateway: kept as the provenance of what it stored.
     pub signature: Vec<u8>,
+    /// What the gateway said of itself in the batch's header, kept in the batch's commit.
+    pub report: Option<technical::GatewayReport>,
 }
 
 /// Where a stored reading came from: the signed gateway batch that carried it.
@@ -1186,6 +1189,47 @@ impl Store {
     /// Every patient the hub knows, sorted.
     pub fn patients(&self) -> Result<Vec<String>, StoreError> {
         self.read(care::patients)
+    }
+
+    /// Makes the open technical alerts of `rules` exactly the conditions `now` (see
+    /// [`technical`]), with an audit entry (`audit` writes it) for each one raised or resolved;
+    /// returns those changes.
+    pub async fn technical_sync(
+        &self,
+        rules: &'static [&'static str],
+        now: Vec<technical::Condition>,
+        at_ms: i64,
+        audit: impl Fn(&technical::TechnicalAlert, &str) -> String + Send + 'static,
+    ) -> Result<Vec<(technical::TechnicalAlert, &'static str)>, StoreError> {
+        self.transact(move |c| {
+            let changes = technical::sync(c, rules, &now, at_ms)?;
+            let entries = changes.iter().map(|(a, what)| audit(a, what)).collect();
+            Ok((changes, entries))
+        })
+        .await
+    }
+
+    /// The open technical alerts, then the `recent` last resolved.
+    pub fn technical_alerts(
+        &self,
+        recent: usize,
+    ) -> Result<Vec<technical::TechnicalAlert>, StoreError> {
+        self.read(|c| technical::list(c, recent))
+    }
+
+    /// What each gateway last said of itself.
+    pub fn gateway_reports(&self) -> Result<Vec<technical::GatewayReport>, StoreError> {
+        self.read(technical::reports)
+    }
+
+    /// Webhook endpoints failing now, with why (see [`technical::failing_webhooks`]).
+    pub fn failing_webhooks(
+        &self,
+        now_ms: i64,
+        retrying: u32,
+        window_ms: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| technical::failing_webhooks(c, now_ms, retrying, window_ms))
     }
 
     /// Every enrolled gateway and when its last batch arrived.

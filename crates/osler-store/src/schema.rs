@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::StoreError;
 
 /// Bumped whenever the on-disk format changes; a newer file is refused rather than misread.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 /// What each older schema needs to become the current one, after the CREATE statements
 /// below have made any table it lacks. Version 2 added the registry (resources, their versions
@@ -25,6 +25,9 @@ pub(crate) const SCHEMA_VERSION: i64 = 5;
 ///
 /// Version 5 added the days each patient gave data and the notes and calls of their care: new
 /// tables, the days filled from the readings and summaries already stored.
+///
+/// Version 6 added technical alerts and what gateways say of themselves: new tables, and an
+/// index of batches by gateway and time.
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -37,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, "ALTER TABLE reading ADD COLUMN b INTEGER;"),
     (3, ""),
     (4, crate::care::BACKFILL),
+    (5, ""),
 ];
 
 const CREATE: &str = "
@@ -249,11 +253,12 @@ pub(crate) fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
     )?;
     conn.busy_handler(Some(wait_a_little))?;
     conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;{CREATE}{}{}{}{}",
+        "BEGIN IMMEDIATE;{CREATE}{}{}{}{}{}",
         crate::care::CREATE,
         crate::registry::CREATE,
         crate::held::CREATE,
-        crate::security::CREATE
+        crate::security::CREATE,
+        crate::technical::CREATE
     ))?;
     let version: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key='schema'", [], |r| {

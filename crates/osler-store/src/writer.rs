@@ -364,6 +364,9 @@ impl Writer {
                 self.insert_summary(summary, new_series)?;
             }
         }
+        if let Some(r) = &batch.report {
+            crate::technical::report(&self.conn, r)?;
+        }
         self.conn
             .prepare_cached(
                 "INSERT INTO gateway_seq(gateway, lane, committed) VALUES (?1, ?2, ?3)

@@ -325,6 +325,7 @@ fn mark(first: u64, ops: &[WriteOp], rejected: Vec<(u64, String, String)>) -> Ba
             .collect(),
         rejected,
         summaries: Vec::new(),
+        report: None,
     }
 }
 
@@ -476,6 +477,7 @@ async fn summaries_are_stored_once_and_searched_with_readings() {
             .enumerate()
             .map(|(i, t)| (first + i as u64, summary(*t)))
             .collect(),
+        report: None,
     };
     store
         .write_batch(vec![], batch(1, &[T0 + 1000, T0 + 61_000]), vec![], vec![])

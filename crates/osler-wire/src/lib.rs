@@ -112,6 +112,21 @@ pub struct BatchHeader {
     pub first_seq: u64,
     pub count: u32,
     pub sent_ms: i64,
+    /// What the gateway says of itself with the batch (signed with it, so the hub may believe
+    /// it): how full its outbox is, its version. Absent from gateways that say nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<GatewayState>,
+}
+
+/// A gateway's account of itself, carried in its batches' headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayState {
+    /// Bytes of data in its outbox, and the size at which it refuses readings.
+    pub outbox_bytes: u64,
+    pub outbox_limit: u64,
+    /// Its software version (`osler --version`).
+    pub version: String,
 }
 
 impl BatchHeader {
@@ -621,6 +636,7 @@ mod tests {
             first_seq: 10,
             count: n,
             sent_ms: 1,
+            state: None,
         };
         seal(&header, &refs, key)
     }
@@ -681,6 +697,7 @@ mod tests {
             first_seq: 1,
             count: 1,
             sent_ms: 0,
+            state: None,
         })
         .unwrap();
         let mut bomb = MAGIC.to_vec();

@@ -47,6 +47,7 @@ proptest! {
             first_seq,
             count: entries.len() as u32,
             sent_ms: 1_750_000_000_000,
+            state: None,
         };
         let json: Vec<String> = entries.iter().map(Entry::to_json).collect();
         let refs: Vec<&str> = json.iter().map(String::as_str).collect();

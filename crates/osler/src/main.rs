@@ -79,6 +79,10 @@ enum Command {
         /// The same for every other alert event.
         #[arg(long, value_name = "DELAYS", default_value = "5s,5m,30m,2h,5h")]
         webhook_retry: String,
+        /// How long an enrolled gateway may send no batch before it is a technical alert for
+        /// operators ("gateway-silent", at GET /alerts/technical and on the devices page).
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        gateway_silence: String,
     },
     /// Run an edge gateway: take readings over HTTP and MQTT, keep them on disk, send them to a hub.
     #[command(long_about = "Run an edge gateway.\n\n\
@@ -486,7 +490,18 @@ fn main() -> anyhow::Result<()> {
             snooze_caps,
             webhook_retry_critical,
             webhook_retry,
+            gateway_silence,
         } => {
+            let technical = osler_hub::TechnicalLimits {
+                gateway_silence_ms: osler_auth::token::parse_duration(&gateway_silence)
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--gateway-silence {gateway_silence:?}: a duration is a number with ms, s, m or h"
+                        )
+                    })?,
+                ..osler_hub::TechnicalLimits::default()
+            };
             let webhook_retries = osler_hub::WebhookRetries {
                 critical_ms: osler_hub::WebhookRetries::parse(&webhook_retry_critical)
                     .map_err(|e| anyhow::anyhow!("--webhook-retry-critical {e}"))?,
@@ -509,6 +524,7 @@ fn main() -> anyhow::Result<()> {
                     insecure_http,
                     snooze_caps: caps,
                     webhook_retries,
+                    technical,
                 })
                 .await
                 .with_context(|| format!("cannot start the hub with data in {}", data.display()))?;

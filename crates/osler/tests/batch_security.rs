@@ -37,6 +37,7 @@ fn batch(key: &GatewayKey, gateway: &str, first_seq: u64, entries: &[String]) ->
         first_seq,
         count: entries.len() as u32,
         sent_ms: 0,
+        state: None,
     };
     let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
     seal(&header, &refs, key)
@@ -185,6 +186,7 @@ fn notice(key: &GatewayKey, gateway: &str, lane: Lane, sent_ms: i64, rules: &[&s
         first_seq: 1,
         count: entries.len() as u32,
         sent_ms,
+        state: None,
     };
     let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
     seal(&header, &refs, key)

@@ -169,6 +169,7 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
                     first_seq: 1,
                     count: 1,
                     sent_ms: now,
+                    state: None,
                 };
                 let body = osler_wire::seal(&header, &[entry.as_str()], &gateway_key);
                 let a = req("POST", &format!("{}/ingest/notice", h.root()))

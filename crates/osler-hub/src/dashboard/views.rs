@@ -357,18 +357,35 @@ pub(super) async fn devices(
                 .push(device_view(s, &l, now));
         }
         let gateways = if admin {
-            Some(
-                s.store
-                    .gateways()?
-                    .into_iter()
-                    .map(|(g, last)| osler_web::devices::GatewayView {
+            let reports = s.store.gateway_reports()?;
+            let gateways = s
+                .store
+                .gateways()?
+                .into_iter()
+                .map(|(g, last)| {
+                    let r = reports.iter().find(|r| r.gateway == g.id);
+                    osler_web::devices::GatewayView {
+                        outbox: r.map(|r| (r.outbox_bytes, r.outbox_limit)),
+                        version: r.map(|r| r.version.clone()),
                         id: g.id,
                         enrolled_ms: g.enrolled_ms,
                         revoked_ms: g.revoked_ms,
                         last_batch_ms: last,
-                    })
-                    .collect::<Vec<_>>(),
-            )
+                    }
+                })
+                .collect::<Vec<_>>();
+            let technical = s
+                .store
+                .technical_alerts(0)?
+                .into_iter()
+                .map(|t| osler_web::devices::TechnicalView {
+                    subject: t.subject,
+                    rule: t.rule,
+                    detail: t.detail,
+                    raised_ms: t.raised_ms,
+                })
+                .collect::<Vec<_>>();
+            Some((gateways, technical))
         } else {
             None
         };
@@ -378,7 +395,8 @@ pub(super) async fn devices(
     let Some((patients, gateways)) = found else {
         return unavailable();
     };
-    let page = osler_web::devices::page(&patients, gateways.as_deref(), now);
+    let gateways = gateways.as_ref().map(|(g, t)| (g.as_slice(), t.as_slice()));
+    let page = osler_web::devices::page(&patients, gateways, now);
     render(&page, Some(&viewer(&caller)), &headers)
 }
 
