@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use osler_wire::Lane;
 use tokio::sync::mpsc;
 
-use crate::intake::{GROUP, Job, Outcomes, REMEMBER_REQUESTS_MS, Reply, Unit};
+use crate::intake::{Job, Outcomes, REMEMBER_REQUESTS_MS, Reply, Unit, next_group};
 use crate::outbox::{OutboxError, Queue, Tx};
 
 /// The size this lane's file may reach, from the outbox limit.
@@ -33,14 +33,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < GROUP {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
+        while let Some(jobs) = next_group(&mut rx) {
             self.commit(jobs);
         }
     }

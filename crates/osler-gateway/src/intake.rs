@@ -16,6 +16,11 @@
 //! raised are carried to the next commit (the rules will not raise them again from the resent
 //! readings), and every unit of the group is answered with the error.
 //!
+//! A unit's emergencies (a fall, an SOS) never wait for that: [`Intake::ingest`] splits them
+//! off, hands them to the announcer and to the emergencies lane's own writer and file
+//! ([`crate::emergency_lane`]), and sends the rest here; the unit is answered once both parts
+//! are committed.
+//!
 //! # Admission
 //! [`Room::at`] is the one place that decides what fits: below the limit everything; between
 //! the limit and 10% above it only alert events (they are small and matter most); past that,
@@ -39,7 +44,7 @@ use crate::outbox::{EMERGENCIES_FILE, Outbox, OutboxError, Quarantined, Queue, T
 pub(crate) const REMEMBER_REQUESTS_MS: i64 = 3_600_000;
 
 /// The most jobs one commit takes.
-pub(crate) const GROUP: usize = 512;
+const GROUP: usize = 512;
 
 /// What one device request (or MQTT message) brings, stored or refused as a whole.
 #[derive(Clone, Debug, Default)]
@@ -562,14 +567,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut jobs = vec![first];
-            while jobs.len() < GROUP {
-                match rx.try_recv() {
-                    Ok(j) => jobs.push(j),
-                    Err(_) => break,
-                }
-            }
+        while let Some(jobs) = next_group(&mut rx) {
             self.commit(jobs);
         }
         // Stopping: alert events a failed commit left are stored now if the disk lets us
@@ -718,6 +716,19 @@ impl Writer {
     }
 }
 
+/// The next group of jobs: the first (waited for), then every one already waiting, up to
+/// [`GROUP`]; `None` once every sender is gone.
+pub(crate) fn next_group(rx: &mut mpsc::Receiver<Job>) -> Option<Vec<Job>> {
+    let mut jobs = vec![rx.blocking_recv()?];
+    while jobs.len() < GROUP {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
 /// Taking in one unit inside the group's transaction.
 struct Take<'a, 't> {
     tx: &'a mut Tx<'t>,
@@ -747,7 +758,8 @@ impl Take<'_, '_> {
         if room == Room::Nothing {
             return Ok(false);
         }
-        // Emergencies first; then the rules, which run only once the alerts they raise are sure
+        // Alert entries the unit brings (emergencies reach the emergencies lane instead, see
+        // `Intake::ingest`), then the rules, which run only once the alerts they raise are sure
         // of their room: an alert the engine raised and the outbox refused would never be
         // raised again.
         group.alerts.extend(unit.alerts.iter().cloned());

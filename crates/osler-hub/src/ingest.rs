@@ -79,7 +79,8 @@ fn batch_entry(header: &osler_wire::BatchHeader, peer: std::net::SocketAddr) -> 
     })
 }
 
-fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
+/// A refusal with its reason, as gateways read it.
+pub(crate) fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": reason.into() }))).into_response()
 }
 
@@ -90,18 +91,9 @@ async fn batch(
     body: Body,
 ) -> Response {
     let received = now_ms();
-    let bytes = match read_body(&headers, body, MAX_ENVELOPE_BYTES).await {
+    let bytes = match envelope_body(&headers, body, MAX_ENVELOPE_BYTES, "a batch", peer).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            tracing::warn!(%peer, "batch refused: larger than {MAX_ENVELOPE_BYTES} bytes");
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("a batch is at most {MAX_ENVELOPE_BYTES} bytes"),
-            );
-        }
-        Err(BodyError::Unreadable) => {
-            return refuse(StatusCode::BAD_REQUEST, "the body could not be read");
-        }
+        Err(refused) => return refused,
     };
     let env = match verified(&state, &bytes, peer).await {
         Ok(e) => e,
@@ -200,6 +192,30 @@ async fn batch(
         })),
     )
         .into_response()
+}
+
+/// The body of a signed envelope (`what` it is, for the refusal), at most `max` bytes.
+pub(crate) async fn envelope_body(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    what: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Vec<u8>, Response> {
+    match read_body(headers, body, max).await {
+        Ok(b) => Ok(b),
+        Err(BodyError::TooLarge) => {
+            tracing::warn!(%peer, "{what} refused: larger than {max} bytes");
+            Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{what} is at most {max} bytes"),
+            ))
+        }
+        Err(BodyError::Unreadable) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the body could not be read",
+        )),
+    }
 }
 
 /// The envelope, once its gateway is known to be enrolled and not revoked and its signature

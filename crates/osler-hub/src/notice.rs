@@ -28,7 +28,7 @@ use osler_wire::Lane;
 use serde_json::json;
 
 use crate::access::Routes;
-use crate::body::{BodyError, read_body};
+use crate::ingest::refuse;
 use crate::{AppState, now_ms};
 use osler_auth::Policy;
 
@@ -127,10 +127,6 @@ pub(crate) fn routes() -> Routes {
     Routes::new().post("/ingest/notice", Policy::SignedBatch, notice)
 }
 
-fn refuse(status: StatusCode, reason: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": reason.into() }))).into_response()
-}
-
 async fn notice(
     State(state): State<Arc<AppState>>,
     ConnectInfo(crate::tls::Peer(peer)): ConnectInfo<crate::tls::Peer>,
@@ -138,17 +134,17 @@ async fn notice(
     body: Body,
 ) -> Response {
     let received = now_ms();
-    let bytes = match read_body(&headers, body, MAX_NOTICE_BYTES).await {
+    let bytes = match crate::ingest::envelope_body(
+        &headers,
+        body,
+        MAX_NOTICE_BYTES,
+        "a notice",
+        peer,
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("a notice is at most {MAX_NOTICE_BYTES} bytes"),
-            );
-        }
-        Err(BodyError::Unreadable) => {
-            return refuse(StatusCode::BAD_REQUEST, "the body could not be read");
-        }
+        Err(refused) => return refused,
     };
     let env = match crate::ingest::verified(&state, &bytes, peer).await {
         Ok(e) => e,

@@ -44,19 +44,7 @@ fn batch(key: &GatewayKey, gateway: &str, first_seq: u64, entries: &[String]) ->
 }
 
 fn send(hub: &Hub, body: &[u8]) -> (u16, serde_json::Value) {
-    let resp = req("POST", &format!("{}/ingest/batch", hub.root()))
-        .set("Content-Type", osler_wire::CONTENT_TYPE)
-        .send_bytes(body);
-    let resp = match resp {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{e}"),
-    };
-    let status = resp.status();
-    (
-        status,
-        serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
-    )
+    post_envelope(hub, "/ingest/batch", body)
 }
 
 #[test]
@@ -66,7 +54,6 @@ fn only_enrolled_unrevoked_correctly_signed_batches_are_stored_once() {
     let log = dir.0.join("hub.log");
     let hub = Hub::start_full(&hub_dir, 0, &[], Some(&log));
     let key = GatewayKey::generate().unwrap();
-    let pk = key.public_hex();
     let good = batch(&key, "gw-a", 1, &entries("sec", 20));
 
     // Unknown gateway.
@@ -74,16 +61,7 @@ fn only_enrolled_unrevoked_correctly_signed_batches_are_stored_once() {
     assert_eq!(status, 401);
     assert!(v["error"].as_str().unwrap().contains("not enrolled"), "{v}");
 
-    osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        hub_dir.to_str().unwrap(),
-        "--gateway",
-        "gw-a",
-        "--key",
-        &pk,
-    ]);
+    enrol_key(&hub_dir, "gw-a", &key);
     // Forged: signed by another key under gw-a's name.
     let forger = GatewayKey::generate().unwrap();
     let (status, v) = send(&hub, &batch(&forger, "gw-a", 1, &entries("sec", 20)));
@@ -155,13 +133,6 @@ fn only_enrolled_unrevoked_correctly_signed_batches_are_stored_once() {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// A notice (`POST /ingest/notice`): emergencies, signed like a batch, sent at `sent_ms`.
 fn notice(key: &GatewayKey, gateway: &str, lane: Lane, sent_ms: i64, rules: &[&str]) -> Vec<u8> {
     let entries: Vec<String> = rules
@@ -193,19 +164,7 @@ fn notice(key: &GatewayKey, gateway: &str, lane: Lane, sent_ms: i64, rules: &[&s
 }
 
 fn announce(hub: &Hub, body: &[u8]) -> (u16, serde_json::Value) {
-    let resp = req("POST", &format!("{}/ingest/notice", hub.root()))
-        .set("Content-Type", osler_wire::CONTENT_TYPE)
-        .send_bytes(body);
-    let resp = match resp {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{e}"),
-    };
-    let status = resp.status();
-    (
-        status,
-        serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
-    )
+    post_envelope(hub, "/ingest/notice", body)
 }
 
 /// An emergency announced before its commit reaches the live stream as a `notice` without an
@@ -222,16 +181,7 @@ fn a_notice_is_announced_once_from_a_signed_gateway_and_stores_nothing() {
 
     let (status, v) = announce(&hub, &fall(now_ms()));
     assert_eq!(status, 401, "not enrolled: {v}");
-    osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        hub_dir.to_str().unwrap(),
-        "--gateway",
-        "gw-n",
-        "--key",
-        &key.public_hex(),
-    ]);
+    enrol_key(&hub_dir, "gw-n", &key);
     let forger = GatewayKey::generate().unwrap();
     let forged = notice(
         &forger,

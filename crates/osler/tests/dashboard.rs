@@ -69,16 +69,7 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
     }
     // A gateway, to announce an emergency the way a real one does (signed).
     let gateway_key = osler_wire::GatewayKey::generate().unwrap();
-    osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        dir.0.to_str().unwrap(),
-        "--gateway",
-        "gw-ui",
-        "--key",
-        &gateway_key.public_hex(),
-    ]);
+    enrol_key(&dir.0, "gw-ui", &gateway_key);
     let nurse = enrol_person(h, &dir.0, "nurse", "clinician", Some("nurse-1"));
     let secret = nurse
         .secret
@@ -148,10 +139,7 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
             }
             "STEP notice" => {
                 let h = hub.as_ref().unwrap();
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis() as i64;
+                let now = now_ms();
                 let entry = osler_wire::AlertEntry {
                     p: "p1".into(),
                     rule: "emergency-fall".into(),
@@ -172,11 +160,8 @@ fn a_clinician_signs_in_sees_an_alert_arrive_answers_it_and_the_snooze_survives_
                     state: None,
                 };
                 let body = osler_wire::seal(&header, &[entry.as_str()], &gateway_key);
-                let a = req("POST", &format!("{}/ingest/notice", h.root()))
-                    .set("Content-Type", osler_wire::CONTENT_TYPE)
-                    .send_bytes(&body)
-                    .expect("the notice is taken");
-                assert_eq!(a.status(), 200);
+                let (status, v) = post_envelope(h, "/ingest/notice", &body);
+                assert_eq!(status, 200, "{v}");
                 writeln!(to_node, "announced").unwrap();
             }
             "STEP restart" => {

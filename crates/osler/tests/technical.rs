@@ -35,10 +35,7 @@ fn wait_open(hub: &Hub, rule: &str, subject: &str, open: bool) -> Value {
 }
 
 fn reading_batch(key: &GatewayKey, seq: u64, state: Option<GatewayState>) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let entry = Entry {
         p: "p1".into(),
         d: Some("w".into()),
@@ -62,11 +59,8 @@ fn reading_batch(key: &GatewayKey, seq: u64, state: Option<GatewayState>) -> Vec
 }
 
 fn post_batch(hub: &Hub, body: &[u8]) {
-    let r = req("POST", &format!("{}/ingest/batch", hub.root()))
-        .set("Content-Type", osler_wire::CONTENT_TYPE)
-        .send_bytes(body)
-        .expect("the batch is taken");
-    assert_eq!(r.status(), 200);
+    let (status, v) = post_envelope(hub, "/ingest/batch", body);
+    assert_eq!(status, 200, "{v}");
 }
 
 #[test]
@@ -126,16 +120,7 @@ fn silent_gateways_filling_outboxes_and_failing_endpoints_are_technical_alerts()
     // A gateway whose batch says its outbox is at 90% of its limit is filling; one that
     // says 10% is not.
     let key = GatewayKey::generate().unwrap();
-    osler(&[
-        "hub",
-        "enrol",
-        "--data",
-        hub_dir.to_str().unwrap(),
-        "--gateway",
-        "gw-hand",
-        "--key",
-        &key.public_hex(),
-    ]);
+    enrol_key(&hub_dir, "gw-hand", &key);
     let state = |bytes| GatewayState {
         outbox_bytes: bytes,
         outbox_limit: 1_000_000_000,

@@ -345,6 +345,47 @@ pub fn enrol(hub_dir: &Path, gw_dir: &Path) {
     assert!(out.starts_with("enrolled "), "{out}");
 }
 
+/// Enrols a gateway by its public key (a test that signs batches by hand).
+pub fn enrol_key(hub_dir: &Path, gateway: &str, key: &osler_wire::GatewayKey) {
+    let out = osler(&[
+        "hub",
+        "enrol",
+        "--data",
+        hub_dir.to_str().unwrap(),
+        "--gateway",
+        gateway,
+        "--key",
+        &key.public_hex(),
+    ]);
+    assert!(out.starts_with("enrolled "), "{out}");
+}
+
+/// Posts a signed envelope (a batch, a notice) to `path` on the hub: the status and the JSON
+/// answer.
+pub fn post_envelope(hub: &Hub, path: &str, body: &[u8]) -> (u16, Value) {
+    let resp = req("POST", &format!("{}{path}", hub.root()))
+        .set("Content-Type", osler_wire::CONTENT_TYPE)
+        .send_bytes(body);
+    let resp = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let status = resp.status();
+    (
+        status,
+        serde_json::from_str(&resp.into_string().unwrap()).unwrap(),
+    )
+}
+
+/// Now, in UTC milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// Starts `osler sim` in the background.
 pub fn spawn_sim(args: &[&str]) -> Child {
     Command::new(osler_bin())
