@@ -27,7 +27,8 @@
 //!
 //! - `event`: `fall` (a fall detector) or `sos` (a help button); see `osler_rules::EMERGENCIES`.
 //! - `patient` and `device` as for a reading (one of them at least); `time` as for a reading.
-//!   It travels in the gateway's alerts lane, sent at once, and raises the hub's emergency alert.
+//!   The gateway announces it to the hub at once (the live streams' `notice`) and commits it to
+//!   its emergencies lane, from which it raises the hub's emergency alert.
 
 use osler_core::{InputValue, Metric, ReadingInput, Status, Timestamp};
 use serde::Deserialize;

@@ -55,7 +55,7 @@ pub struct Unit {
     /// the assignments (or named `assignments::UNATTRIBUTED`): sent whole and marked, for the
     /// hub to attribute by its own.
     pub by_device: Vec<Reading>,
-    /// Emergencies' alert entries (wire JSON), for the alerts lane.
+    /// Emergencies' alert entries (wire JSON), for the emergencies lane (see `Intake::ingest`).
     pub alerts: Vec<String>,
     /// What of it was not valid, with the reasons.
     pub quarantine: Vec<Quarantined>,

@@ -1,7 +1,7 @@
 //! What the sources (HTTP, MQTT) do with each item of a device's message: bind it to the
 //! device that sent it, attribute it to a patient where it named only its device, validate it.
-//! A reading goes on to the edge; an emergency becomes an alert entry for the alerts lane,
-//! which the uploader sends before anything else and without waiting for company.
+//! A reading goes on to the edge; an emergency becomes an alert entry, announced to the hub at
+//! once and committed to the emergencies lane, whose uploader never waits for company.
 
 use osler_core::Reading;
 use osler_wire::AlertEntry;
