@@ -53,3 +53,27 @@ pub(crate) async fn read_body(
     }
     Ok(bytes)
 }
+
+/// The fields of an `application/x-www-form-urlencoded` body (the token endpoint's, the
+/// dashboard's forms), in order: `+` is a space there, as browsers and OAuth clients send it,
+/// and `%2B` a plus. Unreadable pairs leave an empty list.
+pub(crate) fn form_fields(bytes: &[u8]) -> Vec<(String, String)> {
+    osler_fhir::parse_query(&String::from_utf8_lossy(bytes).replace('+', "%20")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod form_tests {
+    #[test]
+    fn a_plus_is_a_space_and_an_encoded_plus_a_plus() {
+        assert_eq!(
+            super::form_fields(b"scope=system%2FObservation.rs+system%2FFlag.s&note=a%2Bb"),
+            vec![
+                (
+                    "scope".to_owned(),
+                    "system/Observation.rs system/Flag.s".to_owned()
+                ),
+                ("note".to_owned(), "a+b".to_owned()),
+            ]
+        );
+    }
+}

@@ -6,7 +6,10 @@
 //! writer beside the reading) because counting them from the readings would read a month of
 //! every patient's data on every page. US remote-monitoring billing counts data days (16–30 in
 //! 30 for CPT 99454, 2–15 for 99445 from 2026) and minutes of management (20 for 99457, 10 for
-//! 99470 from 2026, each further 20 for 99458): `../shared/reference/dashboard.md`.
+//! 99470 from 2026, each further 20 for 99458): `../shared/reference/dashboard.md`. Only what a
+//! device gave counts (the same source: patient-entered manual readings are not data days), so
+//! a reading without a device (typed in, or posted with no `device`) is stored and shown but
+//! makes no data day; summaries always come from a gateway's devices.
 
 use rusqlite::{Connection, params};
 
@@ -30,10 +33,12 @@ CREATE TABLE IF NOT EXISTS care_note(
 CREATE INDEX IF NOT EXISTS care_note_of ON care_note(patient, at_ms);
 ";
 
-/// Fills `data_day` from the readings and summaries stored before it existed (schema 4 → 5).
+/// Fills `data_day` from the readings and summaries stored before it existed (schema 4 → 5),
+/// and again from scratch for schema 5 → 6, which stopped counting readings without a device.
 pub(crate) const BACKFILL: &str = "
 INSERT OR IGNORE INTO data_day(patient, day)
-  SELECT DISTINCT s.patient, (r.t + r.tz * 60000) / 86400000 FROM reading r JOIN series s ON s.id = r.series;
+  SELECT DISTINCT s.patient, (r.t + r.tz * 60000) / 86400000 FROM reading r JOIN series s ON s.id = r.series
+  WHERE s.device != '';
 INSERT OR IGNORE INTO data_day(patient, day)
   SELECT DISTINCT s.patient, (m.t + m.tz * 60000) / 86400000 FROM summary m JOIN series s ON s.id = m.series;
 ";

@@ -27,7 +27,8 @@ pub(crate) const SCHEMA_VERSION: i64 = 6;
 /// tables, the days filled from the readings and summaries already stored.
 ///
 /// Version 6 added technical alerts and what gateways say of themselves: new tables, and an
-/// index of batches by gateway and time.
+/// index of batches by gateway and time; and data days count only readings a device gave (a
+/// manual entry is not one), so they are counted again from the readings.
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -40,7 +41,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, "ALTER TABLE reading ADD COLUMN b INTEGER;"),
     (3, ""),
     (4, crate::care::BACKFILL),
-    (5, ""),
+    (5, "DELETE FROM data_day;"),
+    (5, crate::care::BACKFILL),
 ];
 
 const CREATE: &str = "

@@ -469,12 +469,15 @@ impl Writer {
                 WriteOutcome::Conflict { existing: stored }
             });
         }
-        self.note_day(
-            series,
-            r.patient.as_str(),
-            r.taken.utc_ms,
-            r.taken.offset_min,
-        )?;
+        // Only a device's reading makes a data day (a manual entry does not: see `care`).
+        if r.device.is_some() {
+            self.note_day(
+                series,
+                r.patient.as_str(),
+                r.taken.utc_ms,
+                r.taken.offset_min,
+            )?;
+        }
         if let Some(i) = &r.identifier {
             self.conn
                 .prepare_cached("INSERT INTO ident(h, series, t) VALUES (?1, ?2, ?3)")?

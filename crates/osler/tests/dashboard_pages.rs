@@ -99,6 +99,12 @@ fn ward() -> Ward {
         "/min",
         &minutes_ago(120),
     ));
+    // quiet also typed in a weight yesterday: a manual entry (no device) is no data day.
+    if day_of_month >= 2 {
+        let mut typed = observation("quiet", "29463-7", 71.0, "kg", &seconds_ago(86_400));
+        typed.as_object_mut().unwrap().remove("device");
+        post_o(typed);
+    }
     post_o(blood_pressure("crisis", 195.0, 90.0, &seconds_ago(5)));
     post_o(blood_pressure("other", 200.0, 90.0, &seconds_ago(5)));
     let nurse = enrol_person(&hub, &dir.0, "nurse", "clinician", Some("n1"));
@@ -290,6 +296,11 @@ fn the_worklist_shows_only_the_viewers_patients_riskiest_first_with_stale_values
         row("calm").contains(&format!("{days} of {day}")),
         "{days} data days: {}",
         row("calm")
+    );
+    assert!(
+        row("quiet").contains(&format!("1 of {day}")),
+        "the typed-in weight is no data day: {}",
+        row("quiet")
     );
     // The server says how long the page took.
     assert!(

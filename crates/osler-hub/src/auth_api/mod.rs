@@ -228,9 +228,7 @@ pub(super) async fn json_body<T: serde::de::DeserializeOwned>(
     parse_json(&body_bytes(headers, body).await?)
 }
 
-fn form(bytes: &[u8]) -> Vec<(String, String)> {
-    osler_fhir::parse_query(&String::from_utf8_lossy(bytes)).unwrap_or_default()
-}
+use crate::body::form_fields as form;
 
 /// `POST /auth/token`: `grant_type=refresh_token` (rotation: the refresh token is spent and a
 /// new pair issued; a spent one used again revokes every token of that login) or

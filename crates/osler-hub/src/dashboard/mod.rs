@@ -153,10 +153,7 @@ pub(super) fn viewer(c: &osler_auth::Caller) -> Viewer {
     }
 }
 
-/// A form body's fields (`application/x-www-form-urlencoded`, where `+` is a space).
-pub(super) fn form_fields(bytes: &[u8]) -> Vec<(String, String)> {
-    osler_fhir::parse_query(&String::from_utf8_lossy(bytes).replace('+', "%20")).unwrap_or_default()
-}
+pub(super) use crate::body::form_fields;
 
 pub(super) fn field<'f>(f: &'f [(String, String)], name: &str) -> Option<&'f str> {
     f.iter()
