@@ -183,34 +183,43 @@ pub fn announce(
         while let Ok(more) = from.try_recv() {
             entries.extend(more);
         }
-        if entries.is_empty() {
-            continue;
+        // A few at a time, well within the hub's size for a notice (a backlog built up while
+        // the hub was away would otherwise be refused whole; it is stale by then anyway).
+        for chunk in entries.chunks(NOTICE_ENTRIES) {
+            notice(&agent, &url, &config.gateway, chunk, &key);
         }
-        // A notice's sequence numbers mean nothing (the hub stores nothing of it); its
-        // freshness is `sent_ms`, and its signature is remembered against replay.
-        let header = BatchHeader {
-            gateway: config.gateway.clone(),
-            lane: Lane::Emergencies,
-            first_seq: 1,
-            count: entries.len() as u32,
-            sent_ms: now_ms(),
-            state: None,
-        };
-        let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
-        let body = seal(&header, &refs, &key);
-        match agent
-            .post(&url)
-            .set("Content-Type", CONTENT_TYPE)
-            .send_bytes(&body)
-        {
-            Ok(_) => tracing::debug!(entries = entries.len(), "emergencies announced"),
-            Err(ureq::Error::Status(code, resp)) => {
-                let answer = resp.into_string().unwrap_or_default();
-                tracing::warn!(code, %answer, "the hub refused an emergency notice; the emergencies lane carries it")
-            }
-            Err(e) => {
-                tracing::warn!(error = %transport_error(&e), "emergency notice not delivered; the emergencies lane carries it")
-            }
+    }
+}
+
+/// The most entries one notice carries.
+const NOTICE_ENTRIES: usize = 64;
+
+/// One notice, one attempt.
+fn notice(agent: &ureq::Agent, url: &str, gateway: &str, entries: &[String], key: &GatewayKey) {
+    // A notice's sequence numbers mean nothing (the hub stores nothing of it); its freshness
+    // is `sent_ms`, and its signature is remembered against replay.
+    let header = BatchHeader {
+        gateway: gateway.to_owned(),
+        lane: Lane::Emergencies,
+        first_seq: 1,
+        count: entries.len() as u32,
+        sent_ms: now_ms(),
+        state: None,
+    };
+    let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+    let body = seal(&header, &refs, key);
+    match agent
+        .post(url)
+        .set("Content-Type", CONTENT_TYPE)
+        .send_bytes(&body)
+    {
+        Ok(_) => tracing::debug!(entries = entries.len(), "emergencies announced"),
+        Err(ureq::Error::Status(code, resp)) => {
+            let answer = resp.into_string().unwrap_or_default();
+            tracing::warn!(code, %answer, "the hub refused an emergency notice; the emergencies lane carries it")
+        }
+        Err(e) => {
+            tracing::warn!(error = %transport_error(&e), "emergency notice not delivered; the emergencies lane carries it")
         }
     }
 }
