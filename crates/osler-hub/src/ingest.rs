@@ -267,6 +267,28 @@ pub(crate) async fn verified<'a>(
     Ok(env)
 }
 
+/// The patient the hub's own assignments give each (index, device, time), for entries the
+/// gateway attributed by device; `None` if the store cannot say. No store read (nor thread
+/// hop) when there is nothing to check, which is the common case.
+pub(crate) async fn hub_patients(
+    state: &AppState,
+    checks: Vec<(usize, String, i64)>,
+) -> Option<Vec<(usize, Option<String>)>> {
+    if checks.is_empty() {
+        return Some(Vec::new());
+    }
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        checks
+            .into_iter()
+            .map(|(i, d, t)| store.patient_at(&d, t).map(|p| (i, p)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .ok()?
+    .ok()
+}
+
 /// An alerts-lane batch: the gateway's own evaluation of the critical rules. Recorded with the
 /// batch's high-water mark in one commit; merged with the hub's evaluation by the store (one
 /// open alert per patient and rule, one alert per rule and reading time).
@@ -290,22 +312,14 @@ async fn alert_batch(
     // assignments name the same patient at that time (a gateway that has not yet seen a
     // reassignment guesses the previous wearer). The reading itself arrives in the readings
     // lane, and the hub's rules judge it for the right patient.
-    let store = state.store.clone();
-    let checks: Vec<(usize, String, i64)> = entries
+    let checks = entries
         .iter()
         .enumerate()
         .filter_map(|(i, a)| a.d.clone().map(|d| (i, d, a.t)))
         .collect();
-    let attributed = match tokio::task::spawn_blocking(move || {
-        checks
-            .into_iter()
-            .map(|(i, d, t)| store.patient_at(&d, t).map(|p| (i, p)))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    {
-        Ok(Ok(a)) => a,
-        _ => {
+    let attributed = match hub_patients(state, checks).await {
+        Some(a) => a,
+        None => {
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the store failed; nothing was acknowledged, retry",

@@ -197,27 +197,13 @@ async fn notice(
     }
     // An emergency the gateway attributed by its device is announced only if the hub's own
     // assignments name the same patient then (as for the stored alert, see `ingest`).
-    let store = state.store.clone();
-    let checks: Vec<(usize, String, i64)> = notices
+    let checks = notices
         .iter()
         .enumerate()
         .filter_map(|(i, (_, d, n))| d.clone().map(|d| (i, d, n.reading_ms)))
         .collect();
-    // Most emergencies name their patient: no store read, no thread hop on the fast path.
-    let attributed = if checks.is_empty() {
-        Vec::new()
-    } else {
-        match tokio::task::spawn_blocking(move || {
-            checks
-                .into_iter()
-                .map(|(i, d, t)| store.patient_at(&d, t).map(|p| (i, p)))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        {
-            Ok(Ok(a)) => a,
-            _ => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the store failed; retry"),
-        }
+    let Some(attributed) = crate::ingest::hub_patients(&state, checks).await else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "the store failed; retry");
     };
     let mut announced = 0;
     for (i, (entry, _, n)) in notices.into_iter().enumerate() {
