@@ -264,7 +264,8 @@ pub(crate) fn writes(events: &[AlertEvent], source: &str) -> Vec<AlertWrite> {
         .collect()
 }
 
-fn time(ms: i64) -> String {
+/// A time as the hub's JSON writes it (UTC, ISO 8601).
+pub(crate) fn time(ms: i64) -> String {
     Timestamp::utc(ms).to_string()
 }
 

@@ -23,11 +23,11 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use osler_core::Timestamp;
 use osler_wire::Lane;
 use serde_json::json;
 
 use crate::access::Routes;
+use crate::alerts::time;
 use crate::ingest::refuse;
 use crate::{AppState, now_ms};
 use osler_auth::Policy;
@@ -69,9 +69,9 @@ impl Notice {
             "rule": self.rule,
             "title": self.title,
             "severity": self.severity.as_str(),
-            "reading_time": Timestamp::utc(self.reading_ms).to_string(),
+            "reading_time": time(self.reading_ms),
             "gateway": self.gateway,
-            "received_at": Timestamp::utc(self.received_ms).to_string(),
+            "received_at": time(self.received_ms),
             "stored": false,
         })
     }

@@ -19,11 +19,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use osler_audit::{Action, Outcome, Record};
 use osler_auth::{Interaction, Policy};
-use osler_core::Timestamp;
 use osler_store::technical::{Condition, GatewayReport, TechnicalAlert};
 use serde_json::json;
 
 use crate::access::Routes;
+use crate::alerts::time;
 use crate::{AppState, now_ms};
 
 /// How often the watch looks.
@@ -66,10 +66,6 @@ pub(crate) fn routes() -> Routes {
         Policy::Everyone(osler_auth::OPERATIONS, Interaction::Search),
         list,
     )
-}
-
-fn time(ms: i64) -> String {
-    Timestamp::utc(ms).to_string()
 }
 
 /// When each gateway last polled, kept in memory (a poll is frequent and says only "alive").
